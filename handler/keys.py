@@ -1,0 +1,48 @@
+"""Every Redis key name the monitor uses, derived in one place from the settings.
+
+Keys the monitor adds live in the stream's hash slot (same hash tag), so a Lua script or MULTI can change
+them together with the stream even on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from handler.settings import MonitorSettings
+
+TWEET_KEY_PREFIX = b"tweet:"
+
+
+def hash_tag_of(stream: str) -> str:
+    """`{stream}`, or the stream name itself when it already carries a `{…}` hash tag."""
+    start = stream.find("{")
+    if start != -1:
+        end = stream.find("}", start + 1)
+        if end > start + 1:  # Redis ignores an empty tag "{}"
+            return stream
+    return "{" + stream + "}"
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    stream: str
+    group: str
+    consumer: str
+    dead_letter: str
+    cursor: str
+
+    @classmethod
+    def from_settings(cls, settings: MonitorSettings) -> StreamKeys:
+        tag = hash_tag_of(settings.STREAM_NAME)
+        return cls(
+            stream=settings.STREAM_NAME,
+            group=settings.STREAM_CONSUMER_GROUP_NAME,
+            consumer=settings.MONITORING_CONSUMER_NAME,
+            dead_letter=settings.DEAD_LETTER_STREAM or f"{tag}:dead-letter",
+            cursor=f"{tag}:cursor:{settings.STREAM_CONSUMER_GROUP_NAME}",
+        )
+
+
+def tweet_key(tweet_id: bytes) -> bytes:
+    """The processor's key for a tweet: `tweet:` followed by the id field's bytes, unchanged."""
+    return TWEET_KEY_PREFIX + tweet_id

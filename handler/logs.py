@@ -1,0 +1,68 @@
+"""Logging set up at the edges: the invocation id on every line, errors on stderr, lines captured per
+invocation for the host's `Logs`.
+
+The Functions host logs the handler's stdout as Information and its stderr as Error, so records below
+WARNING go to stdout and the rest to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+invocation_id: ContextVar[str] = ContextVar("invocation_id", default="-")
+_captured: ContextVar[list[str] | None] = ContextVar("captured_logs", default=None)
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s [invocation %(invocation_id)s] %(message)s"
+
+
+class _InvocationFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.invocation_id = invocation_id.get()
+        return True
+
+
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+class _CaptureHandler(logging.Handler):
+    """Appends each record of the current invocation to its list (see `capture_logs`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = _captured.get()
+        if lines is not None:
+            lines.append(f"{record.levelname}: {record.getMessage()}")
+
+
+def configure_logging(level: int) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter(FORMAT)
+    stdout = logging.StreamHandler(sys.stdout)
+    stdout.addFilter(_BelowWarning())
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.WARNING)
+    for handler in (stdout, stderr, _CaptureHandler()):
+        handler.addFilter(_InvocationFilter())
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@contextmanager
+def capture_logs(for_invocation: str) -> Iterator[list[str]]:
+    """Collect the log lines of one invocation (in this context and threads it starts)."""
+    lines: list[str] = []
+    id_token = invocation_id.set(for_invocation)
+    lines_token = _captured.set(lines)
+    try:
+        yield lines
+    finally:
+        _captured.reset(lines_token)
+        invocation_id.reset(id_token)

@@ -1,0 +1,123 @@
+"""Pure decisions of the reclaim cycle, over parsed XPENDING rows and claimed entries; no I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from handler.keys import tweet_key
+
+MAX_SEQUENCE = 2**64 - 1
+START, END = b"-", b"+"
+
+
+class DeadLetterReason(StrEnum):
+    """Short, stable words an operator can filter dead letters on."""
+
+    MAX_DELIVERIES = "max-deliveries"
+    MISSING_ID = "missing-id"
+    WRITE_FAILED = "write-failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """One row of XPENDING's extended form."""
+
+    entry_id: bytes
+    consumer: bytes
+    idle_ms: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Store the entry's fields in `key`, then acknowledge it."""
+
+    key: bytes
+    fields: Sequence[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: DeadLetterReason
+    detail: str = ""
+
+
+def parse_pending_count(reply: Sequence[object]) -> int:
+    """XPENDING summary: [count, smallest id, greatest id, [[consumer, count], ...]]."""
+    count = reply[0]
+    assert isinstance(count, int)
+    return count
+
+
+def parse_pending_rows(reply: Sequence[Sequence[object]]) -> list[PendingRow]:
+    rows = []
+    for entry_id, consumer, idle_ms, deliveries in reply:
+        assert isinstance(entry_id, bytes) and isinstance(consumer, bytes)
+        assert isinstance(idle_ms, int) and isinstance(deliveries, int)
+        rows.append(PendingRow(entry_id, consumer, idle_ms, deliveries))
+    return rows
+
+
+def claimable_ids(rows: Sequence[PendingRow], min_idle_ms: int) -> list[bytes]:
+    """IDs idle at least min-idle. XCLAIM re-checks on the server; this only avoids asking in vain."""
+    return [row.entry_id for row in rows if row.idle_ms >= min_idle_ms]
+
+
+def parse_id(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or b"0")
+
+
+def next_id(entry_id: bytes) -> bytes:
+    """The smallest stream ID after entry_id: Redis 6.0 has no exclusive `(` ranges."""
+    ms, seq = parse_id(entry_id)
+    if seq < MAX_SEQUENCE:
+        return b"%d-%d" % (ms, seq + 1)
+    return b"%d-0" % (ms + 1)
+
+
+def previous_id(entry_id: bytes) -> bytes:
+    """The greatest stream ID before entry_id (entry_id must be above 0-0)."""
+    ms, seq = parse_id(entry_id)
+    if seq > 0:
+        return b"%d-%d" % (ms, seq - 1)
+    if ms == 0:
+        raise ValueError("0-0 has no predecessor")
+    return b"%d-%d" % (ms - 1, MAX_SEQUENCE)
+
+
+def walk_segments(cursor: bytes | None) -> list[tuple[bytes, bytes]]:
+    """ID ranges one invocation walks: from where the last one stopped to the end, then wrap around."""
+    if cursor is None or cursor in (START, b"0-0"):
+        return [(START, END)]
+    return [(cursor, END), (START, previous_id(cursor))]
+
+
+def stream_field(fields: Sequence[bytes], name: bytes) -> bytes | None:
+    """The value of a field as HSET would leave it: with repeated names the later one wins."""
+    value = None
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            value = fields[index + 1]
+    return value
+
+
+def decide(fields: Sequence[bytes], deliveries_before: int, max_deliveries: int) -> Write | DeadLetter:
+    """What to do with one claimed entry: write it as the processor would, or dead-letter it."""
+    if max_deliveries and deliveries_before > max_deliveries:
+        return DeadLetter(
+            DeadLetterReason.MAX_DELIVERIES,
+            f"delivered {deliveries_before} times, more than MAX_DELIVERIES={max_deliveries}",
+        )
+    tweet_id = stream_field(fields, b"id")
+    if not tweet_id:
+        reason = "no 'id' field" if tweet_id is None else "the 'id' field is empty"
+        return DeadLetter(DeadLetterReason.MISSING_ID, reason)
+    return Write(tweet_key(tweet_id), fields)
+
+
+def is_permanent_write_error(message: str) -> bool:
+    """A write that can never succeed, as opposed to one worth retrying (OOM, READONLY, LOADING…)."""
+    return message.startswith("WRONGTYPE")

@@ -1,0 +1,127 @@
+"""Every setting of the monitor, read once from the environment and validated.
+
+Names and meanings follow the Go monitor (the seed) where it had them; durations carry their unit (_SEC).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.crc import key_slot
+
+from handler.errors import SettingsError
+
+DEFAULT_REDIS_PORT = 6379
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class MonitorSettings(BaseSettings):
+    """The monitor's configuration; construct it directly in tests, from the environment elsewhere."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, frozen=True, extra="ignore")
+
+    REDIS_HOST: NonEmpty
+    REDIS_PASSWORD: SecretStr = SecretStr("")
+    REDIS_USERNAME: str = ""
+    REDIS_TLS: bool = True
+    REDIS_TLS_CA_FILE: str = ""
+    REDIS_TIMEOUT_SEC: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+    STREAM_NAME: NonEmpty
+    STREAM_CONSUMER_GROUP_NAME: NonEmpty
+    MONITORING_CONSUMER_NAME: NonEmpty
+    MIN_IDLE_TIME_SEC: Annotated[int, Field(ge=0)]
+    MAX_DELIVERIES: Annotated[int, Field(ge=0)] = 10
+    DEAD_LETTER_STREAM: str = ""
+
+    RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
+    CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1)] = 200_000
+
+    LOG_LEVEL: LogLevel = "INFO"
+    FUNCTIONS_CUSTOMHANDLER_PORT: Annotated[int, Field(ge=1, le=65_535)] = 8080
+
+    @field_validator("REDIS_HOST")
+    @classmethod
+    def _host_port_is_well_formed(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _level_is_case_insensitive(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _dead_letter_shares_the_stream_slot(self) -> MonitorSettings:
+        # The dead-letter move is one Lua call over the stream and the dead-letter stream: on a cluster
+        # both keys must hash to the same slot.
+        if self.DEAD_LETTER_STREAM and key_slot(self.DEAD_LETTER_STREAM.encode()) != key_slot(
+            self.STREAM_NAME.encode()
+        ):
+            raise ValueError(
+                "DEAD_LETTER_STREAM must hash to the stream's slot: give it the stream's hash tag, "
+                "e.g. {" + self.STREAM_NAME + "}:dead-letter"
+            )
+        return self
+
+    @property
+    def redis_address(self) -> tuple[str, int]:
+        return split_host_port(self.REDIS_HOST)
+
+    @property
+    def min_idle_ms(self) -> int:
+        return self.MIN_IDLE_TIME_SEC * 1000
+
+    @property
+    def log_level(self) -> int:
+        return int(logging.getLevelNamesMapping()[self.LOG_LEVEL])
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` -> (host, port); a missing port means 6379."""
+    text = value.strip()
+    if not text or any(c.isspace() for c in text):
+        raise ValueError("must be host or host:port without spaces")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            raise ValueError("an IPv6 address must look like [::1]:6379")
+        port_text = rest.removeprefix(":") if rest else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError("unexpected text after ']'")
+    elif text.count(":") > 1:
+        raise ValueError("an IPv6 address needs brackets, e.g. [::1]:6379")
+    else:
+        host, _, port_text = text.partition(":")
+        if not host:
+            raise ValueError("the host part is empty")
+        if text.endswith(":"):
+            raise ValueError("the port after ':' is empty")
+    if not port_text:
+        return host, DEFAULT_REDIS_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65_535:
+        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def load_settings() -> MonitorSettings:
+    """Read the environment; raise SettingsError naming every bad variable (never a value)."""
+    try:
+        return MonitorSettings()  # type: ignore[call-arg]  # fields come from the environment
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        reason = "is required but not set" if error["type"] == "missing" else error["msg"]
+        reason = reason.removeprefix("Value error, ")
+        problems.append(f"{name}: {reason}")
+    return "invalid settings: " + "; ".join(problems)
