@@ -156,10 +156,14 @@ class ReclaimCycle:
         return None
 
     def _save_cursor(self, start: bytes) -> None:
-        if start == START:
-            self._client.delete(self._keys.cursor)
-        else:
-            self._client.set(self._keys.cursor, start, px=CURSOR_TTL_MS)
+        """Remember where the next invocation starts. Only a hint: losing it costs a walk from the head."""
+        try:
+            if start == START:
+                self._client.delete(self._keys.cursor)
+            else:
+                self._client.set(self._keys.cursor, start, px=CURSOR_TTL_MS)
+        except redis.exceptions.ResponseError as exc:  # e.g. OOM: the cycle's work is done all the same
+            log.warning("could not save where the next cycle starts: %s", exc)
 
     def _summary(self, pending: int, tally: _Tally, started: float, stopped_by: str) -> CycleSummary:
         return CycleSummary(

@@ -1,0 +1,79 @@
+"""Fixtures: real Redis servers started by the suite, unique stream names, settings pointing at them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from handler.local_redis import LocalRedis
+from handler.settings import MonitorSettings
+from tests.redis_binaries import BINARIES
+
+ALL_VERSIONS = ["6.0", "6.2", "8.2"]
+
+
+def _start(version: str) -> Iterator[LocalRedis]:
+    server = LocalRedis(BINARIES[version]())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session", params=ALL_VERSIONS, ids=[f"redis-{v}" for v in ALL_VERSIONS])
+def any_redis(request: pytest.FixtureRequest) -> Iterator[LocalRedis]:
+    """The test runs once against each real server: 6.0.9, 6.2.14 and 8.2.3."""
+    yield from _start(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_8() -> Iterator[LocalRedis]:
+    """Redis 8.2.3, for tests whose subject does not depend on the server's version."""
+    yield from _start("8.2")
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Fresh stream, group and consumer names per test, so tests never see each other's keys."""
+    suffix = uuid.uuid4().hex[:10]
+    return {
+        "STREAM_NAME": f"tweets_stream-{suffix}",
+        "STREAM_CONSUMER_GROUP_NAME": f"redisearch_app_group-{suffix}",
+        "MONITORING_CONSUMER_NAME": "monitoring_app",
+    }
+
+
+SettingsFactory = Callable[..., MonitorSettings]
+
+
+def settings_for(server: LocalRedis, names: dict[str, str], **overrides: Any) -> MonitorSettings:
+    values: dict[str, Any] = {
+        "REDIS_HOST": server.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        **names,
+        **overrides,
+    }
+    return MonitorSettings(**values)
+
+
+def _fresh_client(server: LocalRedis) -> Iterator[redis.Redis]:
+    connection = server.client()
+    connection.flushall()  # tweet:<id> keys are global; every test starts from an empty server
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def client(any_redis: LocalRedis) -> Iterator[redis.Redis]:
+    yield from _fresh_client(any_redis)
+
+
+@pytest.fixture
+def client8(redis_8: LocalRedis) -> Iterator[redis.Redis]:
+    yield from _fresh_client(redis_8)

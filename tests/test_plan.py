@@ -1,0 +1,144 @@
+"""The cycle's pure decisions, one table each."""
+
+from __future__ import annotations
+
+import pytest
+
+from handler.plan import (
+    MAX_SEQUENCE,
+    DeadLetter,
+    DeadLetterReason,
+    PendingRow,
+    Write,
+    claimable_ids,
+    decide,
+    is_permanent_write_error,
+    next_id,
+    parse_pending_rows,
+    previous_id,
+    stream_field,
+    walk_segments,
+)
+
+
+def row(entry_id: bytes, idle_ms: int, deliveries: int = 1) -> PendingRow:
+    return PendingRow(entry_id, b"consumer-1", idle_ms, deliveries)
+
+
+@pytest.mark.parametrize(
+    ("idles", "min_idle_ms", "expected"),
+    [
+        ([], 10_000, []),
+        ([9_999, 10_000, 10_001], 10_000, [b"1-1", b"1-2"]),  # min-idle is inclusive, as XCLAIM's
+        ([0, 5], 0, [b"1-0", b"1-1"]),  # MIN_IDLE_TIME_SEC=0 takes everything
+        ([1, 2, 3], 60_000, []),
+    ],
+)
+def test_only_entries_idle_long_enough_are_claimed(
+    idles: list[int], min_idle_ms: int, expected: list[bytes]
+) -> None:
+    rows = [row(b"1-%d" % n, idle) for n, idle in enumerate(idles)]
+    assert expected == claimable_ids(rows, min_idle_ms)
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "expected"),
+    [
+        (b"0-0", b"0-1"),
+        (b"1620973121009-0", b"1620973121009-1"),
+        (b"5-%d" % MAX_SEQUENCE, b"6-0"),  # the sequence overflows into the next millisecond
+        (b"7", b"7-1"),  # an ID without a sequence means sequence 0
+    ],
+)
+def test_next_page_starts_right_after_the_last_row(entry_id: bytes, expected: bytes) -> None:
+    assert expected == next_id(entry_id)
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "expected"),
+    [(b"5-1", b"5-0"), (b"6-0", b"5-%d" % MAX_SEQUENCE), (b"0-1", b"0-0")],
+)
+def test_previous_id(entry_id: bytes, expected: bytes) -> None:
+    assert expected == previous_id(entry_id)
+    assert entry_id == next_id(previous_id(entry_id))
+
+
+def test_0_0_has_no_previous_id() -> None:
+    with pytest.raises(ValueError, match="no predecessor"):
+        previous_id(b"0-0")
+
+
+@pytest.mark.parametrize(
+    ("cursor", "expected"),
+    [
+        (None, [(b"-", b"+")]),
+        (b"-", [(b"-", b"+")]),
+        (b"0-0", [(b"-", b"+")]),
+        (b"100-5", [(b"100-5", b"+"), (b"-", b"100-4")]),  # where the last one stopped, then wrap
+    ],
+)
+def test_walk_continues_where_the_last_invocation_stopped(
+    cursor: bytes | None, expected: list[tuple[bytes, bytes]]
+) -> None:
+    assert expected == walk_segments(cursor)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ([b"id", b"1"], b"1"),
+        ([b"id", b"1", b"id", b"2"], b"2"),  # repeated names: the later wins, as in HSET
+        ([b"text", b"x"], None),
+        ([], None),
+        ([b"id", b""], b""),
+    ],
+)
+def test_stream_field(fields: list[bytes], expected: bytes | None) -> None:
+    assert expected == stream_field(fields, b"id")
+
+
+@pytest.mark.parametrize(
+    ("fields", "deliveries", "max_deliveries", "expected"),
+    [
+        ([b"id", b"42", b"text", b"hi"], 1, 10, Write(b"tweet:42", [b"id", b"42", b"text", b"hi"])),
+        ([b"id", b"42"], 10, 10, Write(b"tweet:42", [b"id", b"42"])),  # 10 does not exceed 10
+        ([b"id", b"42"], 11, 10, DeadLetterReason.MAX_DELIVERIES),
+        ([b"id", b"42"], 1000, 0, Write(b"tweet:42", [b"id", b"42"])),  # 0 turns the rule off
+        ([b"text", b"no id"], 1, 10, DeadLetterReason.MISSING_ID),
+        ([b"id", b"", b"text", b"x"], 1, 10, DeadLetterReason.MISSING_ID),
+        ([b"id", b"", b"id", b"7"], 1, 10, Write(b"tweet:7", [b"id", b"", b"id", b"7"])),
+        ([b"id", b"7", b"id", b""], 1, 10, DeadLetterReason.MISSING_ID),
+        ([b"id", b"a b:{c}\xff"], 1, 10, Write(b"tweet:a b:{c}\xff", [b"id", b"a b:{c}\xff"])),
+        ([b"text", b"poison and no id"], 50, 10, DeadLetterReason.MAX_DELIVERIES),
+    ],
+)
+def test_decide_write_or_dead_letter(
+    fields: list[bytes], deliveries: int, max_deliveries: int, expected: Write | DeadLetterReason
+) -> None:
+    decision = decide(fields, deliveries, max_deliveries)
+    if isinstance(expected, Write):
+        assert expected == decision
+    else:
+        assert isinstance(decision, DeadLetter)
+        assert expected == decision.reason
+
+
+@pytest.mark.parametrize(
+    ("message", "permanent"),
+    [
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", True),
+        ("OOM command not allowed when used memory > 'maxmemory'.", False),
+        ("READONLY You can't write against a read only replica.", False),
+        ("LOADING Redis is loading the dataset in memory", False),
+    ],
+)
+def test_only_wrongtype_is_a_permanent_write_failure(message: str, permanent: bool) -> None:
+    assert permanent == is_permanent_write_error(message)
+
+
+def test_parse_pending_rows() -> None:
+    reply = [[b"1-0", b"consumer-a", 15_000, 2], [b"1-1", b"monitoring_app", 3, 1]]
+    assert [
+        PendingRow(b"1-0", b"consumer-a", 15_000, 2),
+        PendingRow(b"1-1", b"monitoring_app", 3, 1),
+    ] == parse_pending_rows(reply)
