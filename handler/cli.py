@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"tweets-monitor: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, info_to_stdout=args.command == "serve")
     if settings.MIN_IDLE_TIME_SEC == 0:
         log.warning("MIN_IDLE_TIME_SEC is 0: entries are taken from live processors as well")
     if args.command == "serve":
@@ -91,6 +91,9 @@ class _HandlerServer(uvicorn.Server):
             log.warning("%s received: finishing the page in hand, then exiting", signal.Signals(sig).name)
         self._stop.set()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after its graceful shutdown, which would end the process "killed by
+        # SIGTERM"; a shutdown that finished its work exits 0 instead.
+        self._captured_signals.clear()
 
 
 def serve(settings: MonitorSettings) -> int:

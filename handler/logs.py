@@ -39,16 +39,23 @@ class _CaptureHandler(logging.Handler):
             lines.append(f"{record.levelname}: {record.getMessage()}")
 
 
-def configure_logging(level: int) -> None:
+def configure_logging(level: int, *, info_to_stdout: bool) -> None:
+    """Under the host, INFO goes to stdout and WARNING+ to stderr; for the CLI, whose stdout carries its
+    JSON result, everything goes to stderr."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter = logging.Formatter(FORMAT)
-    stdout = logging.StreamHandler(sys.stdout)
-    stdout.addFilter(_BelowWarning())
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(logging.WARNING)
-    for handler in (stdout, stderr, _CaptureHandler()):
+    handlers: list[logging.Handler] = [_CaptureHandler()]
+    if info_to_stdout:
+        stdout = logging.StreamHandler(sys.stdout)
+        stdout.addFilter(_BelowWarning())
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setLevel(logging.WARNING)
+        handlers += [stdout, stderr]
+    else:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
         handler.addFilter(_InvocationFilter())
         handler.setFormatter(formatter)
         root.addHandler(handler)

@@ -1,0 +1,194 @@
+"""A stand-in for the Azure Functions host (which cannot be installed here), playing its side of the
+custom-handler protocol as functions-host.md documents it:
+
+- starts the handler with host.json's arguments in the app root, with FUNCTIONS_CUSTOMHANDLER_PORT and the
+  app settings in its environment, and polls `GET /` every 25 ms for up to 30 s (any answer means ready);
+- sends `POST /monitor` with the host's headers and the timer envelope, with a Content-Length or chunked;
+- enforces what the host enforces on the answer: a 2xx must be `application/json` with a non-empty JSON
+  object body (an empty or null body would hang the invocation until the function timeout), whose
+  `Outputs`, `Logs` and `ReturnValue` have the right types; anything else fails the invocation.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handler.local_redis import free_port
+
+APP_ROOT = Path(__file__).resolve().parent.parent
+READINESS_POLL_SEC = 0.025
+INITIALIZATION_TIMEOUT_SEC = 30.0
+HOST_VERSION = "4.1036.1.23224"
+
+
+def timer(schedule_status: Any = None, is_past_due: bool = False) -> dict[str, Any]:
+    return {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": schedule_status, "IsPastDue": is_past_due}
+
+
+def envelope(timer_value: Any = None, **metadata: Any) -> dict[str, Any]:
+    """The host's invocation request for the `req` timer binding (functions-host.md, section 1)."""
+    sys_metadata = {
+        "MethodName": "monitor",
+        "UtcNow": "2024-11-30T14:43:50.46239Z",
+        "RandGuid": "fa3b2fbc-26ed-4fcb-be75-82db8773b519",
+    }
+    return {"Data": {"req": timer() if timer_value is None else timer_value},
+            "Metadata": {"sys": sys_metadata, **metadata}}  # fmt: skip
+
+
+@dataclass
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+    seconds: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HostRejectedAnswerError(AssertionError):
+    """The real host would have failed the invocation (or hung on it)."""
+
+
+@dataclass
+class FunctionsHost:
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_dir: Path = field(default_factory=lambda: Path(__import__("tempfile").mkdtemp(prefix="host-")))
+
+    def command(self) -> list[str]:
+        # host.json names the venv's python; the suite runs the handler with its own interpreter.
+        description = json.loads((APP_ROOT / "host.json").read_text())["customHandler"]["description"]
+        return [sys.executable, *description["arguments"]]
+
+    def start(self) -> FunctionsHost:
+        env = {
+            **self.env,
+            "FUNCTIONS_CUSTOMHANDLER_PORT": str(self.port),
+            "FUNCTIONS_CUSTOMHANDLER_WORKER_ID": str(uuid.uuid4()),
+            "FUNCTIONS_APP_ROOT_PATH": str(APP_ROOT),
+        }
+        stdout = (self.log_dir / "stdout.log").open("ab")
+        stderr = (self.log_dir / "stderr.log").open("ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=APP_ROOT, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+        )
+        stdout.close()
+        stderr.close()
+        self.wait_until_ready()
+        return self
+
+    def wait_until_ready(self) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < INITIALIZATION_TIMEOUT_SEC:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"the handler exited at start: {self.stderr}")
+            try:
+                self.request("GET", "/", timeout=1)
+                return time.monotonic() - started
+            except OSError:
+                time.sleep(READINESS_POLL_SEC)
+        raise AssertionError("the handler did not answer GET / within the host's initialization timeout")
+
+    @property
+    def stdout(self) -> str:
+        return (self.log_dir / "stdout.log").read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return (self.log_dir / "stderr.log").read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> Answer:
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            chunked = body is not None and not isinstance(body, bytes)
+            connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        return Answer(response.status, response.getheader("Content-Type") or "", data,
+                      time.monotonic() - started)  # fmt: skip
+
+    def invoke(
+        self,
+        body: Any = None,
+        *,
+        invocation_id: str | None = None,
+        chunked: bool = False,
+        content_type: str | None = "application/json; charset=utf-8",
+        raw: bytes | None = None,
+    ) -> Answer:
+        """POST /monitor as the host does: its headers, the envelope, Content-Length or chunked."""
+        payload = raw if raw is not None else json.dumps(envelope() if body is None else body).encode()
+        headers = {
+            "X-Azure-Functions-InvocationId": invocation_id or str(uuid.uuid4()),
+            "X-Azure-Functions-HostVersion": HOST_VERSION,
+            "User-Agent": f"Azure-Functions-Host/{HOST_VERSION}",
+        }
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if chunked:
+            pieces = [payload[i : i + 7] for i in range(0, len(payload), 7)]
+            return self.request("POST", "/monitor", iter(pieces), headers)
+        return self.request("POST", "/monitor", payload, headers)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def completed(answer: Answer) -> dict[str, Any]:
+    """What the host accepts as a completed invocation; returns ReturnValue, raises otherwise."""
+    if not 200 <= answer.status < 300:
+        raise HostRejectedAnswerError(f"invocation failed: HTTP {answer.status}: {answer.body!r}")
+    if answer.content_type.split(";")[0].strip() != "application/json":
+        raise HostRejectedAnswerError(f"Invalid HttpResponseMessage: content type {answer.content_type!r}")
+    if not answer.body.strip():
+        raise HostRejectedAnswerError("an empty 2xx body never completes the invocation")
+    document = answer.json
+    if not isinstance(document, dict):
+        raise HostRejectedAnswerError(f"the answer must be a JSON object, not {document!r}")
+    if not isinstance(document.get("Outputs", {}), dict | None):
+        raise HostRejectedAnswerError("Outputs must be an object or null")
+    logs = document.get("Logs")
+    if logs is not None and not (isinstance(logs, list) and all(isinstance(x, str) for x in logs)):
+        raise HostRejectedAnswerError("Logs must be a list of strings or null")
+    return_value: dict[str, Any] = document["ReturnValue"]
+    return return_value
+
+
+def failed(answer: Answer) -> str:
+    """A non-2xx answer: the host marks the invocation failed; the handler's body must still say why."""
+    assert not 200 <= answer.status < 300, f"expected a failure, got {answer.status}"
+    assert answer.content_type.split(";")[0].strip() == "application/json", answer.content_type
+    message: str = answer.json["error"]
+    assert message
+    return message
