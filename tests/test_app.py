@@ -285,3 +285,28 @@ def test_redis_62_and_60_serve_the_same_protocol() -> None:
             finally:
                 host.stop()
                 client.close()
+
+
+def test_an_invocation_overlapping_a_running_cycle_is_skipped_not_doubled(
+    redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    """A manual run through the admin endpoint while the scheduled one is still working."""
+    create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+    abandon(client8, 20_000)
+    host = FunctionsHost(handler_env(redis_8, RECLAIM_PAGE_SIZE="100", CYCLE_TIME_BUDGET_SEC="60")).start()
+    try:
+        answers: list[Any] = []
+        scheduled = threading.Thread(target=lambda: answers.append(host.invoke()))
+        scheduled.start()
+        deadline = time.monotonic() + 30
+        while pending(client8) == 20_000 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        manual = completed(host.invoke())
+        scheduled.join(timeout=120)
+        assert ("skipped", "a cycle is already running here") == (manual["stopped_by"], manual["skipped"])
+        assert 0 == manual["claimed"]
+        first = completed(answers[0])
+        assert (20_000, 20_000) == (first["claimed"], first["processed"])
+        assert 0 == pending(client8)
+    finally:
+        host.stop()

@@ -1,0 +1,51 @@
+"""The Redis client built from the settings: TLS by default, 1.2 or newer, certificates verified."""
+
+from __future__ import annotations
+
+import ssl
+
+from redis.connection import SSLConnection
+
+from handler.connect import connect
+from handler.settings import MonitorSettings
+
+BASE = {
+    "REDIS_HOST": "myredis.redis.cache.windows.net:6380",
+    "STREAM_NAME": "tweets_stream",
+    "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
+    "MONITORING_CONSUMER_NAME": "monitoring_app",
+    "MIN_IDLE_TIME_SEC": 10,
+}
+
+
+def test_tls_is_on_by_default_requires_12_and_verifies_certificates_and_host_names() -> None:
+    client = connect(MonitorSettings(**BASE))  # type: ignore[arg-type]
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    assert pool.connection_class is SSLConnection
+    assert ssl.TLSVersion.TLSv1_2 == kwargs["ssl_min_version"]
+    assert "required" == kwargs["ssl_cert_reqs"]
+    assert kwargs["ssl_check_hostname"] is True
+    assert ("myredis.redis.cache.windows.net", 6380) == (kwargs["host"], kwargs["port"])
+    client.close()
+
+
+def test_a_private_ca_file_and_credentials_are_passed_on() -> None:
+    settings = MonitorSettings(
+        **BASE,
+        REDIS_TLS_CA_FILE="/etc/ca.pem",
+        REDIS_USERNAME="monitor",
+        REDIS_PASSWORD="pw",  # type: ignore[arg-type]
+    )
+    kwargs = connect(settings).connection_pool.connection_kwargs
+    assert ("/etc/ca.pem", "monitor", "pw") == (
+        kwargs["ssl_ca_certs"],
+        kwargs["username"],
+        kwargs["password"],
+    )
+
+
+def test_tls_off_for_a_local_server_and_no_auth_without_a_password() -> None:
+    kwargs_pool = connect(MonitorSettings(**{**BASE, "REDIS_TLS": False})).connection_pool  # type: ignore[arg-type]
+    assert kwargs_pool.connection_class is not SSLConnection
+    assert kwargs_pool.connection_kwargs["password"] is None
