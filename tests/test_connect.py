@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from redis.connection import SSLConnection
 
 from handler.connect import connect
 from handler.settings import MonitorSettings
 
-BASE = {
+BASE: dict[str, Any] = {
     "REDIS_HOST": "myredis.redis.cache.windows.net:6380",
     "STREAM_NAME": "tweets_stream",
     "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
@@ -19,7 +20,7 @@ BASE = {
 
 
 def test_tls_is_on_by_default_requires_12_and_verifies_certificates_and_host_names() -> None:
-    client = connect(MonitorSettings(**BASE))  # type: ignore[arg-type]
+    client = connect(MonitorSettings(**BASE))
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     assert pool.connection_class is SSLConnection
@@ -35,7 +36,7 @@ def test_a_private_ca_file_and_credentials_are_passed_on() -> None:
         **BASE,
         REDIS_TLS_CA_FILE="/etc/ca.pem",
         REDIS_USERNAME="monitor",
-        REDIS_PASSWORD="pw",  # type: ignore[arg-type]
+        REDIS_PASSWORD="pw",
     )
     kwargs = connect(settings).connection_pool.connection_kwargs
     assert ("/etc/ca.pem", "monitor", "pw") == (
@@ -46,6 +47,6 @@ def test_a_private_ca_file_and_credentials_are_passed_on() -> None:
 
 
 def test_tls_off_for_a_local_server_and_no_auth_without_a_password() -> None:
-    kwargs_pool = connect(MonitorSettings(**{**BASE, "REDIS_TLS": False})).connection_pool  # type: ignore[arg-type]
+    kwargs_pool = connect(MonitorSettings(**{**BASE, "REDIS_TLS": False})).connection_pool
     assert kwargs_pool.connection_class is not SSLConnection
     assert kwargs_pool.connection_kwargs["password"] is None
