@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from pydantic import SecretStr
 from redis.connection import SSLConnection
 
 from handler.connect import connect
@@ -36,7 +37,7 @@ def test_a_private_ca_file_and_credentials_are_passed_on() -> None:
         **BASE,
         REDIS_TLS_CA_FILE="/etc/ca.pem",
         REDIS_USERNAME="monitor",
-        REDIS_PASSWORD="pw",
+        REDIS_PASSWORD=SecretStr("pw"),
     )
     kwargs = connect(settings).connection_pool.connection_kwargs
     assert ("/etc/ca.pem", "monitor", "pw") == (
