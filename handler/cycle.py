@@ -1,43 +1,42 @@
 """One reclaim cycle: find abandoned entries, claim them, do the processor's work, acknowledge them.
 
-Every command here is safe to repeat after a lost reply, which is what lets the client retry on connection
-errors: XPENDING and XRANGE read; a repeated XCLAIM finds the entries no longer idle and returns nothing (they
-stay pending under this consumer and come back after min-idle); HSET of the same fields and XACK are
-idempotent; the dead-letter script checks ownership and pending state before it changes anything.
+The main thread walks the pending list page by page (XPENDING) from where the last invocation stopped and
+hands each page to one of two page workers (page.py), each with its own connection. While one worker waits
+for Redis to write its page, the other claims and prepares the next, so the server, not Python, sets the
+pace; memory stays at a few pages whatever the backlog.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
-from handler.dead_letter import MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
 from handler.keys import StreamKeys
+from handler.page import PageCounts, PageSettings, handle_page
 from handler.plan import (
     START,
-    DeadLetter,
-    DeadLetterReason,
     PendingRow,
-    Write,
-    claimable_ids,
-    decide,
-    is_permanent_write_error,
     next_id,
+    parse_id,
     parse_pending_count,
     parse_pending_rows,
     walk_segments,
 )
 from handler.settings import MonitorSettings
+from handler.wire import Wire, pack
 
 log = logging.getLogger(__name__)
 
 CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
+PAGE_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -63,16 +62,6 @@ class CycleSummary:
         return f"reclaim cycle: {counts}"
 
 
-@dataclass
-class _Tally:
-    claimed: int = 0
-    processed: int = 0
-    deleted: int = 0
-    dead_lettered: int = 0
-    failed: int = 0
-    pages: int = 0
-
-
 def never() -> bool:
     return False
 
@@ -84,10 +73,6 @@ class ReclaimCycle:
         self._client = client
         self._settings = settings
         self._keys = StreamKeys.from_settings(settings)
-        self._move_to_dead_letter = client.register_script(MOVE_TO_DEAD_LETTER_LUA)
-
-    def _command(self, *args: Any) -> Any:
-        return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
 
     @property
     def keys(self) -> StreamKeys:
@@ -112,48 +97,33 @@ class ReclaimCycle:
                 f"stream '{self._keys.stream}' or its consumer group '{self._keys.group}' does not "
                 "exist: create them as the processor does (XGROUP CREATE … MKSTREAM)"
             )
-        if isinstance(exc, redis.exceptions.NoPermissionError):
+        if str(exc).startswith("NOPERM") or isinstance(exc, redis.exceptions.NoPermissionError):
             return MonitorError(f"the Redis user may not run a command the monitor needs: {exc}")
         return MonitorError(f"Redis refused a command of the reclaim cycle: {exc}")
 
     def _run(self, should_stop: Callable[[], bool]) -> CycleSummary:
         started = time.monotonic()
-        keys, settings = self._keys, self._settings
-        pending = parse_pending_count(self._command("XPENDING", keys.stream, keys.group))
+        keys = self._keys
+        summary_reply = self._client.execute_command("XPENDING", keys.stream, keys.group)  # type: ignore[no-untyped-call]
+        pending = parse_pending_count(summary_reply)
         if pending == 0:
             return CycleSummary(duration_ms=_ms_since(started))
-
-        tally = _Tally()
-        stopped_by = "end"
         cursor: bytes | None = self._client.get(keys.cursor)  # type: ignore[assignment]
-        for segment_start, segment_end in walk_segments(cursor):
-            start = segment_start
-            while True:
-                reason = self._reason_to_stop(tally, started, should_stop)
-                if reason:
-                    self._save_cursor(start)
-                    return self._summary(pending, tally, started, reason)
-                count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - tally.claimed)
-                reply = self._command("XPENDING", keys.stream, keys.group, start, segment_end, count)
-                rows = parse_pending_rows(reply)
-                tally.pages += 1
-                self._handle_page(rows, tally)
-                if len(rows) < count:
-                    break
-                start = next_id(rows[-1].entry_id)
-        self._save_cursor(START)
-        return self._summary(pending, tally, started, stopped_by)
-
-    def _reason_to_stop(self, tally: _Tally, started: float, should_stop: Callable[[], bool]) -> str | None:
-        if tally.pages == 0:
-            return None  # every invocation handles at least one page
-        if should_stop():
-            return "signal"
-        if tally.claimed >= self._settings.CYCLE_MAX_MESSAGES:
-            return "cap"
-        if time.monotonic() - started >= self._settings.CYCLE_TIME_BUDGET_SEC:
-            return "budget"
-        return None
+        sweep = _Sweep(self._client.connection_pool, self._settings, keys, should_stop, started)
+        stopped_by, next_start = sweep.walk(cursor)
+        self._save_cursor(next_start)
+        counts = sweep.counts
+        return CycleSummary(
+            pending=pending,
+            claimed=counts.claimed,
+            processed=counts.processed,
+            deleted=counts.deleted,
+            dead_lettered=counts.dead_lettered,
+            failed=counts.failed,
+            duration_ms=_ms_since(started),
+            pages=sweep.pages,
+            stopped_by=stopped_by,
+        )
 
     def _save_cursor(self, start: bytes) -> None:
         """Remember where the next invocation starts. Only a hint: losing it costs a walk from the head."""
@@ -165,158 +135,135 @@ class ReclaimCycle:
         except redis.exceptions.ResponseError as exc:  # e.g. OOM: the cycle's work is done all the same
             log.warning("could not save where the next cycle starts: %s", exc)
 
-    def _summary(self, pending: int, tally: _Tally, started: float, stopped_by: str) -> CycleSummary:
-        return CycleSummary(
-            pending=pending,
-            claimed=tally.claimed,
-            processed=tally.processed,
-            deleted=tally.deleted,
-            dead_lettered=tally.dead_lettered,
-            failed=tally.failed,
-            duration_ms=_ms_since(started),
-            pages=tally.pages,
-            stopped_by=stopped_by,
-        )
 
-    # -- one page -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Page:
+    index: int
+    start: bytes  # where this page's XPENDING range began: the cursor if it is never claimed
+    rows: list[PendingRow]
 
-    def _handle_page(self, rows: Sequence[PendingRow], tally: _Tally) -> None:
-        keys, settings = self._keys, self._settings
-        ids = claimable_ids(rows, settings.min_idle_ms)
-        if not ids:
-            return
-        reply = self._command("XCLAIM", keys.stream, keys.group, keys.consumer, settings.min_idle_ms, *ids)
-        # Before Redis 7.0 an entry deleted from the stream comes back as nil and stays pending.
-        entries: list[tuple[bytes, list[bytes]]] = [
-            (item[0], item[1]) for item in reply if item is not None and item[0] is not None
-        ]
-        tally.claimed += len(entries)
-        if len(entries) < len(ids):
-            returned = {entry_id for entry_id, _ in entries}
-            tally.deleted += self._acknowledge_deleted([i for i in ids if i not in returned])
 
-        deliveries = {row.entry_id: row.deliveries for row in rows}
-        writes: list[tuple[bytes, Write]] = []
-        dead: list[tuple[bytes, DeadLetter]] = []
-        for entry_id, fields in entries:
-            decision = decide(fields, deliveries[entry_id], settings.MAX_DELIVERIES)
-            if isinstance(decision, Write):
-                writes.append((entry_id, decision))
-            else:
-                dead.append((entry_id, decision))
+class _Sweep:
+    """One invocation's walk over the pending list, with pages handed to PAGE_WORKERS threads."""
 
-        written = self._write(writes, dead, tally)
-        self._acknowledge_and_dead_letter(written, dead, deliveries, tally)
-
-    def _acknowledge_deleted(self, candidates: list[bytes]) -> int:
-        """Of the IDs asked for but not returned, acknowledge those gone from the stream.
-
-        An ID missing from XCLAIM's reply may simply not have been idle long enough; only one that no
-        longer exists in the stream, and that is either ours now (claimed as nil before 7.0) or no longer
-        pending (dropped by XCLAIM from 7.0), counts as deleted.
-        """
-        keys = self._keys
-        pipe = self._client.pipeline(transaction=False)
-        for entry_id in candidates:
-            pipe.xrange(keys.stream, entry_id, entry_id, count=1)
-            _queue(pipe, "XPENDING", keys.stream, keys.group, entry_id, entry_id, 1)
-        replies = pipe.execute()
-        deleted, to_ack = 0, []
-        consumer = keys.consumer.encode()
-        for index, entry_id in enumerate(candidates):
-            still_in_stream, pending_row = replies[2 * index], replies[2 * index + 1]
-            if still_in_stream:
-                continue
-            if not pending_row:
-                deleted += 1
-            elif pending_row[0][1] == consumer:
-                deleted += 1
-                to_ack.append(entry_id)
-        if to_ack:
-            self._client.xack(keys.stream, keys.group, *to_ack)
-        if deleted:
-            log.info("acknowledged %d pending entries deleted from the stream", deleted)
-        return deleted
-
-    def _write(
+    def __init__(
         self,
-        writes: list[tuple[bytes, Write]],
-        dead: list[tuple[bytes, DeadLetter]],
-        tally: _Tally,
-    ) -> list[bytes]:
-        """HSET every write in one pipeline; returns the IDs whose write succeeded."""
-        if not writes:
-            return []
-        pipe = self._client.pipeline(transaction=False)
-        for _, write in writes:
-            _queue(pipe, "HSET", write.key, *write.fields)
-        results = pipe.execute(raise_on_error=False)
-        written = []
-        for (entry_id, write), result in zip(writes, results, strict=True):
-            if not isinstance(result, Exception):
-                written.append(entry_id)
-                continue
-            if isinstance(result, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-                raise result
-            message = str(result)
-            if is_permanent_write_error(message):
-                dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, message)))
-            else:
-                tally.failed += 1
-                log.warning("writing %r failed, left pending for a later cycle: %s", write.key, message)
-        return written
-
-    def _acknowledge_and_dead_letter(
-        self,
-        written: list[bytes],
-        dead: list[tuple[bytes, DeadLetter]],
-        deliveries: dict[bytes, int],
-        tally: _Tally,
+        pool: redis.ConnectionPool,
+        settings: MonitorSettings,
+        keys: StreamKeys,
+        should_stop: Callable[[], bool],
+        started: float,
     ) -> None:
-        keys = self._keys
-        if not written and not dead:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        if written:
-            pipe.xack(keys.stream, keys.group, *written)
-        now_ms = int(time.time() * 1000)
-        for entry_id, letter in dead:
-            self._move_to_dead_letter(
-                keys=[keys.stream, keys.dead_letter],
-                args=[
-                    keys.group,
-                    keys.consumer,
-                    entry_id,
-                    letter.reason.value,
-                    deliveries[entry_id],
-                    now_ms,
-                    letter.detail,
-                ],
-                client=pipe,
-            )
-        results = pipe.execute(raise_on_error=False)
-        if written:
-            ack_result = results.pop(0)
-            if isinstance(ack_result, Exception):
-                raise ack_result
-            tally.processed += len(written)
-        for (entry_id, letter), result in zip(dead, results, strict=True):
-            if isinstance(result, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-                raise result
-            if isinstance(result, Exception):
-                tally.failed += 1
-                log.warning("dead-lettering %r failed, left pending: %s", entry_id, result)
-            elif result == MoveOutcome.DEAD_LETTERED:
-                tally.dead_lettered += 1
-                log.warning(
-                    "dead-lettered %s (%s): %s", entry_id.decode(), letter.reason.value, letter.detail
+        self._pool = pool
+        self._settings = settings
+        self._keys = keys
+        self._should_stop = should_stop
+        self._deadline = started + settings.CYCLE_TIME_BUDGET_SEC
+        self._config = PageSettings(keys, settings.min_idle_ms, settings.MAX_DELIVERIES)
+        self._pages: queue.Queue[_Page | None] = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()
+        self._errors: list[BaseException] = []
+        self._unclaimed: list[bytes] = []
+        self.counts = PageCounts()
+        self.pages = 0
+
+    def walk(self, cursor: bytes | None) -> tuple[str, bytes]:
+        """Walk and process pages; returns why it stopped and where the next invocation should start."""
+        workers = [threading.Thread(target=self._work, name=f"page-worker-{n}") for n in range(PAGE_WORKERS)]
+        for worker in workers:
+            worker.start()
+        wire: Wire | None = None
+        try:
+            wire = Wire(self._pool)
+            stopped_by, next_start = self._dispatch(wire, cursor)
+        finally:
+            for _ in workers:
+                self._pages.put(None)
+            for worker in workers:
+                worker.join()
+            if wire is not None:
+                wire.close()
+        if self._errors:
+            raise self._errors[0]
+        if self._unclaimed:  # pages handed out but refused after the budget or a signal
+            next_start = min(self._unclaimed, key=_order)
+        return stopped_by, next_start
+
+    def _dispatch(self, wire: Wire, cursor: bytes | None) -> tuple[str, bytes]:
+        settings, keys = self._settings, self._keys
+        rows_handed_out = 0
+        for segment_start, segment_end in walk_segments(cursor):
+            start = segment_start
+            while True:
+                reason = self._reason_to_stop(rows_handed_out)
+                if reason:
+                    return reason, start
+                count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - rows_handed_out)
+                (reply,) = wire.call(
+                    [pack((b"XPENDING", keys.stream, keys.group, start, segment_end, count))], 1
                 )
-            elif result == MoveOutcome.DELETED:
-                tally.deleted += 1
+                if isinstance(reply, Exception):
+                    raise reply
+                rows = parse_pending_rows(reply)
+                if rows:
+                    self._hand_out(_Page(self.pages, start, rows))
+                    rows_handed_out += len(rows)
+                self.pages += 1
+                if len(rows) < count:
+                    break  # the end of this segment
+                start = next_id(rows[-1].entry_id)
+        return "end", START
+
+    def _reason_to_stop(self, rows_handed_out: int) -> str | None:
+        if self.pages == 0:
+            return None  # every invocation handles at least one page
+        if self._errors:
+            return "error"
+        if self._should_stop():
+            return "signal"
+        if rows_handed_out >= self._settings.CYCLE_MAX_MESSAGES:
+            return "cap"
+        if time.monotonic() >= self._deadline:
+            return "budget"
+        return None
+
+    def _may_claim(self, page: _Page) -> bool:
+        return page.index == 0 or not (self._should_stop() or time.monotonic() >= self._deadline)
+
+    def _hand_out(self, page: _Page) -> None:
+        while not self._errors:
+            try:
+                self._pages.put(page, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        wire: Wire | None = None
+        try:
+            wire = Wire(self._pool)
+            while (page := self._pages.get()) is not None:
+                if self._errors:
+                    continue  # drain: the walk is stopping
+                if not self._may_claim(page):
+                    with self._lock:
+                        self._unclaimed.append(page.start)
+                    continue
+                counts = handle_page(wire, page.rows, self._config)
+                with self._lock:
+                    self.counts.add(counts)
+        except BaseException as exc:
+            with self._lock:
+                self._errors.append(exc)
+            while self._pages.get() is not None:
+                pass  # keep taking pages so the walker is never blocked
+        finally:
+            if wire is not None:
+                wire.close()
 
 
-def _queue(pipe: redis.client.Pipeline, *args: Any) -> None:
-    pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+def _order(entry_id: bytes) -> tuple[int, int]:
+    return (-1, -1) if entry_id == START else parse_id(entry_id)
 
 
 def _ms_since(started: float) -> int:
