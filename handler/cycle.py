@@ -36,7 +36,7 @@ from handler.wire import Wire, pack
 log = logging.getLogger(__name__)
 
 CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
-PAGE_WORKERS = 2
+PAGE_WORKERS = 3  # measured on 2 cores: 2 workers ~60k msg/s, 3 ~70k (bench/reclaim_bench.py)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, NamedTuple
 
 from handler.keys import tweet_key
 
@@ -20,9 +21,8 @@ class DeadLetterReason(StrEnum):
     WRITE_FAILED = "write-failed"
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
-    """One row of XPENDING's extended form."""
+class PendingRow(NamedTuple):
+    """One row of XPENDING's extended form (a tuple: a page holds thousands of them)."""
 
     entry_id: bytes
     consumer: bytes
@@ -51,13 +51,10 @@ def parse_pending_count(reply: Sequence[object]) -> int:
     return count
 
 
-def parse_pending_rows(reply: Sequence[Sequence[object]]) -> list[PendingRow]:
-    rows = []
-    for entry_id, consumer, idle_ms, deliveries in reply:
-        assert isinstance(entry_id, bytes) and isinstance(consumer, bytes)
-        assert isinstance(idle_ms, int) and isinstance(deliveries, int)
-        rows.append(PendingRow(entry_id, consumer, idle_ms, deliveries))
-    return rows
+def parse_pending_rows(reply: Sequence[Sequence[Any]]) -> list[PendingRow]:
+    """XPENDING's extended form: [[id, consumer, idle ms, deliveries], ...]."""
+    make = PendingRow._make
+    return [make(row) for row in reply]
 
 
 def claimable_ids(rows: Sequence[PendingRow], min_idle_ms: int) -> list[bytes]:

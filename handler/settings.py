@@ -38,7 +38,7 @@ class MonitorSettings(BaseSettings):
     MAX_DELIVERIES: Annotated[int, Field(ge=0)] = 10
     DEAD_LETTER_STREAM: str = ""
 
-    RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
     CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1)] = 200_000
 
