@@ -166,6 +166,9 @@ class _Sweep:
         self._unclaimed: list[bytes] = []
         self.counts = PageCounts()
         self.pages = 0
+        # The longest a page has taken from claim to acknowledgement: no page is claimed unless it can
+        # finish before the deadline, so an invocation does not overrun its budget.
+        self._page_seconds = 0.0
 
     def walk(self, cursor: bytes | None) -> tuple[str, bytes]:
         """Walk and process pages; returns why it stopped and where the next invocation should start."""
@@ -223,12 +226,15 @@ class _Sweep:
             return "signal"
         if rows_handed_out >= self._settings.CYCLE_MAX_MESSAGES:
             return "cap"
-        if time.monotonic() >= self._deadline:
+        if self._out_of_time():
             return "budget"
         return None
 
+    def _out_of_time(self) -> bool:
+        return time.monotonic() + self._page_seconds >= self._deadline
+
     def _may_claim(self, page: _Page) -> bool:
-        return page.index == 0 or not (self._should_stop() or time.monotonic() >= self._deadline)
+        return page.index == 0 or not (self._should_stop() or self._out_of_time())
 
     def _hand_out(self, page: _Page) -> None:
         while not self._errors:
@@ -249,9 +255,11 @@ class _Sweep:
                     with self._lock:
                         self._unclaimed.append(page.start)
                     continue
+                began = time.monotonic()
                 counts = handle_page(wire, page.rows, self._config)
                 with self._lock:
                     self.counts.add(counts)
+                    self._page_seconds = max(self._page_seconds, time.monotonic() - began)
         except BaseException as exc:
             with self._lock:
                 self._errors.append(exc)
