@@ -39,7 +39,7 @@ def raw(response: Any, **options: Any) -> Any:
 
 
 def raw_client(port: int) -> redis.Redis:
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, protocol=2)
     for command in ("XREADGROUP", "XRANGE", "XPENDING"):
         client.set_response_callback(command, raw)
     return client

@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -76,18 +75,16 @@ def monitor_env(server: LocalRedis, **overrides: str) -> dict[str, str]:
 
 
 def run_process(args: list[str], env: dict[str, str]) -> tuple[str, float, float]:
-    """Run a process to its end; (stdout, wall seconds, peak RSS in MB from the kernel's rusage)."""
-    with tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        process = subprocess.Popen(args, env=env, cwd=APP_ROOT, stdout=out)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode()
-    if process.returncode != 0:
-        raise RuntimeError(f"{args} exited {process.returncode}")
-    return text, wall, usage.ru_maxrss / 1024
+    """Run a process to its end; (stdout, wall seconds, peak RSS in MB), the RSS measured by a small
+    wrapper (bench/peak_rss.py) so that this large process's memory is not counted."""
+    wrapped = [sys.executable, "-m", "bench.peak_rss", *args]
+    started = time.perf_counter()
+    done = subprocess.run(wrapped, env=env, cwd=APP_ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{args} exited {done.returncode}: {done.stderr[-2000:]}")
+    peak_kb = int(done.stderr.strip().splitlines()[-1].removeprefix("peak_rss_kb="))
+    return done.stdout, wall, peak_kb / 1024
 
 
 def project_cli(server: LocalRedis, size: int) -> Run:

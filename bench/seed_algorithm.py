@@ -19,7 +19,9 @@ from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM
 
 
 async def reclaim(port: int) -> dict[str, Any]:
-    pool = redis.asyncio.BlockingConnectionPool(host="127.0.0.1", port=port, max_connections=20, timeout=None)
+    pool = redis.asyncio.BlockingConnectionPool(
+        host="127.0.0.1", port=port, max_connections=20, timeout=None, protocol=2
+    )
     client = redis.asyncio.Redis(connection_pool=pool)
     started = time.perf_counter()
     summary: Any = await client.xpending(STREAM, GROUP)

@@ -52,7 +52,14 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
         finally:
             client.close()
 
-    app = FastAPI(title="tweets-monitor", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="tweets-monitor",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,  # "/monitor/" is an unknown path (404), not a redirect the host won't follow
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

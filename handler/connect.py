@@ -37,6 +37,9 @@ def connect(settings: MonitorSettings) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
         client_name="tweets-monitor",
         decode_responses=False,
+        # RESP2, spoken by every server and proxy the monitor may meet (redis-py 8 would ask for RESP3);
+        # the hot path parses replies itself and expects RESP2's shapes.
+        protocol=2,
     )
     # The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
     # repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms.

@@ -30,6 +30,7 @@ class StreamKeys:
     consumer: str
     dead_letter: str
     cursor: str
+    lease: str
 
     @classmethod
     def from_settings(cls, settings: MonitorSettings) -> StreamKeys:
@@ -40,6 +41,7 @@ class StreamKeys:
             consumer=settings.MONITORING_CONSUMER_NAME,
             dead_letter=settings.DEAD_LETTER_STREAM or f"{tag}:dead-letter",
             cursor=f"{tag}:cursor:{settings.STREAM_CONSUMER_GROUP_NAME}",
+            lease=f"{tag}:lease:{settings.STREAM_CONSUMER_GROUP_NAME}",
         )
 
 

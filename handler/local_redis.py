@@ -63,6 +63,8 @@ class LocalRedis:
         directory: Path | None = None,
         extra_args: Sequence[str] = (),
         persistent: bool = False,
+        env: dict[str, str] | None = None,
+        probe_options: dict[str, object] | None = None,
     ) -> None:
         self.binary = binary
         self.port = port or free_port()
@@ -70,6 +72,8 @@ class LocalRedis:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="tweets-monitor-redis-"))
         self.extra_args = list(extra_args)
         self.persistent = persistent
+        self.env = env  # e.g. LD_LIBRARY_PATH for a server unpacked from a .deb
+        self.probe_options = probe_options or {}  # e.g. TLS options for the readiness PING
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,7 +85,7 @@ class LocalRedis:
         return f"127.0.0.1:{self.port}"
 
     def client(self, **options: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **options)  # type: ignore[arg-type]
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **options)  # type: ignore[arg-type]
 
     def start(self) -> LocalRedis:
         persistence = (
@@ -90,7 +94,7 @@ class LocalRedis:
         args = [
             str(self.binary),
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *(["--port", str(self.port)] if "--tls-port" not in self.extra_args else []),
             "--save", "",
             "--dir", str(self.directory),
             *persistence,
@@ -98,7 +102,7 @@ class LocalRedis:
         ]  # fmt: skip
         log_file = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
         )
         log_file.close()
         self._wait_until_ready()
@@ -106,7 +110,7 @@ class LocalRedis:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SEC
-        probe = self.client(socket_timeout=1, socket_connect_timeout=1)
+        probe = self.client(socket_timeout=1, socket_connect_timeout=1, **self.probe_options)
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:

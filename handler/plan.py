@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -30,16 +29,14 @@ class PendingRow(NamedTuple):
     deliveries: int
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
-    """Store the entry's fields in `key`, then acknowledge it."""
+class Write(NamedTuple):
+    """Store the entry's fields in `key`, then acknowledge it. (Tuples: one per message, on the hot path.)"""
 
     key: bytes
     fields: Sequence[bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(NamedTuple):
     reason: DeadLetterReason
     detail: str = ""
 
@@ -94,10 +91,15 @@ def walk_segments(cursor: bytes | None) -> list[tuple[bytes, bytes]]:
 
 def stream_field(fields: Sequence[bytes], name: bytes) -> bytes | None:
     """The value of a field as HSET would leave it: with repeated names the later one wins."""
+    names = fields[0::2]
+    count = names.count(name)
+    if count == 1:  # the usual case, found in C
+        return fields[2 * names.index(name) + 1]
     value = None
-    for index in range(0, len(fields) - 1, 2):
-        if fields[index] == name:
-            value = fields[index + 1]
+    if count:
+        for index in range(0, len(fields) - 1, 2):
+            if fields[index] == name:
+                value = fields[index + 1]
     return value
 
 

@@ -41,6 +41,7 @@ class MonitorSettings(BaseSettings):
     RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
     CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1)] = 1_000_000
+    LEASE_TTL_SEC: Annotated[float, Field(ge=1, le=600)] = 15.0
 
     LOG_LEVEL: LogLevel = "INFO"
     FUNCTIONS_CUSTOMHANDLER_PORT: Annotated[int, Field(ge=1, le=65_535)] = 8080

@@ -8,15 +8,20 @@ still comes from redis-py's pool, so there is one place where connections are co
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import hiredis
 import redis
 from redis.connection import Connection, ConnectionPool
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 RECV_BYTES = 1 << 18
+RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead server fails the cycle in seconds
 # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length of str, bytes and numbers.
 pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 
@@ -79,6 +84,35 @@ class Wire:
         if not self._healthy:
             self._connection.disconnect()  # type: ignore[no-untyped-call]
         self._pool.release(self._connection)
+
+
+class Channel:
+    """A Wire that reconnects. `run(step)` calls step(wire); after a connection error or a timeout it retries
+    the whole step on a fresh connection with backoff, which is safe because every command of the cycle
+    can be repeated (see page.py)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._wire: Wire | None = None
+
+    def run(self, step: Callable[[Wire], T]) -> T:
+        for delay in (*RETRY_DELAYS_SEC, None):
+            try:
+                if self._wire is None:
+                    self._wire = Wire(self._pool)
+                return step(self._wire)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.close()
+                if delay is None:
+                    raise
+                log.warning("lost the connection to Redis (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._wire is not None:
+            wire, self._wire = self._wire, None
+            wire.close()
 
 
 def pack_all(commands: Sequence[Sequence[Any]]) -> list[bytes]:

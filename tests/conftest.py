@@ -12,6 +12,7 @@ import redis
 from handler.local_redis import LocalRedis
 from handler.settings import MonitorSettings
 from tests.redis_binaries import BINARIES
+from tests.reliability import table
 
 ALL_VERSIONS = ["6.0", "6.2", "8.2"]
 
@@ -77,3 +78,12 @@ def client(any_redis: LocalRedis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def client8(redis_8: LocalRedis) -> Iterator[redis.Redis]:
     yield from _fresh_client(redis_8)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The reliability table (RELIABILITY.md) from the fault, fuzz and security tests that ran."""
+    lines = table()
+    if len(lines) > 2:
+        terminalreporter.section("reliability: faults injected, fuzz cases, security checks")
+        for line in lines:
+            terminalreporter.write_line(line)

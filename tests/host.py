@@ -158,6 +158,10 @@ class FunctionsHost:
             return self.request("POST", "/monitor", iter(pieces), headers)
         return self.request("POST", "/monitor", payload, headers)
 
+    def send_signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.process is not None
         if self.process.poll() is None:

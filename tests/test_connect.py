@@ -29,6 +29,7 @@ def test_tls_is_on_by_default_requires_12_and_verifies_certificates_and_host_nam
     assert "required" == kwargs["ssl_cert_reqs"]
     assert kwargs["ssl_check_hostname"] is True
     assert ("myredis.redis.cache.windows.net", 6380) == (kwargs["host"], kwargs["port"])
+    assert 2 == kwargs["protocol"]  # RESP2: what every server and proxy speaks
     client.close()
 
 
