@@ -20,7 +20,13 @@ from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM
 
 async def reclaim(port: int) -> dict[str, Any]:
     pool = redis.asyncio.BlockingConnectionPool(
-        host="127.0.0.1", port=port, max_connections=20, timeout=None, protocol=2
+        host="127.0.0.1",
+        port=port,
+        max_connections=20,
+        timeout=None,
+        protocol=2,
+        socket_connect_timeout=60,
+        socket_timeout=120,  # 100,000 waiting tasks slow the event loop down
     )
     client = redis.asyncio.Redis(connection_pool=pool)
     started = time.perf_counter()

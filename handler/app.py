@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,6 +23,7 @@ from handler.cycle import CycleSummary, ReclaimCycle
 from handler.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.logs import capture_logs
+from handler.metrics import Metrics
 from handler.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,13 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
     """The handler's app; `stop` is set on SIGTERM/SIGINT so a running cycle ends after its page."""
     stop_requested = stop or threading.Event()
     one_cycle_at_a_time = threading.Lock()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = connect(settings)
         app.state.cycle = ReclaimCycle(client, settings)
+        metrics.watch_group(client, app.state.cycle.keys)
         try:
             yield
         finally:
@@ -69,6 +73,11 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
     async def ready() -> dict[str, str]:
         return {"status": "ready"}
 
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        # A sync route: scraping reads three gauges from Redis, off the event loop.
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.post(f"/{FUNCTION_NAME}")
     async def monitor(request: Request) -> JSONResponse:
         with capture_logs(request.headers.get(INVOCATION_ID_HEADER) or "-") as lines:
@@ -85,21 +94,27 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
         if timer.IsPastDue:
             log.info("the timer is past due; running one cycle now")
         if not one_cycle_at_a_time.acquire(blocking=False):
-            summary = CycleSummary(stopped_by="skipped", skipped="a cycle is already running here")
-            log.info(summary.log_line())
-            return summary
+            busy = CycleSummary(stopped_by="skipped", skipped="a cycle is already running here")
+            log.info(busy.log_line())
+            metrics.observe(busy)
+            return busy
         try:
             cycle: ReclaimCycle = request.app.state.cycle
-            return await run_in_threadpool(cycle.run, stop_requested.is_set)
+            summary: CycleSummary = await run_in_threadpool(cycle.run, stop_requested.is_set)
         except RedisUnavailableError as exc:
+            metrics.observe_failure("redis-unavailable")
             raise _InvocationError(503, str(exc)) from exc
         except MonitorError as exc:
+            metrics.observe_failure("error")
             raise _InvocationError(500, str(exc)) from exc
         except Exception as exc:
+            metrics.observe_failure("error")
             log.exception("unexpected failure of the reclaim cycle")
             raise _InvocationError(500, f"unexpected failure of the reclaim cycle: {exc!r}") from exc
         finally:
             one_cycle_at_a_time.release()
+        metrics.observe(summary)
+        return summary
 
     return app
 

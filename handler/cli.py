@@ -1,6 +1,7 @@
-"""The command line: `serve` (what host.json starts), `reclaim` (one cycle) and `demo`.
+"""The command line (`python -m handler` or `tweets-monitor`).
 
-Exit codes: 0 success, 1 the cycle failed, 2 bad settings or usage.
+serve (what host.json starts), reclaim [--dry-run], run [--once], status, check, dead-letter
+list|show|replay|purge, consumers prune, demo. Exit codes: 0 success, 1 failure, 2 bad settings or usage.
 """
 
 from __future__ import annotations
@@ -11,35 +12,82 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
+import redis
 import uvicorn
+from prometheus_client import start_http_server
 
+from handler import console
+from handler import dead_letter_tools as dead_letters
 from handler.app import create_app
 from handler.connect import connect
-from handler.cycle import ReclaimCycle
+from handler.consumers import prune_idle_consumers
+from handler.cycle import CycleSummary, ReclaimCycle
 from handler.demo import run_demo
+from handler.dry_run import dry_run
 from handler.errors import MonitorError, SettingsError
+from handler.keys import StreamKeys
 from handler.logs import configure_logging
-from handler.settings import MonitorSettings, load_settings
+from handler.metrics import Metrics
+from handler.preflight import run_checks
+from handler.runner import function_schedule, run_on_schedule, schedule_zone
+from handler.settings import MonitorSettings, load_settings, split_host_port
+from handler.status import gather_status
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SETTINGS = 0, 1, 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tweets-monitor",
-        description="Reclaims tweets abandoned in a Redis stream consumer group.",
+        prog="tweets-monitor", description="Reclaims tweets abandoned in a Redis stream consumer group."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the Azure Functions custom handler (what host.json starts)")
-    commands.add_parser("reclaim", help="run one reclaim cycle and print its summary as JSON")
+    reclaim = commands.add_parser("reclaim", help="run one reclaim cycle and print its summary as JSON")
+    reclaim.add_argument("--dry-run", action="store_true", help="say what a cycle would do, change nothing")
+    run = commands.add_parser("run", help="run cycles on monitor/function.json's schedule, without the host")
+    run.add_argument("--once", action="store_true", help="one cycle now, then exit (for cron)")
+    run.add_argument("--schedule", help="an NCRONTAB schedule instead of function.json's (seconds first)")
+    status = commands.add_parser("status", help="the group at a glance: pending per consumer, dead letters")
+    status.add_argument("--json", action="store_true")
+    commands.add_parser("check", help="settings, connectivity, authentication, version, stream, permissions")
+
+    dead = commands.add_parser("dead-letter", help="list, show, replay or purge dead letters")
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the oldest (or newest) dead letters")
+    listing.add_argument("--count", type=int, default=20)
+    listing.add_argument("--newest", action="store_true")
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one dead letter, every field")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    for name, what in (("replay", "put back into the main stream"), ("purge", "delete for good")):
+        action = actions.add_parser(name, help=f"dead letters to {what}")
+        action.add_argument("ids", nargs="*")
+        action.add_argument("--all", action="store_true")
+        action.add_argument("--dry-run", action="store_true")
+        if name == "purge":
+            action.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    consumers = commands.add_parser("consumers", help="remove consumers idle with nothing pending")
+    consumer_actions = consumers.add_subparsers(dest="action", required=True)
+    prune = consumer_actions.add_parser(
+        "prune", help="remove consumers idle longer than --idle-sec, if empty"
+    )
+    prune.add_argument("--idle-sec", type=float, required=True)
+    prune.add_argument("--dry-run", action="store_true")
+
     demo = commands.add_parser("demo", help="show a reclaim cycle against a throwaway local Redis")
     demo.add_argument("--tweets", type=int, default=20, help="sample tweets to produce (default 20)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         return run_demo(args.tweets)
     try:
@@ -47,12 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"tweets-monitor: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    configure_logging(settings.log_level, info_to_stdout=args.command == "serve")
+    configure_logging(
+        settings.log_level, info_to_stdout=args.command == "serve", json_lines=settings.LOG_FORMAT == "json"
+    )
     if settings.MIN_IDLE_TIME_SEC == 0:
         log.warning("MIN_IDLE_TIME_SEC is 0: entries are taken from live processors as well")
     if args.command == "serve":
         return serve(settings)
-    return reclaim(settings)
+    client = connect(settings)
+    try:
+        return COMMANDS[args.command](client, settings, args)
+    except MonitorError as exc:
+        log.error("%s failed: %s", args.command, exc)
+        return EXIT_FAILED
+    except redis.exceptions.RedisError as exc:
+        host, port = settings.redis_address
+        log.error("%s failed: Redis at %s:%d: %s: %s", args.command, host, port, type(exc).__name__, exc)
+        return EXIT_FAILED
+    finally:
+        client.close()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -64,19 +125,145 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
 
-def reclaim(settings: MonitorSettings) -> int:
+def reclaim(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        report = dry_run(client, settings)
+        if sys.stdout.isatty():
+            console.dry_run_report(report)
+        else:
+            print(json.dumps(report.as_dict()))
+        return EXIT_OK
     stop = threading.Event()
     _stop_on_signals(stop)
-    client = connect(settings)
-    try:
-        summary = ReclaimCycle(client, settings).run(stop.is_set)
-    except MonitorError as exc:
-        log.error("reclaim cycle failed: %s", exc)
-        return EXIT_FAILED
-    finally:
-        client.close()
+    summary = ReclaimCycle(client, settings).run(stop.is_set)
     print(json.dumps(summary.as_dict()), flush=True)
     return EXIT_OK
+
+
+def run(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    cycle = ReclaimCycle(client, settings)
+    metrics = Metrics()
+    metrics.watch_group(client, cycle.keys)
+    host, port = split_host_port(settings.METRICS_ADDRESS)
+    start_http_server(port, addr=host, registry=metrics.registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def one_cycle() -> CycleSummary | None:
+        try:
+            summary = cycle.run(stop.is_set)
+        except MonitorError as exc:
+            log.error("reclaim cycle failed: %s", exc)
+            metrics.observe_failure("error")
+            return None
+        metrics.observe(summary)
+        return summary
+
+    if args.once:
+        return EXIT_OK if one_cycle() is not None else EXIT_FAILED
+    schedule = args.schedule or function_schedule()
+    log.info("running on schedule %r (%s)", schedule, settings.WEBSITE_TIME_ZONE or "UTC")
+    run_on_schedule(schedule, schedule_zone(settings.WEBSITE_TIME_ZONE), one_cycle, stop)
+    return EXIT_OK
+
+
+def status(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    keys = StreamKeys.from_settings(settings)
+    with console.progress("reading the group", None):
+        result = gather_status(client, keys, settings.DEAD_LETTER_MAXLEN)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        console.status_table(result)
+    return EXIT_OK
+
+
+def check(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    passed = True
+    for result in run_checks(client, settings):
+        print(result.line(), flush=True)
+        passed = passed and result.passed
+    return EXIT_OK if passed else EXIT_FAILED
+
+
+def dead_letter(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    keys = StreamKeys.from_settings(settings)
+    if args.action == "list":
+        entries = dead_letters.list_dead_letters(client, keys, args.count, args.newest)
+        if args.json:
+            print(json.dumps([entry.row() for entry in entries]))
+        else:
+            console.dead_letter_table(entries)
+        return EXIT_OK
+    if args.action == "show":
+        entry = dead_letters.show_dead_letter(client, keys, args.id)
+        if entry is None:
+            log.error("no dead letter %s in %s", args.id, keys.dead_letter)
+            return EXIT_FAILED
+        if args.json:
+            fields = [v.decode(errors="replace") for v in entry.original]
+            print(json.dumps({**entry.row(), "original": dict(zip(fields[::2], fields[1::2], strict=True))}))
+        else:
+            console.dead_letter_detail(entry)
+        return EXIT_OK
+    if bool(args.ids) == bool(args.all):
+        log.error("name the dead letters to %s, or give --all", args.action)
+        return EXIT_BAD_SETTINGS
+    ids: list[bytes | str] = list(args.ids) or [
+        i for batch in dead_letters.all_ids(client, keys) for i in batch
+    ]
+    if args.dry_run:
+        print(f"would {args.action} {len(ids):,} dead letters from {keys.dead_letter}")
+        return EXIT_OK
+    if (
+        args.action == "purge"
+        and not args.yes
+        and not _confirm(f"delete {len(ids):,} dead letters for good?")
+    ):
+        print("nothing purged")
+        return EXIT_FAILED
+    return _apply(client, keys, args.action, ids)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        log.error("refusing to purge without --yes when nobody can answer the question")
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _apply(client: redis.Redis, keys: StreamKeys, action: str, ids: list[bytes | str]) -> int:
+    with console.progress(f"{action}ing dead letters", len(ids)) as bar:
+        advance: Callable[[int], None] = lambda done: bar.advance(bar.task_ids[0], done)  # noqa: E731
+        if action == "replay":
+            done = dead_letters.replay(client, keys, ids, advance)
+        else:
+            done = dead_letters.purge(client, keys, ids)
+    print(f"{action}ed {done:,} of {len(ids):,} dead letters")
+    return EXIT_OK
+
+
+def consumers(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    keys = StreamKeys.from_settings(settings)
+    removed = prune_idle_consumers(
+        client, keys.stream, keys.group, args.idle_sec, [keys.consumer], args.dry_run
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} consumers idle for {args.idle_sec:g} s with nothing pending")
+    for name in removed:
+        print(f"  {name}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[redis.Redis, MonitorSettings, argparse.Namespace], int]] = {
+    "reclaim": reclaim,
+    "run": run,
+    "status": status,
+    "check": check,
+    "dead-letter": dead_letter,
+    "consumers": consumers,
+}
 
 
 class _HandlerServer(uvicorn.Server):

@@ -42,7 +42,8 @@ def connect(settings: MonitorSettings) -> redis.Redis:
         protocol=2,
     )
     # The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
-    # repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms.
-    client.set_response_callback("XCLAIM", _raw_reply)
-    client.set_response_callback("XPENDING", _raw_reply)
+    # repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms;
+    # the dead-letter tools read entries as flat field lists too.
+    for command in ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE"):
+        client.set_response_callback(command, _raw_reply)
     return client

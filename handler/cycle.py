@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from handler.consumers import prune_idle_consumers
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
 from handler.keys import StreamKeys
 from handler.lease import Lease, holder_identity
@@ -134,6 +135,7 @@ class ReclaimCycle:
             )
             stopped_by, next_start = sweep.walk(cursor)
             self._save_cursor(next_start)
+            self._prune_idle_consumers()
         finally:
             _release_quietly(lease)
         counts = sweep.counts
@@ -148,6 +150,16 @@ class ReclaimCycle:
             pages=sweep.pages,
             stopped_by=stopped_by,
         )
+
+    def _prune_idle_consumers(self) -> None:
+        """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending."""
+        idle_sec = self._settings.DELETE_IDLE_CONSUMERS_AFTER_SEC
+        if not idle_sec:
+            return
+        keys = self._keys
+        removed = prune_idle_consumers(self._client, keys.stream, keys.group, idle_sec, keep=[keys.consumer])
+        if removed:
+            log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
 
     def _save_cursor(self, start: bytes) -> None:
         """Remember where the next invocation starts. Only a hint: losing it costs a walk from the head."""
@@ -186,7 +198,9 @@ class _Sweep:
         self._keys = keys
         self._should_stop = should_stop
         self._deadline = started + settings.CYCLE_TIME_BUDGET_SEC
-        self._config = PageSettings(keys, settings.min_idle_ms, settings.MAX_DELIVERIES)
+        self._config = PageSettings(
+            keys, settings.min_idle_ms, settings.MAX_DELIVERIES, settings.DEAD_LETTER_MAXLEN
+        )
         self._pages: queue.Queue[_Page | None] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []

@@ -34,7 +34,7 @@ class MoveOutcome(IntEnum):
 
 
 # KEYS: stream, dead-letter stream (same hash slot).
-# ARGV: group, consumer, entry id, reason, deliveries, time in ms, detail.
+# ARGV: group, consumer, entry id, reason, deliveries, time in ms, detail, max length (0: unbounded).
 # The acknowledgement comes first and the dead letter is written only if it removed the entry from the
 # pending list, and only while this consumer owns it: a retry, a crash or a competing monitor can never
 # leave an entry dead-lettered twice, in both places, or in neither.
@@ -60,8 +60,38 @@ local fields = {
 for _, value in ipairs(entry[1][2]) do
   fields[#fields + 1] = value
 end
-redis.call('XADD', dead_letter, '*', unpack(fields))
+local maxlen = tonumber(ARGV[8])
+if maxlen > 0 then
+  redis.call('XADD', dead_letter, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+else
+  redis.call('XADD', dead_letter, '*', unpack(fields))
+end
 return 1
+"""
+
+
+# KEYS: dead-letter stream, main stream (same hash slot). ARGV: metadata pair count, then dead-letter IDs.
+# Each dead letter goes back to the main stream with its original fields (a new entry, so the group delivers
+# it again) and leaves the dead-letter stream in the same atomic step: a crash never duplicates or drops one.
+REPLAY_LUA = """
+local replayed = 0
+local skip = 2 * tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #entry > 0 then
+    local fields = entry[1][2]
+    if fields[1] == 'dlq:version' and fields[2] == '1' and #fields > skip then
+      local original = {}
+      for j = skip + 1, #fields do
+        original[#original + 1] = fields[j]
+      end
+      redis.call('XADD', KEYS[2], '*', unpack(original))
+      redis.call('XDEL', KEYS[1], ARGV[i])
+      replayed = replayed + 1
+    end
+  end
+end
+return replayed
 """
 
 

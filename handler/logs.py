@@ -7,6 +7,7 @@ WARNING go to stdout and the rest to stderr.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,25 @@ class _InvocationFilter(logging.Filter):
         return True
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (LOG_FORMAT=json); a cycle's counts come along under `summary`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "invocation_id": getattr(record, "invocation_id", "-"),
+            "message": record.getMessage(),
+        }
+        summary = getattr(record, "summary", None)
+        if summary is not None:
+            document["summary"] = summary
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str)
+
+
 class _BelowWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING
@@ -39,13 +59,13 @@ class _CaptureHandler(logging.Handler):
             lines.append(f"{record.levelname}: {record.getMessage()}")
 
 
-def configure_logging(level: int, *, info_to_stdout: bool) -> None:
+def configure_logging(level: int, *, info_to_stdout: bool, json_lines: bool = False) -> None:
     """Under the host, INFO goes to stdout and WARNING+ to stderr; for the CLI, whose stdout carries its
     JSON result, everything goes to stderr."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    formatter = logging.Formatter(FORMAT)
+    formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)
     handlers: list[logging.Handler] = [_CaptureHandler()]
     if info_to_stdout:
         stdout = logging.StreamHandler(sys.stdout)

@@ -51,6 +51,7 @@ class PageSettings:
     keys: StreamKeys
     min_idle_ms: int
     max_deliveries: int
+    dead_letter_maxlen: int = 0
 
 
 @dataclass
@@ -88,7 +89,7 @@ def handle_page(wire: Wire, rows: list[PendingRow], config: PageSettings) -> Pag
         else:
             outcome.dead.append((entry_id, decision))
     _write(wire, writes, outcome, counts)
-    _acknowledge_and_dead_letter(wire, keys, outcome, deliveries, counts)
+    _acknowledge_and_dead_letter(wire, config, outcome, deliveries, counts)
     return counts
 
 
@@ -143,11 +144,12 @@ def _write(wire: Wire, writes: list[tuple[bytes, Write]], outcome: _Outcome, cou
 
 def _acknowledge_and_dead_letter(
     wire: Wire,
-    keys: StreamKeys,
+    config: PageSettings,
     outcome: _Outcome,
     deliveries: dict[bytes, int],
     counts: PageCounts,
 ) -> None:
+    keys = config.keys
     commands = []
     if outcome.written:
         commands.append(pack((b"XACK", keys.stream, keys.group, *outcome.written)))
@@ -155,7 +157,18 @@ def _acknowledge_and_dead_letter(
     for entry_id, letter in outcome.dead:
         script_keys = (2, keys.stream, keys.dead_letter)
         args = (keys.group, keys.consumer, entry_id, letter.reason.value, deliveries[entry_id], now_ms)
-        commands.append(pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, *script_keys, *args, letter.detail)))
+        commands.append(
+            pack(
+                (
+                    b"EVAL",
+                    MOVE_TO_DEAD_LETTER_LUA,
+                    *script_keys,
+                    *args,
+                    letter.detail,
+                    config.dead_letter_maxlen,
+                )
+            )
+        )
     if not commands:
         return
     results = wire.call(commands, len(commands))

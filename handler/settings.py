@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,19 +38,36 @@ class MonitorSettings(BaseSettings):
     MIN_IDLE_TIME_SEC: Annotated[int, Field(ge=0)]
     MAX_DELIVERIES: Annotated[int, Field(ge=0)] = 10
     DEAD_LETTER_STREAM: str = ""
+    DEAD_LETTER_MAXLEN: Annotated[int, Field(ge=0)] = 100_000
 
     RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
     CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1)] = 1_000_000
     LEASE_TTL_SEC: Annotated[float, Field(ge=1, le=600)] = 15.0
+    DELETE_IDLE_CONSUMERS_AFTER_SEC: Annotated[float, Field(ge=0)] = 0.0
 
     LOG_LEVEL: LogLevel = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = "text"
     FUNCTIONS_CUSTOMHANDLER_PORT: Annotated[int, Field(ge=1, le=65_535)] = 8080
+    METRICS_ADDRESS: str = "127.0.0.1:9464"
+    WEBSITE_TIME_ZONE: str = ""
 
-    @field_validator("REDIS_HOST")
+    @field_validator("REDIS_HOST", "METRICS_ADDRESS")
     @classmethod
     def _host_port_is_well_formed(cls, value: str) -> str:
         split_host_port(value)
+        return value
+
+    @field_validator("WEBSITE_TIME_ZONE")
+    @classmethod
+    def _time_zone_exists(cls, value: str) -> str:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r} (an IANA name such as Europe/London)"
+                ) from None
         return value
 
     @field_validator("LOG_LEVEL", mode="before")

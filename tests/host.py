@@ -26,6 +26,7 @@ from typing import Any
 from handler.local_redis import free_port
 
 APP_ROOT = Path(__file__).resolve().parent.parent
+STARTED: list[subprocess.Popen[bytes]] = []  # every handler the suite started, killed at its end if alive
 READINESS_POLL_SEC = 0.025
 INITIALIZATION_TIMEOUT_SEC = 30.0
 HOST_VERSION = "4.1036.1.23224"
@@ -86,6 +87,7 @@ class FunctionsHost:
         self.process = subprocess.Popen(
             self.command(), cwd=APP_ROOT, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
         )
+        STARTED.append(self.process)
         stdout.close()
         stderr.close()
         self.wait_until_ready()

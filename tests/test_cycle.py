@@ -256,7 +256,7 @@ class TestTheDeadLetterMoveIsAtomic:
     def move(self, world: World, entry_id: bytes, consumer: str = "monitoring_app") -> int:
         script = world.client.register_script(MOVE_TO_DEAD_LETTER_LUA)
         keys = world.keys
-        args = [world.group, consumer, entry_id, "missing-id", 1, 0, "test"]
+        args = [world.group, consumer, entry_id, "missing-id", 1, 0, "test", 0]
         return int(script(keys=[keys.stream, keys.dead_letter], args=args))  # type: ignore[arg-type]
 
     def claim(self, world: World, ids: list[bytes]) -> None:

@@ -334,31 +334,34 @@ def test_several_monitors_at_once_with_one_frozen_mid_page(redis_8: LocalRedis, 
             done = subprocess.run([sys.executable, "-m", "handler", "reclaim"], env=env, capture_output=True)
             cli_exit_codes.append(done.returncode)
 
-    with LiveProcessors(redis_8) as live:
-        thread, frozen_answers = start_cycle(frozen)
-        wait_until_claiming(fresh, "monitor-frozen")
-        frozen.send_signal(signal.SIGSTOP)  # frozen mid-page, holding claimed entries and the lease
-        workers = [threading.Thread(target=keep_invoking, args=(h,), daemon=True) for h in others]
-        workers.append(threading.Thread(target=keep_reclaiming_from_the_cli, daemon=True))
-        for worker in workers:
-            worker.start()
-        time.sleep(2.5)  # past MIN_IDLE_TIME_SEC and LEASE_TTL_SEC: the others take over its work
-        frozen.send_signal(signal.SIGCONT)
-        thread.join(timeout=60)
-        time.sleep(2)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=60)
-    frozen_summary = completed(frozen_answers[0])  # it wakes up, loses its claims quietly and finishes
-    assert frozen_summary["stopped_by"] in {"lease-lost", "end"}
-    for answer in answers:
-        completed(answer)  # no invocation failed: losing a claim race is not an error
-    assert any("lease held by" in (completed(a)["skipped"] or "") for a in answers)
-    assert cli_exit_codes and set(cli_exit_codes) == {0}
-    time.sleep(1.05)
-    drain(others[0], fresh)
-    for host in (frozen, *others):
-        host.stop()
+    try:
+        with LiveProcessors(redis_8) as live:
+            thread, frozen_answers = start_cycle(frozen)
+            wait_until_claiming(fresh, "monitor-frozen")
+            frozen.send_signal(signal.SIGSTOP)  # frozen mid-page, holding claimed entries and the lease
+            workers = [threading.Thread(target=keep_invoking, args=(h,), daemon=True) for h in others]
+            workers.append(threading.Thread(target=keep_reclaiming_from_the_cli, daemon=True))
+            for worker in workers:
+                worker.start()
+            time.sleep(2.5)  # past MIN_IDLE_TIME_SEC and LEASE_TTL_SEC: the others take over its work
+            frozen.send_signal(signal.SIGCONT)
+            thread.join(timeout=60)
+            time.sleep(2)
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=60)
+        frozen_summary = completed(frozen_answers[0])  # it wakes up, loses its claims quietly and finishes
+        assert frozen_summary["stopped_by"] in {"lease-lost", "end"}
+        for answer in answers:
+            completed(answer)  # no invocation failed: losing a claim race is not an error
+        assert any("lease held by" in (completed(a)["skipped"] or "") for a in answers)
+        assert cli_exit_codes and set(cli_exit_codes) == {0}
+        time.sleep(1.05)
+        drain(others[0], fresh)
+    finally:
+        for host in (frozen, *others):
+            if host.alive():
+                host.stop()
     everything = Backlog({**backlog.tweets, **live.tweets}, backlog.bad)
     monitors = "4 monitors (3 HTTP, 1 CLI; 3 consumer names), one frozen past min-idle, live processors"
     check(fresh, everything, monitors, 1)

@@ -63,12 +63,12 @@ def test_the_handler_listens_on_loopback_only(redis_8: LocalRedis) -> None:
     SECURITY_CHECKS.append("the handler listens on 127.0.0.1 only (read from /proc/net/tcp)")
 
 
-def test_only_the_hosts_routes_are_served_and_no_api_docs() -> None:
+def test_only_the_hosts_routes_and_metrics_are_served_and_no_api_docs() -> None:
     settings = MonitorSettings(REDIS_HOST="localhost", MIN_IDLE_TIME_SEC=10, **NAMES)  # type: ignore[arg-type]
     app = create_app(settings)
-    assert {"/", "/monitor"} == {getattr(route, "path", None) for route in app.routes}
+    assert {"/", "/monitor", "/metrics"} == {getattr(route, "path", None) for route in app.routes}
     assert (None, None, None) == (app.docs_url, app.redoc_url, app.openapi_url)
-    SECURITY_CHECKS.append("routes: GET / and POST /monitor only; no OpenAPI, docs or redoc")
+    SECURITY_CHECKS.append("routes: GET /, POST /monitor and GET /metrics only; no OpenAPI, docs or redoc")
 
 
 def test_secrets_never_appear_in_logs_answers_or_the_cli_output(

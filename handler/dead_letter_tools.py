@@ -1,0 +1,93 @@
+"""Operating on the dead-letter stream: list, show, replay into the main stream, purge."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from handler.dead_letter import METADATA_FIELD_COUNT, REPLAY_LUA, split_dead_letter
+from handler.keys import StreamKeys
+
+REPLAY_BATCH = 100  # dead letters moved per atomic script call
+
+
+@dataclass(frozen=True)
+class DeadLetterEntry:
+    entry_id: bytes
+    metadata: dict[bytes, bytes]
+    original: list[bytes]
+
+    def row(self) -> dict[str, Any]:
+        """A JSON-friendly summary line."""
+        meta = {k.decode().removeprefix("dlq:"): v.decode(errors="replace") for k, v in self.metadata.items()}
+        return {"id": self.entry_id.decode(), **meta, "fields": len(self.original) // 2}
+
+
+def _raw(client: redis.Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _parse(entries: Sequence[Any]) -> list[DeadLetterEntry]:
+    parsed = []
+    for entry_id, fields in entries:
+        metadata, original = split_dead_letter(list(fields))
+        parsed.append(DeadLetterEntry(entry_id, metadata, original))
+    return parsed
+
+
+def list_dead_letters(
+    client: redis.Redis, keys: StreamKeys, count: int, newest_first: bool
+) -> list[DeadLetterEntry]:
+    command = (
+        ("XREVRANGE", keys.dead_letter, "+", "-") if newest_first else ("XRANGE", keys.dead_letter, "-", "+")
+    )
+    return _parse(_raw(client, *command, "COUNT", count))
+
+
+def show_dead_letter(client: redis.Redis, keys: StreamKeys, entry_id: str) -> DeadLetterEntry | None:
+    entries = _parse(_raw(client, "XRANGE", keys.dead_letter, entry_id, entry_id))
+    return entries[0] if entries else None
+
+
+def all_ids(client: redis.Redis, keys: StreamKeys, batch: int = 1000) -> Iterator[list[bytes]]:
+    """Every dead letter's ID, a batch at a time, oldest first."""
+    start = "-"
+    while True:
+        entries = _raw(client, "XRANGE", keys.dead_letter, start, "+", "COUNT", batch)
+        if not entries:
+            return
+        ids = [entry_id for entry_id, _ in entries]
+        yield ids
+        ms, _, seq = ids[-1].partition(b"-")
+        start = f"{int(ms)}-{int(seq) + 1}"
+
+
+def replay(
+    client: redis.Redis,
+    keys: StreamKeys,
+    ids: Sequence[bytes | str],
+    progress: Callable[[int], None] = lambda done: None,
+) -> int:
+    """Move dead letters back to the main stream, REPLAY_BATCH per atomic step; returns how many moved."""
+    moved = 0
+    for start in range(0, len(ids), REPLAY_BATCH):
+        batch = list(ids[start : start + REPLAY_BATCH])
+        moved += int(
+            _raw(client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT, *batch)
+        )
+        progress(len(batch))
+    return moved
+
+
+def purge(client: redis.Redis, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
+    removed = 0
+    for start in range(0, len(ids), 1000):
+        removed += int(client.xdel(keys.dead_letter, *ids[start : start + 1000]))
+    return removed
+
+
+def length(client: redis.Redis, keys: StreamKeys) -> int:
+    return int(client.xlen(keys.dead_letter))

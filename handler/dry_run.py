@@ -1,0 +1,116 @@
+"""`reclaim --dry-run`: what a cycle would claim, write, dead-letter and acknowledge, changing nothing.
+
+It walks the same pages from the same cursor as the cycle, with the same pure decisions (plan.py), but only
+reads: XPENDING for the pages, XRANGE for the entries, TYPE for the tweet keys it would write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from handler.keys import StreamKeys
+from handler.plan import (
+    DeadLetter,
+    DeadLetterReason,
+    Write,
+    claimable_ids,
+    decide,
+    next_id,
+    parse_pending_rows,
+    walk_segments,
+)
+from handler.settings import MonitorSettings
+
+
+@dataclass
+class DryRunReport:
+    pending: int = 0
+    would_claim: int = 0
+    would_write: int = 0
+    would_dead_letter: dict[str, int] = field(default_factory=dict)
+    would_acknowledge_deleted: int = 0
+    not_idle_long_enough: int = 0
+    pages: int = 0
+    examples: list[dict[str, str]] = field(default_factory=list)  # the first few decisions, for people
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def dry_run(client: redis.Redis, settings: MonitorSettings, examples: int = 10) -> DryRunReport:
+    keys = StreamKeys.from_settings(settings)
+    report = DryRunReport(pending=int(_command(client, "XPENDING", keys.stream, keys.group)[0]))
+    if not report.pending:
+        return report
+    deadline = time.monotonic() + settings.CYCLE_TIME_BUDGET_SEC
+    dead: Counter[str] = Counter()
+    cursor: Any = client.get(keys.cursor)
+    for segment_start, segment_end in walk_segments(cursor):
+        start = segment_start
+        while report.pages == 0 or (
+            report.would_claim < settings.CYCLE_MAX_MESSAGES and time.monotonic() < deadline
+        ):
+            count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - report.would_claim)
+            rows = parse_pending_rows(
+                _command(client, "XPENDING", keys.stream, keys.group, start, segment_end, count)
+            )
+            report.pages += 1
+            _judge_page(client, keys, settings, rows, report, dead, examples)
+            if len(rows) < count:
+                break
+            start = next_id(rows[-1].entry_id)
+    report.would_dead_letter = dict(dead)
+    return report
+
+
+def _judge_page(
+    client: redis.Redis,
+    keys: StreamKeys,
+    settings: MonitorSettings,
+    rows: list[Any],
+    report: DryRunReport,
+    dead: Counter[str],
+    examples: int,
+) -> None:
+    ids = claimable_ids(rows, settings.min_idle_ms)
+    report.not_idle_long_enough += len(rows) - len(ids)
+    pipe = client.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.xrange(keys.stream, entry_id, entry_id)
+    entries = pipe.execute()
+    deliveries = {row.entry_id: row.deliveries for row in rows}
+    decisions: list[tuple[bytes, Write | DeadLetter]] = []
+    for entry_id, found in zip(ids, entries, strict=True):
+        if not found:
+            report.would_acknowledge_deleted += 1
+            continue
+        report.would_claim += 1
+        decisions.append((entry_id, decide(list(found[0][1]), deliveries[entry_id], settings.MAX_DELIVERIES)))
+    writes = [(entry_id, d) for entry_id, d in decisions if isinstance(d, Write)]
+    pipe = client.pipeline(transaction=False)
+    for _, write in writes:
+        pipe.type(write.key)
+    types = dict(zip((w.key for _, w in writes), pipe.execute(), strict=True))
+    for entry_id, planned in decisions:
+        decision = planned
+        if isinstance(planned, Write) and types[planned.key] not in (b"hash", b"none", "hash", "none"):
+            decision = DeadLetter(
+                DeadLetterReason.WRITE_FAILED, f"{planned.key!r} holds a {types[planned.key]!r}"
+            )
+        if isinstance(decision, Write):
+            report.would_write += 1
+            what = f"HSET {decision.key.decode(errors='replace')}"
+        else:
+            dead[decision.reason.value] += 1
+            what = f"dead-letter ({decision.reason.value}): {decision.detail}"
+        if len(report.examples) < examples:
+            report.examples.append({"id": entry_id.decode(), "action": what})

@@ -1,0 +1,87 @@
+"""Prometheus metrics of the reclaim cycles, in a registry of their own (served by the handler at /metrics
+and, under `run`, on METRICS_ADDRESS).
+
+Counters and the duration histogram are updated by each cycle; the gauges (pending total, the oldest
+pending entry's idle time, the dead-letter length) are read from Redis when the metrics are scraped, so an
+invocation with nothing pending still sends Redis nothing but its one XPENDING.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from handler.cycle import CycleSummary
+from handler.keys import StreamKeys
+
+log = logging.getLogger(__name__)
+ENTRY_COUNTS = ("claimed", "processed", "deleted", "dead_lettered", "failed")
+
+
+class _GroupGauges(Collector):
+    def __init__(self, client: redis.Redis, keys: StreamKeys) -> None:
+        self._client = client
+        self._keys = keys
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        keys = self._keys
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.execute_command("XPENDING", keys.stream, keys.group)  # type: ignore[no-untyped-call]
+            pipe.execute_command("XPENDING", keys.stream, keys.group, "-", "+", 1)  # type: ignore[no-untyped-call]
+            pipe.xlen(keys.dead_letter)
+            summary, oldest, dead = pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            log.warning("metrics: could not read the group's gauges: %s", exc)
+            return
+        yield GaugeMetricFamily("tweets_monitor_pending_entries", "Entries pending in the group", summary[0])
+        yield GaugeMetricFamily(
+            "tweets_monitor_oldest_pending_idle_seconds",
+            "Idle time of the oldest pending entry",
+            oldest[0][2] / 1000 if oldest else 0,
+        )
+        yield GaugeMetricFamily(
+            "tweets_monitor_dead_letter_length", "Entries in the dead-letter stream", dead
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.entries = {
+            name: Counter(
+                f"tweets_monitor_{name}_entries",
+                f"Entries {name.replace('_', '-')} by the monitor",
+                registry=self.registry,
+            )
+            for name in ENTRY_COUNTS
+        }
+        self.cycles = Counter(
+            "tweets_monitor_cycles",
+            "Reclaim cycles by outcome (stopped_by, or the error)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "tweets_monitor_cycle_duration_seconds",
+            "Duration of a reclaim cycle",
+            buckets=(0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 20, 60),
+            registry=self.registry,
+        )
+
+    def watch_group(self, client: redis.Redis, keys: StreamKeys) -> None:
+        self.registry.register(_GroupGauges(client, keys))
+
+    def observe(self, summary: CycleSummary) -> None:
+        for name in ENTRY_COUNTS:
+            self.entries[name].inc(getattr(summary, name))
+        self.cycles.labels(outcome=summary.stopped_by).inc()
+        self.duration.observe(summary.duration_ms / 1000)
+
+    def observe_failure(self, kind: str) -> None:
+        self.cycles.labels(outcome=kind).inc()

@@ -1,0 +1,137 @@
+"""`python -m handler check`: the first thing to run after deploying. One line per check, each passing or
+failing with what to do; the command exits 0 only when every check passes.
+
+Permissions are checked with ACL DRYRUN (Redis 7.0+) for every command the monitor sends, with its real
+keys. Before 7.0 there is no dry run: the check then reads the user's rules (ACL GETUSER) and passes only
+for a user allowed every command and key, the default on Azure Cache for Redis.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from handler.keys import StreamKeys
+from handler.settings import MonitorSettings
+
+# Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
+NEEDED_COMMANDS = [
+    ("XPENDING", "{stream}", "{group}"),
+    ("XPENDING", "{stream}", "{group}", "-", "+", "1"),
+    ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1"),
+    ("XACK", "{stream}", "{group}", "0-1"),
+    ("XRANGE", "{stream}", "-", "+", "COUNT", "1"),
+    ("HSET", "tweet:1", "id", "1"),
+    ("EVAL", "return 0", "2", "{stream}", "{dead_letter}"),
+    ("XADD", "{dead_letter}", "*", "f", "v"),
+    ("GET", "{cursor}"),
+    ("SET", "{lease}", "x", "PX", "1000", "NX"),
+    ("PEXPIRE", "{lease}", "1000"),
+    ("DEL", "{cursor}"),
+]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def run_checks(client: redis.Redis, settings: MonitorSettings) -> Iterator[Check]:
+    """Settings were loaded already (or the command exited 2); the rest stops at the first Redis failure."""
+    keys = StreamKeys.from_settings(settings)
+    host, port = settings.redis_address
+    yield Check("settings", True, f"Redis {host}:{port}, stream '{keys.stream}', group '{keys.group}'")
+    try:
+        client.ping()
+    except redis.exceptions.AuthenticationError as exc:
+        yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
+        return
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
+        yield Check("connectivity", False, f"cannot reach {host}:{port}: {exc}")
+        return
+    tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
+    yield Check("connectivity", True, f"PING answered over {tls}")
+    who = _whoami(client)
+    yield Check("authentication", True, f"as user '{who}'")
+    version = str(client.info("server").get("redis_version", "unknown"))
+    yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
+    yield _stream_and_group(client, keys)
+    yield _permissions(client, keys, who, version)
+
+
+def _whoami(client: redis.Redis) -> str:
+    try:
+        name = client.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
+    except redis.exceptions.ResponseError:
+        return "default"
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _at_least(version: str, minimum: tuple[int, int]) -> bool:
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= minimum
+
+
+def _stream_and_group(client: redis.Redis, keys: StreamKeys) -> Check:
+    try:
+        groups = client.xinfo_groups(keys.stream)
+    except redis.exceptions.ResponseError as exc:
+        return Check("stream and group", False, f"stream '{keys.stream}': {exc}")
+    names = {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in groups}
+    if keys.group not in names:
+        return Check("stream and group", False, f"no group '{keys.group}' on stream '{keys.stream}'")
+    return Check("stream and group", True, f"stream '{keys.stream}' has group '{keys.group}'")
+
+
+def _permissions(client: redis.Redis, keys: StreamKeys, user: str, version: str) -> Check:
+    values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
+              "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease}  # fmt: skip
+    if not _at_least(version, (7, 0)):
+        return _permissions_before_dryrun(client, user)
+    refused = []
+    for command in NEEDED_COMMANDS:
+        args = [part.format(**values) for part in command]
+        try:
+            answer = client.execute_command("ACL", "DRYRUN", user, *args)  # type: ignore[no-untyped-call]
+        except redis.exceptions.ResponseError as exc:
+            refused.append(f"{command[0]} ({exc})")
+            continue
+        if answer not in (b"OK", "OK", True):
+            refused.append(f"{command[0]} ({answer.decode() if isinstance(answer, bytes) else answer})")
+    if refused:
+        return Check(
+            "permissions", False, "not allowed: " + "; ".join(refused) + " (see the README's ACL rule)"
+        )
+    return Check(
+        "permissions", True, f"'{user}' may run all {len(NEEDED_COMMANDS)} commands the monitor needs"
+    )
+
+
+def _permissions_before_dryrun(client: redis.Redis, user: str) -> Check:
+    try:
+        rules: Any = client.acl_getuser(user) or {}
+    except redis.exceptions.ResponseError as exc:
+        return Check("permissions", False, f"cannot read the rules of '{user}' on Redis < 7.0: {exc}")
+    commands = str(rules.get("commands", ""))
+    keys = rules.get("keys", [])
+    all_keys = any(k in ("*", b"*", "~*") for k in keys) or "allkeys" in map(str, rules.get("flags", []))
+    if "+@all" in commands and all_keys:
+        return Check("permissions", True, f"'{user}' may run every command on every key")
+    return Check(
+        "permissions",
+        False,
+        f"'{user}' is restricted and Redis < 7.0 has no ACL DRYRUN to verify it: "
+        "compare its rules with the README's ACL rule",
+    )

@@ -1,0 +1,63 @@
+"""`python -m handler run`: the same cycle on the same NCRONTAB schedule as monitor/function.json, as a
+plain process, a cron job or a Kubernetes Job.
+
+NCRONTAB has six fields with seconds first (croniter reads seconds last unless told otherwise). Times are
+UTC unless WEBSITE_TIME_ZONE names another zone, as in Azure. Cycles never overlap: the next one is
+scheduled after the current one ends, and occurrences missed meanwhile are skipped, as the host skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from handler.cycle import CycleSummary
+
+log = logging.getLogger(__name__)
+FUNCTION_JSON = Path(__file__).resolve().parent.parent / "monitor" / "function.json"
+DEFAULT_SCHEDULE = "*/20 * * * * *"
+
+
+def function_schedule(path: Path = FUNCTION_JSON) -> str:
+    """The timer's schedule from monitor/function.json (the seed's every-20-seconds when it is absent)."""
+    if not path.exists():
+        return DEFAULT_SCHEDULE
+    bindings = json.loads(path.read_text())["bindings"]
+    return str(next(b["schedule"] for b in bindings if b.get("type") == "timerTrigger"))
+
+
+def schedule_zone(website_time_zone: str) -> tzinfo:
+    return ZoneInfo(website_time_zone) if website_time_zone else ZoneInfo("UTC")
+
+
+def next_run(schedule: str, after: datetime) -> datetime:
+    """The next occurrence strictly after `after` (an aware datetime) of an NCRONTAB schedule."""
+    fields = schedule.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"{schedule!r} is not an NCRONTAB schedule (6 fields, seconds first; or 5)")
+    expression = schedule if len(fields) == 6 else "0 " + schedule
+    result: datetime = croniter(expression, after, second_at_beginning=True).get_next(datetime)
+    return result
+
+
+def run_on_schedule(
+    schedule: str,
+    zone: tzinfo,
+    cycle: Callable[[], CycleSummary | None],
+    stop: threading.Event,
+    now: Callable[[tzinfo], datetime] = datetime.now,
+) -> None:
+    """Run `cycle` at each occurrence until `stop` is set; a cycle's failure is logged, not fatal."""
+    while not stop.is_set():
+        due = next_run(schedule, now(zone))
+        log.info("next reclaim cycle at %s", due.isoformat())
+        if stop.wait(max(0.0, (due - now(zone)).total_seconds())):
+            return
+        cycle()

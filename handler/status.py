@@ -1,0 +1,113 @@
+"""The group at a glance: the blog's XPENDING view made useful (`python -m handler status`).
+
+Fast on a pending list of millions: XPENDING's summary gives the per-consumer counts; each consumer's oldest
+idle time and highest delivery count are read from a sample, its SAMPLE_PER_CONSUMER oldest pending entries
+(one bounded XPENDING per consumer), never from the whole list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from handler.keys import StreamKeys
+
+SAMPLE_PER_CONSUMER = 1000
+SEARCH_INDEX = "tweets-index"
+DEAD_LETTER_WARNING_RATIO = 0.9
+
+
+@dataclass
+class ConsumerStatus:
+    name: str
+    pending: int
+    idle_ms: int  # since the consumer last read or claimed (XINFO CONSUMERS)
+    oldest_pending_idle_ms: int | None = None  # the longest idle among the sampled oldest entries
+    highest_deliveries: int | None = None  # the highest delivery count among them
+
+
+@dataclass
+class GroupStatus:
+    stream: str
+    group: str
+    pending: int
+    consumers: list[ConsumerStatus]
+    idle_consumers_without_pending: list[str]
+    dead_letter_stream: str
+    dead_letter_length: int
+    dead_letter_maxlen: int
+    lag: int | None  # entries not yet delivered to the group (Redis 7.0+), None where unknown
+    search_documents: int | None  # documents in tweets-index, None without the search module or index
+    sample_per_consumer: int = SAMPLE_PER_CONSUMER
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): v
+        for k, v in zip(flat[::2], flat[1::2], strict=False)
+    }
+
+
+def _group_info(client: redis.Redis, keys: StreamKeys) -> dict[str, Any]:
+    for group in client.xinfo_groups(keys.stream):
+        name = group["name"]
+        if (name.decode() if isinstance(name, bytes) else name) == keys.group:
+            return dict(group)
+    raise redis.exceptions.ResponseError(f"NOGROUP no consumer group '{keys.group}' on '{keys.stream}'")
+
+
+def gather_status(client: redis.Redis, keys: StreamKeys, dead_letter_maxlen: int) -> GroupStatus:
+    group = _group_info(client, keys)
+    summary = _command(client, "XPENDING", keys.stream, keys.group)
+    consumers = []
+    idle_empty = []
+    for info in client.xinfo_consumers(keys.stream, keys.group):
+        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+        status = ConsumerStatus(name, int(info["pending"]), int(info["idle"]))
+        if status.pending:
+            rows = _command(client, "XPENDING", keys.stream, keys.group, "-", "+", SAMPLE_PER_CONSUMER, name)
+            status.oldest_pending_idle_ms = max(row[2] for row in rows) if rows else None
+            status.highest_deliveries = max(row[3] for row in rows) if rows else None
+            consumers.append(status)
+        else:
+            idle_empty.append(name)
+    consumers.sort(key=lambda c: -c.pending)
+    dead = int(client.xlen(keys.dead_letter))
+    lag = group.get("lag")
+    result = GroupStatus(
+        stream=keys.stream,
+        group=keys.group,
+        pending=int(summary[0]),
+        consumers=consumers,
+        idle_consumers_without_pending=idle_empty,
+        dead_letter_stream=keys.dead_letter,
+        dead_letter_length=dead,
+        dead_letter_maxlen=dead_letter_maxlen,
+        lag=int(lag) if lag is not None else None,
+        search_documents=_search_documents(client),
+    )
+    if dead_letter_maxlen and dead >= DEAD_LETTER_WARNING_RATIO * dead_letter_maxlen:
+        result.warnings.append(
+            f"the dead-letter stream holds {dead:,} of at most about {dead_letter_maxlen:,} entries "
+            "(DEAD_LETTER_MAXLEN): the oldest are being trimmed; replay or purge them"
+        )
+    return result
+
+
+def _search_documents(client: redis.Redis) -> int | None:
+    try:
+        info = _command(client, "FT.INFO", SEARCH_INDEX)
+    except redis.exceptions.ResponseError:  # no search module, or no such index
+        return None
+    pairs = _pairs(list(info)) if isinstance(info, list) else {str(k): v for k, v in dict(info).items()}
+    return int(pairs["num_docs"]) if "num_docs" in pairs else None
