@@ -17,7 +17,6 @@ from handler.keys import StreamKeys
 from handler.plan import (
     DeadLetter,
     DeadLetterReason,
-    Write,
     claimable_ids,
     decide,
     next_id,
@@ -88,27 +87,25 @@ def _judge_page(
         pipe.xrange(keys.stream, entry_id, entry_id)
     entries = pipe.execute()
     deliveries = {row.entry_id: row.deliveries for row in rows}
-    decisions: list[tuple[bytes, Write | DeadLetter]] = []
+    decisions: list[tuple[bytes, bytes | DeadLetter]] = []
     for entry_id, found in zip(ids, entries, strict=True):
         if not found:
             report.would_acknowledge_deleted += 1
             continue
         report.would_claim += 1
         decisions.append((entry_id, decide(list(found[0][1]), deliveries[entry_id], settings.MAX_DELIVERIES)))
-    writes = [(entry_id, d) for entry_id, d in decisions if isinstance(d, Write)]
+    keys_to_write = [d for _, d in decisions if isinstance(d, bytes)]
     pipe = client.pipeline(transaction=False)
-    for _, write in writes:
-        pipe.type(write.key)
-    types = dict(zip((w.key for _, w in writes), pipe.execute(), strict=True))
+    for key in keys_to_write:
+        pipe.type(key)
+    types = dict(zip(keys_to_write, pipe.execute(), strict=True))
     for entry_id, planned in decisions:
         decision = planned
-        if isinstance(planned, Write) and types[planned.key] not in (b"hash", b"none", "hash", "none"):
-            decision = DeadLetter(
-                DeadLetterReason.WRITE_FAILED, f"{planned.key!r} holds a {types[planned.key]!r}"
-            )
-        if isinstance(decision, Write):
+        if isinstance(planned, bytes) and types[planned] not in (b"hash", b"none", "hash", "none"):
+            decision = DeadLetter(DeadLetterReason.WRITE_FAILED, f"{planned!r} holds a {types[planned]!r}")
+        if isinstance(decision, bytes):
             report.would_write += 1
-            what = f"HSET {decision.key.decode(errors='replace')}"
+            what = f"HSET {decision.decode(errors='replace')}"
         else:
             dead[decision.reason.value] += 1
             what = f"dead-letter ({decision.reason.value}): {decision.detail}"

@@ -20,7 +20,6 @@ from handler.plan import (
     DeadLetter,
     DeadLetterReason,
     PendingRow,
-    Write,
     claimable_ids,
     decide,
     is_permanent_write_error,
@@ -81,11 +80,12 @@ def handle_page(wire: Wire, rows: list[PendingRow], config: PageSettings) -> Pag
 
     deliveries = {row.entry_id: row.deliveries for row in rows}
     outcome = _Outcome()
-    writes: list[tuple[bytes, Write]] = []
+    writes: list[tuple[bytes, bytes, list[bytes]]] = []  # (entry id, tweet key, fields)
+    max_deliveries = config.max_deliveries
     for entry_id, fields in entries:
-        decision = decide(fields, deliveries[entry_id], config.max_deliveries)
-        if isinstance(decision, Write):
-            writes.append((entry_id, decision))
+        decision = decide(fields, deliveries[entry_id], max_deliveries)
+        if isinstance(decision, bytes):
+            writes.append((entry_id, decision, fields))
         else:
             outcome.dead.append((entry_id, decision))
     _write(wire, writes, outcome, counts)
@@ -124,13 +124,15 @@ def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -
     return deleted
 
 
-def _write(wire: Wire, writes: list[tuple[bytes, Write]], outcome: _Outcome, counts: PageCounts) -> None:
+def _write(
+    wire: Wire, writes: list[tuple[bytes, bytes, list[bytes]]], outcome: _Outcome, counts: PageCounts
+) -> None:
     """One HSET per entry, all written at once; only successful writes are acknowledged later."""
     if not writes:
         return
-    results = wire.call([pack((b"HSET", write.key, *write.fields)) for _, write in writes], len(writes))
+    results = wire.call([pack((b"HSET", key, *fields)) for _, key, fields in writes], len(writes))
     written = outcome.written
-    for (entry_id, write), result in zip(writes, results, strict=True):
+    for (entry_id, key, _), result in zip(writes, results, strict=True):
         if not isinstance(result, Exception):
             written.append(entry_id)
             continue
@@ -139,7 +141,7 @@ def _write(wire: Wire, writes: list[tuple[bytes, Write]], outcome: _Outcome, cou
             outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, message)))
         else:
             counts.failed += 1
-            log.warning("writing %r failed, left pending for a later cycle: %s", write.key, message)
+            log.warning("writing %r failed, left pending for a later cycle: %s", key, message)
 
 
 def _acknowledge_and_dead_letter(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from handler.keys import tweet_key
+from handler.keys import TWEET_KEY_PREFIX
 
 MAX_SEQUENCE = 2**64 - 1
 START, END = b"-", b"+"
@@ -29,13 +29,6 @@ class PendingRow(NamedTuple):
     deliveries: int
 
 
-class Write(NamedTuple):
-    """Store the entry's fields in `key`, then acknowledge it. (Tuples: one per message, on the hot path.)"""
-
-    key: bytes
-    fields: Sequence[bytes]
-
-
 class DeadLetter(NamedTuple):
     reason: DeadLetterReason
     detail: str = ""
@@ -50,8 +43,7 @@ def parse_pending_count(reply: Sequence[object]) -> int:
 
 def parse_pending_rows(reply: Sequence[Sequence[Any]]) -> list[PendingRow]:
     """XPENDING's extended form: [[id, consumer, idle ms, deliveries], ...]."""
-    make = PendingRow._make
-    return [make(row) for row in reply]
+    return list(map(PendingRow._make, reply))
 
 
 def claimable_ids(rows: Sequence[PendingRow], min_idle_ms: int) -> list[bytes]:
@@ -103,8 +95,9 @@ def stream_field(fields: Sequence[bytes], name: bytes) -> bytes | None:
     return value
 
 
-def decide(fields: Sequence[bytes], deliveries_before: int, max_deliveries: int) -> Write | DeadLetter:
-    """What to do with one claimed entry: write it as the processor would, or dead-letter it."""
+def decide(fields: Sequence[bytes], deliveries_before: int, max_deliveries: int) -> bytes | DeadLetter:
+    """What to do with one claimed entry: the tweet key to write its fields to, as the processor would
+    (then acknowledge it), or why to dead-letter it. (A bare key, not an object: one per message.)"""
     if max_deliveries and deliveries_before > max_deliveries:
         return DeadLetter(
             DeadLetterReason.MAX_DELIVERIES,
@@ -114,7 +107,7 @@ def decide(fields: Sequence[bytes], deliveries_before: int, max_deliveries: int)
     if not tweet_id:
         reason = "no 'id' field" if tweet_id is None else "the 'id' field is empty"
         return DeadLetter(DeadLetterReason.MISSING_ID, reason)
-    return Write(tweet_key(tweet_id), fields)
+    return TWEET_KEY_PREFIX + tweet_id
 
 
 def is_permanent_write_error(message: str) -> bool:

@@ -20,7 +20,7 @@ from redis.connection import Connection, ConnectionPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-RECV_BYTES = 1 << 18
+RECV_BYTES = 1 << 20
 RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead server fails the cycle in seconds
 # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length of str, bytes and numbers.
 pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
@@ -41,6 +41,8 @@ class Wire:
             raise redis.exceptions.ConnectionError("the pooled connection has no socket")
         self._sock: socket.socket = sock
         self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+        self._buffer = bytearray(RECV_BYTES)  # received into in place: no new bytes object per read
+        self._view = memoryview(self._buffer)
         self._healthy = True
 
     def call(self, commands: Iterable[bytes], count: int) -> list[Any]:
@@ -56,15 +58,15 @@ class Wire:
 
     def read(self, count: int) -> list[Any]:
         replies: list[Any] = []
-        gets, reader = self._reader.gets, self._reader
+        gets, feed, recv_into, buffer = self._reader.gets, self._reader.feed, self._sock.recv_into, self._view
         try:
             while len(replies) < count:
                 reply = gets()
                 if reply is False:
-                    data = self._sock.recv(RECV_BYTES)
-                    if not data:
+                    received = recv_into(buffer)
+                    if not received:
                         raise redis.exceptions.ConnectionError("Connection closed by server")
-                    reader.feed(data)
+                    feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer works; the stub says bytes
                 else:
                     replies.append(reply)
         except BaseException as exc:

@@ -9,7 +9,6 @@ from handler.plan import (
     DeadLetter,
     DeadLetterReason,
     PendingRow,
-    Write,
     claimable_ids,
     decide,
     is_permanent_write_error,
@@ -100,23 +99,23 @@ def test_stream_field(fields: list[bytes], expected: bytes | None) -> None:
 @pytest.mark.parametrize(
     ("fields", "deliveries", "max_deliveries", "expected"),
     [
-        ([b"id", b"42", b"text", b"hi"], 1, 10, Write(b"tweet:42", [b"id", b"42", b"text", b"hi"])),
-        ([b"id", b"42"], 10, 10, Write(b"tweet:42", [b"id", b"42"])),  # 10 does not exceed 10
+        ([b"id", b"42", b"text", b"hi"], 1, 10, b"tweet:42"),
+        ([b"id", b"42"], 10, 10, b"tweet:42"),  # 10 does not exceed 10
         ([b"id", b"42"], 11, 10, DeadLetterReason.MAX_DELIVERIES),
-        ([b"id", b"42"], 1000, 0, Write(b"tweet:42", [b"id", b"42"])),  # 0 turns the rule off
+        ([b"id", b"42"], 1000, 0, b"tweet:42"),  # 0 turns the rule off
         ([b"text", b"no id"], 1, 10, DeadLetterReason.MISSING_ID),
         ([b"id", b"", b"text", b"x"], 1, 10, DeadLetterReason.MISSING_ID),
-        ([b"id", b"", b"id", b"7"], 1, 10, Write(b"tweet:7", [b"id", b"", b"id", b"7"])),
+        ([b"id", b"", b"id", b"7"], 1, 10, b"tweet:7"),
         ([b"id", b"7", b"id", b""], 1, 10, DeadLetterReason.MISSING_ID),
-        ([b"id", b"a b:{c}\xff"], 1, 10, Write(b"tweet:a b:{c}\xff", [b"id", b"a b:{c}\xff"])),
+        ([b"id", b"a b:{c}\xff"], 1, 10, b"tweet:a b:{c}\xff"),
         ([b"text", b"poison and no id"], 50, 10, DeadLetterReason.MAX_DELIVERIES),
     ],
 )
 def test_decide_write_or_dead_letter(
-    fields: list[bytes], deliveries: int, max_deliveries: int, expected: Write | DeadLetterReason
+    fields: list[bytes], deliveries: int, max_deliveries: int, expected: bytes | DeadLetterReason
 ) -> None:
     decision = decide(fields, deliveries, max_deliveries)
-    if isinstance(expected, Write):
+    if isinstance(expected, bytes):
         assert expected == decision
     else:
         assert isinstance(decision, DeadLetter)

@@ -1,0 +1,97 @@
+"""The sweep lease: one monitor per group at a time, always with a TTL, renewed and released only by its
+holder, taken over when the holder dies."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+from handler.connect import connect
+from handler.cycle import ReclaimCycle
+from handler.lease import Lease
+from handler.local_redis import LocalRedis
+from tests.conftest import settings_for
+from tests.pipeline import age, crash_after_reading, create_group, produce, tweet
+
+KEY = "{tweets_stream}:lease:redisearch_app_group"
+
+
+def test_a_held_lease_is_refused_with_its_holders_name(client8: redis.Redis) -> None:
+    first = Lease(client8, KEY, "monitor-a@host:1:x", ttl_sec=5)
+    second = Lease(client8, KEY, "monitor-b@host:2:y", ttl_sec=5)
+    assert first.acquire() is None
+    assert "monitor-a@host:1:x" == second.acquire()
+    assert 0 < client8.pttl(KEY) <= 5000  # never without expiry
+
+
+def test_only_the_holder_renews_or_releases(client8: redis.Redis) -> None:
+    mine = Lease(client8, KEY, "mine", ttl_sec=1.5)
+    assert mine.acquire() is None
+    time.sleep(0.6)  # past a third of the TTL: keep() renews
+    assert mine.keep()
+    assert client8.pttl(KEY) > 1000
+    client8.set(KEY, "a successor", px=5000)  # as if ours had expired and another monitor took it
+    assert not mine.keep()
+    mine.release()
+    assert b"a successor" == client8.get(KEY)  # our release must not delete a successor's lease
+
+
+def test_a_dead_holders_lease_expires_and_is_taken_over(client8: redis.Redis) -> None:
+    assert Lease(client8, KEY, "died", ttl_sec=1).acquire() is None  # never released: its holder died
+    successor = Lease(client8, KEY, "successor", ttl_sec=1)
+    assert "died" == successor.acquire()
+    time.sleep(1.1)
+    assert successor.acquire() is None
+
+
+def test_a_cycle_skips_while_another_holds_the_lease_and_releases_its_own(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
+    create_group(client8, stream, group)
+    ids = produce(client8, stream, [tweet(n) for n in range(3)])
+    crash_after_reading(client8, stream, group, "crashed", 3)
+    age(client8, stream, group, "crashed", ids, 60_000)
+    settings = settings_for(redis_8, names)
+    cycle = ReclaimCycle(connect(settings), settings)
+    client8.set(cycle.keys.lease, "monitoring_app@elsewhere:42:abcd", px=60_000)
+    skipped = cycle.run()
+    assert ("skipped", "lease held by monitoring_app@elsewhere:42:abcd") == (
+        skipped.stopped_by,
+        skipped.skipped,
+    )
+    assert (3, 0) == (skipped.pending, skipped.claimed)
+    client8.delete(cycle.keys.lease)
+    assert 3 == cycle.run().processed
+    assert 0 == client8.exists(cycle.keys.lease)  # released on exit
+
+
+def test_a_long_cycle_keeps_its_lease_alive(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
+    create_group(client8, stream, group)
+    ids = produce(client8, stream, [tweet(n) for n in range(60_000)])
+    crash_after_reading(client8, stream, group, "crashed", len(ids))
+    age(client8, stream, group, "crashed", ids, 60_000)
+    settings = settings_for(redis_8, names, LEASE_TTL_SEC=1, RECLAIM_PAGE_SIZE=20)
+    cycle = ReclaimCycle(connect(settings), settings)
+    ttls: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            ttls.append(int(client8.pttl(cycle.keys.lease)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    summary = cycle.run()
+    done.set()
+    watcher.join()
+    assert 60_000 == summary.processed
+    assert summary.duration_ms > 1500  # longer than the TTL: it only held on by renewing
+    held = [ttl for ttl in ttls if ttl != -2]  # -2: no key (before the start, after the release)
+    assert held and all(0 < ttl <= 1000 for ttl in held)  # always with an expiry, never past the TTL
