@@ -24,7 +24,7 @@ from handler.plan import (
     decide,
     is_permanent_write_error,
 )
-from handler.wire import Wire, pack
+from handler.wire import Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _write(
     """One HSET per entry, all written at once; only successful writes are acknowledged later."""
     if not writes:
         return
-    results = wire.call([pack((b"HSET", key, *fields)) for _, key, fields in writes], len(writes))
+    results = wire.call([pack_hsets((key, fields) for _, key, fields in writes)], len(writes))
     written = outcome.written
     for (entry_id, key, _), result in zip(writes, results, strict=True):
         if not isinstance(result, Exception):

@@ -26,6 +26,31 @@ RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead serve
 pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 
 
+_CRLF = b"\r\n"
+_BULK_PREFIX = [b"$%d\r\n" % n for n in range(4096)]  # "$<length>\r\n" for the usual field sizes
+_HSET_HEADER = [b"*%d\r\n$4\r\nHSET\r\n" % (n + 2) for n in range(256)]
+
+
+def pack_hsets(writes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
+    """`HSET key field value …` for many keys, as one buffer of RESP.
+
+    The hot path's biggest client cost: hiredis's pack_command copies every argument into its own
+    allocation twice, where this only looks up length prefixes and joins once per page (about twice as
+    fast, measured).
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for key, fields in writes:
+        count = len(fields)
+        append(_HSET_HEADER[count] if count < 256 else b"*%d\r\n$4\r\nHSET\r\n" % (count + 2))
+        for item in (key, *fields):
+            size = len(item)
+            append(_BULK_PREFIX[size] if size < 4096 else b"$%d\r\n" % size)
+            append(item)
+            append(_CRLF)
+    return b"".join(parts)
+
+
 class Wire:
     """One connection taken from the pool; replies come back as hiredis parses them (bytes, lists, ints),
     with error replies as ResponseError instances in place, so one failed command does not hide the rest."""

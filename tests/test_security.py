@@ -39,6 +39,11 @@ ACL_RULE = (
 )
 
 
+def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "handler", "reclaim"]
+    return subprocess.run(command, env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60)
+
+
 def abandon(client: redis.Redis, count: int) -> list[bytes]:
     create_group(client, STREAM, GROUP)
     ids = produce(client, STREAM, [tweet(n) for n in range(count)])
@@ -91,14 +96,7 @@ def test_secrets_never_appear_in_logs_answers_or_the_cli_output(
                 assert "AuthenticationError" in failed(answers[0])
             for target in (redis_8.address, f"127.0.0.1:{free_port()}"):
                 env = environment_for(redis_8, REDIS_PASSWORD=password, REDIS_HOST=target, **base)
-                done = subprocess.run(
-                    [sys.executable, "-m", "handler", "reclaim"],
-                    env=env,
-                    cwd=APP_ROOT,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
+                done = reclaim(env)
                 outputs += [done.stdout, done.stderr]
         bad = environment_for(redis_8, REDIS_PASSWORD=secret, **{**base, "MIN_IDLE_TIME_SEC": secret})
         done = subprocess.run(
@@ -330,14 +328,7 @@ def test_a_wrong_certificate_is_refused_with_a_clear_error(
             REDIS_TIMEOUT_SEC="2",
             **NAMES,
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "handler", "reclaim"],
-            env=env,
-            cwd=APP_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = reclaim(env)
         assert 1 == done.returncode
         assert re.search(expected, done.stderr), done.stderr
         assert "is unavailable" in done.stderr
