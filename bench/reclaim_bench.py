@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -151,21 +151,24 @@ def server_limit(server: LocalRedis, size: int) -> Run:
     return Run(size / replay(server.port, chunks))
 
 
-def measure(server: LocalRedis, approach: str, size: int, repeat: int, run: Callable[[], Run]) -> Result:
-    result = Result(approach, size)
+def measure(
+    server: LocalRedis, size: int, repeat: int, approaches: Mapping[str, Callable[[], Run]]
+) -> list[Result]:
+    """Each repetition runs every approach once, in turn, so that drift in the machine's speed during the
+    benchmark affects them all alike; every run starts from the same backlog and is verified."""
+    results = {approach: Result(approach, size) for approach in approaches}
     client = raw_client(server.port)
     for attempt in range(repeat):
-        abandon(client, size)
-        outcome = run()
-        problem = verify(client, size)
-        if problem:
-            raise SystemExit(f"{approach} at {size}: run {attempt + 1} is wrong: {problem}")
-        result.runs.append(outcome)
-        print(
-            f"  {approach:<22} N={size:>9,} run {attempt + 1}: {outcome.rate:>9,.0f} msg/s  (verified)",
-            flush=True,
-        )
-    return result
+        for approach, run in approaches.items():
+            abandon(client, size)
+            outcome = run()
+            problem = verify(client, size)
+            if problem:
+                raise SystemExit(f"{approach} at {size}: run {attempt + 1} is wrong: {problem}")
+            results[approach].runs.append(outcome)
+            print(f"  {approach:<16} N={size:>9,} run {attempt + 1}: {outcome.rate:>9,.0f} msg/s  (verified)",
+                  flush=True)  # fmt: skip
+    return list(results.values())
 
 
 def budget_check(server: LocalRedis, size: int) -> dict[str, Any]:
@@ -212,32 +215,33 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="runs per cell below 1,000,000 pending")
+    parser.add_argument("--repeat-large", type=int, default=3, help="runs per cell at 1,000,000 and more")
     parser.add_argument("--seed-max", type=int, default=100_000, help="largest N for the seed's algorithm")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     results: list[Result] = []
     with LocalRedis(packaged_redis_server()) as server:
         print(
-            f"Redis 8.2 on {server.address}; page size {PAGE_SIZE}; {args.repeat} runs per cell", flush=True
+            f"Redis 8.2 on {server.address}; page size {PAGE_SIZE}; runs interleaved per repetition",
+            flush=True,
         )
         for size in sizes:
             produce(raw_client(server.port), size)
-            results.append(
-                measure(server, "server limit", size, args.repeat, partial(server_limit, server, size))
-            )
-            results.append(
-                measure(server, "project (CLI)", size, args.repeat, partial(project_cli, server, size))
-            )
             handler = HttpHandler(server)
+            approaches = {
+                "server limit": partial(server_limit, server, size),
+                "project (CLI)": partial(project_cli, server, size),
+                "project (HTTP)": partial(project_http, handler, size),
+            }
+            if size <= args.seed_max:
+                approaches["seed algorithm"] = partial(seed_algorithm, server, size)
             try:
-                http = partial(project_http, handler, size)
-                results.append(measure(server, "project (HTTP)", size, args.repeat, http))
+                results += measure(
+                    server, size, args.repeat if size < 1_000_000 else args.repeat_large, approaches
+                )
             finally:
                 handler.stop()
-            if size <= args.seed_max:
-                seed = partial(seed_algorithm, server, size)
-                results.append(measure(server, "seed algorithm", size, args.repeat, seed))
         report(results, sizes)
         largest = max(sizes)
         tick = budget_check(server, largest)

@@ -16,25 +16,16 @@ from collections.abc import Callable
 from types import FrameType
 
 import redis
-import uvicorn
-from prometheus_client import start_http_server
 
-from handler import console
-from handler import dead_letter_tools as dead_letters
-from handler.app import create_app
 from handler.connect import connect
-from handler.consumers import prune_idle_consumers
 from handler.cycle import CycleSummary, ReclaimCycle
-from handler.demo import run_demo
-from handler.dry_run import dry_run
 from handler.errors import MonitorError, SettingsError
 from handler.keys import StreamKeys
 from handler.logs import configure_logging
-from handler.metrics import Metrics
-from handler.preflight import run_checks
-from handler.runner import function_schedule, run_on_schedule, schedule_zone
 from handler.settings import MonitorSettings, load_settings, split_host_port
-from handler.status import gather_status
+
+# Each command imports what only it needs (FastAPI and uvicorn, rich, prometheus, croniter) when it runs:
+# `reclaim` stays lean in memory and start-up time.
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        from handler.demo import run_demo
+
         return run_demo(args.tweets)
     try:
         settings = load_settings()
@@ -127,6 +120,9 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def reclaim(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
     if args.dry_run:
+        from handler import console
+        from handler.dry_run import dry_run
+
         report = dry_run(client, settings)
         if sys.stdout.isatty():
             console.dry_run_report(report)
@@ -141,6 +137,11 @@ def reclaim(client: redis.Redis, settings: MonitorSettings, args: argparse.Names
 
 
 def run(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from handler.metrics import Metrics
+    from handler.runner import function_schedule, run_on_schedule, schedule_zone
+
     stop = threading.Event()
     _stop_on_signals(stop)
     cycle = ReclaimCycle(client, settings)
@@ -169,6 +170,9 @@ def run(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace
 
 
 def status(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    from handler import console
+    from handler.status import gather_status
+
     keys = StreamKeys.from_settings(settings)
     with console.progress("reading the group", None):
         result = gather_status(client, keys, settings.DEAD_LETTER_MAXLEN)
@@ -180,6 +184,8 @@ def status(client: redis.Redis, settings: MonitorSettings, args: argparse.Namesp
 
 
 def check(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    from handler.preflight import run_checks
+
     passed = True
     for result in run_checks(client, settings):
         print(result.line(), flush=True)
@@ -188,6 +194,9 @@ def check(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespa
 
 
 def dead_letter(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    from handler import console
+    from handler import dead_letter_tools as dead_letters
+
     keys = StreamKeys.from_settings(settings)
     if args.action == "list":
         entries = dead_letters.list_dead_letters(client, keys, args.count, args.newest)
@@ -234,6 +243,9 @@ def _confirm(question: str) -> bool:
 
 
 def _apply(client: redis.Redis, keys: StreamKeys, action: str, ids: list[bytes | str]) -> int:
+    from handler import console
+    from handler import dead_letter_tools as dead_letters
+
     with console.progress(f"{action}ing dead letters", len(ids)) as bar:
         advance: Callable[[int], None] = lambda done: bar.advance(bar.task_ids[0], done)  # noqa: E731
         if action == "replay":
@@ -245,6 +257,8 @@ def _apply(client: redis.Redis, keys: StreamKeys, action: str, ids: list[bytes |
 
 
 def consumers(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+    from handler.consumers import prune_idle_consumers
+
     keys = StreamKeys.from_settings(settings)
     removed = prune_idle_consumers(
         client, keys.stream, keys.group, args.idle_sec, [keys.consumer], args.dry_run
@@ -266,24 +280,23 @@ COMMANDS: dict[str, Callable[[redis.Redis, MonitorSettings, argparse.Namespace],
 }
 
 
-class _HandlerServer(uvicorn.Server):
-    """uvicorn, plus: a signal also tells a running cycle to stop after the page in hand."""
-
-    def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
-        super().__init__(config)
-        self._stop = stop
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self._stop.is_set():
-            log.warning("%s received: finishing the page in hand, then exiting", signal.Signals(sig).name)
-        self._stop.set()
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises the signal after its graceful shutdown, which would end the process "killed by
-        # SIGTERM"; a shutdown that finished its work exits 0 instead.
-        self._captured_signals.clear()
-
-
 def serve(settings: MonitorSettings) -> int:
+    import uvicorn
+
+    from handler.app import create_app
+
+    class HandlerServer(uvicorn.Server):
+        """uvicorn, plus: a signal also tells a running cycle to stop after the page in hand."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not stop.is_set():
+                log.warning("%s received: finishing the page in hand, then exiting", signal.Signals(sig).name)
+            stop.set()
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after its graceful shutdown, which would end the process "killed
+            # by SIGTERM"; a shutdown that finished its work exits 0 instead.
+            self._captured_signals.clear()
+
     stop = threading.Event()
     config = uvicorn.Config(
         create_app(settings, stop),
@@ -293,5 +306,5 @@ def serve(settings: MonitorSettings) -> int:
         access_log=False,
         lifespan="on",
     )
-    _HandlerServer(config, stop).run()
+    HandlerServer(config).run()
     return EXIT_OK
