@@ -252,19 +252,19 @@ def test_sigterm_mid_cycle_finishes_the_page_in_hand_then_exits_cleanly(
     redis_8: LocalRedis, client8: redis.Redis
 ) -> None:
     create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
-    abandon(client8, 20_000)
+    abandon(client8, 50_000)
     host = FunctionsHost(handler_env(redis_8, RECLAIM_PAGE_SIZE="200", LOG_LEVEL="DEBUG")).start()
     answers: list[Any] = []
     invocation = threading.Thread(target=lambda: answers.append(host.invoke()))
     invocation.start()
     deadline = time.monotonic() + 30
-    while pending(client8) == 20_000 and time.monotonic() < deadline:
+    while pending(client8) == 50_000 and time.monotonic() < deadline:
         time.sleep(0.005)  # wait until the cycle is under way
     assert 0 == host.stop(), host.stderr
     invocation.join(timeout=30)
     summary = completed(answers[0])
     assert "signal" == summary["stopped_by"]
-    assert 0 < summary["processed"] < 20_000
+    assert 0 < summary["processed"] < 50_000
     owned = [row for row in pending_rows(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
              if row[1] == b"monitoring_app"]  # fmt: skip
     assert [] == owned  # every claimed entry was written and acknowledged before the exit
@@ -303,26 +303,26 @@ def test_an_invocation_overlapping_a_running_cycle_is_skipped_not_doubled(
 ) -> None:
     """A manual run through the admin endpoint while the scheduled one is still working."""
     create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
-    abandon(client8, 20_000)
+    abandon(client8, 50_000)
     host = FunctionsHost(handler_env(redis_8, RECLAIM_PAGE_SIZE="100", CYCLE_TIME_BUDGET_SEC="60")).start()
     try:
         answers: list[Any] = []
         scheduled = threading.Thread(target=lambda: answers.append(host.invoke()))
         scheduled.start()
         deadline = time.monotonic() + 30
-        while pending(client8) == 20_000 and time.monotonic() < deadline:
+        while pending(client8) == 50_000 and time.monotonic() < deadline:
             time.sleep(0.005)
         manual = completed(host.invoke())
         scheduled.join(timeout=120)
         assert ("skipped", "a cycle is already running here") == (manual["stopped_by"], manual["skipped"])
         assert 0 == manual["claimed"]
         first = completed(answers[0])
-        assert (20_000, 20_000) == (first["claimed"], first["processed"])
+        assert (50_000, 50_000) == (first["claimed"], first["processed"])
         assert 0 == pending(client8)
-        tweets = {b"tweet:" + fields[3]: expected_hash(fields) for fields in map(tweet, range(20_000))}
+        tweets = {b"tweet:" + fields[3]: expected_hash(fields) for fields in map(tweet, range(50_000))}
         result = audit(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"],
                        "{tweets_stream}:dead-letter", tweets, set())  # fmt: skip
-        record("a manual run overlapping the scheduled one in one handler", 1, 20_000, result)
+        record("a manual run overlapping the scheduled one in one handler", 1, 50_000, result)
         assert result.clean, result
     finally:
         host.stop()

@@ -118,7 +118,7 @@ def test_min_idle_zero_is_allowed_with_a_warning(
 def test_a_signal_mid_cycle_finishes_the_page_in_hand_and_exits_0(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str], sig: signal.Signals
 ) -> None:
-    abandon(client8, names, 20_000)
+    abandon(client8, names, 50_000)
     env = monitor_env(redis_8, names, RECLAIM_PAGE_SIZE="200", CYCLE_TIME_BUDGET_SEC="60")
     process = subprocess.Popen(
         [sys.executable, "-m", "handler", "reclaim"], env=env, cwd=APP_ROOT, stdout=subprocess.PIPE,
@@ -126,14 +126,14 @@ def test_a_signal_mid_cycle_finishes_the_page_in_hand_and_exits_0(
     )  # fmt: skip
     stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
     deadline = time.monotonic() + 30
-    while len(pending_rows(client8, stream, group)) == 20_000 and time.monotonic() < deadline:
+    while len(pending_rows(client8, stream, group)) == 50_000 and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(sig)
     out, err = process.communicate(timeout=60)
     assert 0 == process.returncode, err
     summary = json.loads(out.splitlines()[-1])
     assert "signal" == summary["stopped_by"]
-    assert 0 < summary["processed"] < 20_000
+    assert 0 < summary["processed"] < 50_000
     assert [] == [row for row in pending_rows(client8, stream, group) if row[1] == b"monitoring_app"]
     assert summary["processed"] == len(tweet_keys(client8))
 

@@ -126,26 +126,28 @@ def fresh(client8: redis.Redis) -> redis.Redis:
 
 def test_the_handler_killed_mid_cycle_loses_nothing(redis_8: LocalRedis, fresh: redis.Redis) -> None:
     rng = random.Random(20261127)
-    backlog = abandon_backlog(fresh, 40_000)
+    backlog = abandon_backlog(fresh, 60_000)
     env = environment_for(redis_8, STREAM_NAME=STREAM, STREAM_CONSUMER_GROUP_NAME=GROUP,
                           MONITORING_CONSUMER_NAME=MONITOR, RECLAIM_PAGE_SIZE="200", **FAST)  # fmt: skip
-    kills, in_flight = 6, 0  # fewer than MAX_DELIVERIES, so no valid tweet legitimately turns poison
-    for _ in range(kills):
+    kills, attempts = 6, 0  # fewer than MAX_DELIVERIES, so no valid tweet legitimately turns poison
+    while kills and attempts < 15:
+        attempts += 1
         host = FunctionsHost(env).start()
         start_cycle(host)
         wait_until_claiming(fresh)
-        time.sleep(rng.uniform(0.0, 0.12))
+        time.sleep(rng.uniform(0.0, 0.08))
         host.stop(signal.SIGKILL)
-        in_flight += bool(pending_ids_of(fresh, STREAM, GROUP, MONITOR))
+        if pending_ids_of(fresh, STREAM, GROUP, MONITOR):
+            kills -= 1  # this kill hit claimed work that was not yet acknowledged
         time.sleep(1.05)  # the killed holder's lease expires; its claimed entries become idle again
-    assert kills == in_flight  # every kill hit claimed work that was not yet acknowledged
+    assert 0 == kills, f"only {6 - kills} of {attempts} kills hit work in flight"
     assert pending_count(fresh) > 0  # and the kills left work for the survivors
     host = FunctionsHost(env).start()
     try:
         drain(host, fresh)
     finally:
         host.stop()
-    check(fresh, backlog, "handler SIGKILLed mid-cycle, at seeded random moments", kills)
+    check(fresh, backlog, "handler SIGKILLed mid-cycle, at seeded random moments", 6)
 
 
 def test_redis_killed_and_restarted_mid_cycle_loses_nothing(redis_8: LocalRedis, tmp_path: Path) -> None:
@@ -232,7 +234,7 @@ def test_a_stalled_connection_fails_the_invocation_in_bounded_time(
     proxied: tuple[FaultyProxy, FunctionsHost], fresh: redis.Redis
 ) -> None:
     proxy, host = proxied
-    backlog = abandon_backlog(fresh, 20_000)
+    backlog = abandon_backlog(fresh, 50_000)
     stalls = 2
     for _ in range(stalls):
         thread, answers = start_cycle(host)
