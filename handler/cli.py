@@ -109,10 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
 
 
+def _request_stop(stop: threading.Event, signum: int) -> None:
+    if not stop.is_set():
+        log.warning("%s received: finishing the page in hand, then exiting", signal.Signals(signum).name)
+    stop.set()
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.warning("%s received: finishing the page in hand, then exiting", signal.Signals(signum).name)
-        stop.set()
+        _request_stop(stop, signum)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -289,9 +294,7 @@ def serve(settings: MonitorSettings) -> int:
         """uvicorn, plus: a signal also tells a running cycle to stop after the page in hand."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if not stop.is_set():
-                log.warning("%s received: finishing the page in hand, then exiting", signal.Signals(sig).name)
-            stop.set()
+            _request_stop(stop, sig)
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after its graceful shutdown, which would end the process "killed
             # by SIGTERM"; a shutdown that finished its work exits 0 instead.

@@ -44,6 +44,14 @@ def connect(settings: MonitorSettings) -> redis.Redis:
     # The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
     # repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms;
     # the dead-letter tools read entries as flat field lists too.
-    for command in ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE"):
-        client.set_response_callback(command, _raw_reply)
+    for name in ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE"):
+        client.set_response_callback(name, _raw_reply)
     return client
+
+
+def command(client: redis.Redis, *args: Any) -> Any:
+    """One command through the client, its reply as connect() leaves it (raw for stream commands).
+
+    redis-py's execute_command is untyped; this is the one place that says so.
+    """
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from handler.connect import command
 from handler.consumers import prune_idle_consumers
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
 from handler.keys import StreamKeys
@@ -93,8 +94,7 @@ class ReclaimCycle:
     def _run(self, should_stop: Callable[[], bool]) -> CycleSummary:
         started = time.monotonic()
         keys = self._keys
-        summary_reply = self._client.execute_command("XPENDING", keys.stream, keys.group)  # type: ignore[no-untyped-call]
-        pending = parse_pending_count(summary_reply)
+        pending = parse_pending_count(command(self._client, "XPENDING", keys.stream, keys.group))
         if pending == 0:
             return CycleSummary(duration_ms=_ms_since(started))
         lease = Lease(self._client, keys.lease, self._holder, self._settings.LEASE_TTL_SEC)

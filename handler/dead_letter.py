@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-METADATA_PREFIX = b"dlq:"
 METADATA_FIELDS = (
     b"dlq:version",
     b"dlq:original-id",
@@ -24,7 +23,6 @@ METADATA_FIELDS = (
     b"dlq:detail",
 )
 METADATA_FIELD_COUNT = len(METADATA_FIELDS)
-LAYOUT_VERSION = b"1"
 
 
 class MoveOutcome(IntEnum):

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from handler.connect import command
 from handler.dead_letter import METADATA_FIELD_COUNT, REPLAY_LUA, split_dead_letter
 from handler.keys import StreamKeys
 
@@ -26,10 +27,6 @@ class DeadLetterEntry:
         return {"id": self.entry_id.decode(), **meta, "fields": len(self.original) // 2}
 
 
-def _raw(client: redis.Redis, *args: Any) -> Any:
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]
-
-
 def _parse(entries: Sequence[Any]) -> list[DeadLetterEntry]:
     parsed = []
     for entry_id, fields in entries:
@@ -41,14 +38,14 @@ def _parse(entries: Sequence[Any]) -> list[DeadLetterEntry]:
 def list_dead_letters(
     client: redis.Redis, keys: StreamKeys, count: int, newest_first: bool
 ) -> list[DeadLetterEntry]:
-    command = (
+    scan = (
         ("XREVRANGE", keys.dead_letter, "+", "-") if newest_first else ("XRANGE", keys.dead_letter, "-", "+")
     )
-    return _parse(_raw(client, *command, "COUNT", count))
+    return _parse(command(client, *scan, "COUNT", count))
 
 
 def show_dead_letter(client: redis.Redis, keys: StreamKeys, entry_id: str) -> DeadLetterEntry | None:
-    entries = _parse(_raw(client, "XRANGE", keys.dead_letter, entry_id, entry_id))
+    entries = _parse(command(client, "XRANGE", keys.dead_letter, entry_id, entry_id))
     return entries[0] if entries else None
 
 
@@ -56,7 +53,7 @@ def all_ids(client: redis.Redis, keys: StreamKeys, batch: int = 1000) -> Iterato
     """Every dead letter's ID, a batch at a time, oldest first."""
     start = "-"
     while True:
-        entries = _raw(client, "XRANGE", keys.dead_letter, start, "+", "COUNT", batch)
+        entries = command(client, "XRANGE", keys.dead_letter, start, "+", "COUNT", batch)
         if not entries:
             return
         ids = [entry_id for entry_id, _ in entries]
@@ -76,7 +73,9 @@ def replay(
     for start in range(0, len(ids), REPLAY_BATCH):
         batch = list(ids[start : start + REPLAY_BATCH])
         moved += int(
-            _raw(client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT, *batch)
+            command(
+                client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT, *batch
+            )
         )
         progress(len(batch))
     return moved
@@ -87,7 +86,3 @@ def purge(client: redis.Redis, keys: StreamKeys, ids: Sequence[bytes | str]) -> 
     for start in range(0, len(ids), 1000):
         removed += int(client.xdel(keys.dead_letter, *ids[start : start + 1000]))
     return removed
-
-
-def length(client: redis.Redis, keys: StreamKeys) -> int:
-    return int(client.xlen(keys.dead_letter))

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from handler.connect import command
 from handler.console import progress
 from handler.dead_letter import split_dead_letter
 from handler.local_redis import (
@@ -168,17 +169,15 @@ SEARCH_QUERIES = [
 
 def create_index(client: redis.Redis) -> None:
     """The processor's index, as JRediSearch serializes it (seed-system.md)."""
-    client.execute_command(  # type: ignore[no-untyped-call]
-        "FT.CREATE", "tweets-index", "ON", "HASH", "PREFIX", "1", "tweet:", "SCHEMA",
-        "id", "TEXT", "user", "TEXT", "text", "TEXT", "location", "TEXT", "hashtags", "TAG",
-    )  # fmt: skip
+    schema = ["id", "TEXT", "user", "TEXT", "text", "TEXT", "location", "TEXT", "hashtags", "TAG"]
+    command(client, "FT.CREATE", "tweets-index", "ON", "HASH", "PREFIX", "1", "tweet:", "SCHEMA", *schema)
 
 
 def show_search(client: redis.Redis, reclaimed: set[bytes]) -> None:
     _say("7. the blog's searches find the reclaimed tweets like the processor's")
     for query in SEARCH_QUERIES:
         everything = ("LIMIT", 0, client.dbsize())
-        found: Any = client.execute_command("FT.SEARCH", "tweets-index", query, "NOCONTENT", *everything)  # type: ignore[no-untyped-call]
+        found = command(client, "FT.SEARCH", "tweets-index", query, "NOCONTENT", *everything)
         ours = sorted(key.decode() for key in found[1:] if key in reclaimed)
         shown = ", ".join(ours[:3]) + (", …" if len(ours) > 3 else "")
         _say(f"   FT.SEARCH tweets-index {query!r}: {found[0]} found, {len(ours)} reclaimed ({shown})")

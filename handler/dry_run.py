@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from handler.connect import command
 from handler.keys import StreamKeys
 from handler.plan import (
     DeadLetter,
@@ -41,13 +42,9 @@ class DryRunReport:
         return asdict(self)
 
 
-def _command(client: redis.Redis, *args: Any) -> Any:
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]
-
-
 def dry_run(client: redis.Redis, settings: MonitorSettings, examples: int = 10) -> DryRunReport:
     keys = StreamKeys.from_settings(settings)
-    report = DryRunReport(pending=int(_command(client, "XPENDING", keys.stream, keys.group)[0]))
+    report = DryRunReport(pending=int(command(client, "XPENDING", keys.stream, keys.group)[0]))
     if not report.pending:
         return report
     deadline = time.monotonic() + settings.CYCLE_TIME_BUDGET_SEC
@@ -60,7 +57,7 @@ def dry_run(client: redis.Redis, settings: MonitorSettings, examples: int = 10) 
         ):
             count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - report.would_claim)
             rows = parse_pending_rows(
-                _command(client, "XPENDING", keys.stream, keys.group, start, segment_end, count)
+                command(client, "XPENDING", keys.stream, keys.group, start, segment_end, count)
             )
             report.pages += 1
             _judge_page(client, keys, settings, rows, report, dead, examples)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from handler.settings import MonitorSettings
 
-TWEET_KEY_PREFIX = b"tweet:"
+TWEET_KEY_PREFIX = b"tweet:"  # the processor's key: this, then the id field's bytes unchanged
 
 
 def hash_tag_of(stream: str) -> str:
@@ -43,8 +43,3 @@ class StreamKeys:
             cursor=f"{tag}:cursor:{settings.STREAM_CONSUMER_GROUP_NAME}",
             lease=f"{tag}:lease:{settings.STREAM_CONSUMER_GROUP_NAME}",
         )
-
-
-def tweet_key(tweet_id: bytes) -> bytes:
-    """The processor's key for a tweet: `tweet:` followed by the id field's bytes, unchanged."""
-    return TWEET_KEY_PREFIX + tweet_id

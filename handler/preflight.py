@@ -15,8 +15,10 @@ from typing import Any
 
 import redis
 
+from handler.connect import command
 from handler.keys import StreamKeys
 from handler.settings import MonitorSettings
+from handler.status import find_group
 
 # Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
 NEEDED_COMMANDS = [
@@ -70,7 +72,7 @@ def run_checks(client: redis.Redis, settings: MonitorSettings) -> Iterator[Check
 
 def _whoami(client: redis.Redis) -> str:
     try:
-        name = client.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
+        name = command(client, "ACL", "WHOAMI")
     except redis.exceptions.ResponseError:
         return "default"
     return name.decode() if isinstance(name, bytes) else str(name)
@@ -86,11 +88,10 @@ def _at_least(version: str, minimum: tuple[int, int]) -> bool:
 
 def _stream_and_group(client: redis.Redis, keys: StreamKeys) -> Check:
     try:
-        groups = client.xinfo_groups(keys.stream)
+        group = find_group(client, keys)
     except redis.exceptions.ResponseError as exc:
         return Check("stream and group", False, f"stream '{keys.stream}': {exc}")
-    names = {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in groups}
-    if keys.group not in names:
+    if group is None:
         return Check("stream and group", False, f"no group '{keys.group}' on stream '{keys.stream}'")
     return Check("stream and group", True, f"stream '{keys.stream}' has group '{keys.group}'")
 
@@ -101,15 +102,15 @@ def _permissions(client: redis.Redis, keys: StreamKeys, user: str, version: str)
     if not _at_least(version, (7, 0)):
         return _permissions_before_dryrun(client, user)
     refused = []
-    for command in NEEDED_COMMANDS:
-        args = [part.format(**values) for part in command]
+    for needed in NEEDED_COMMANDS:
+        args = [part.format(**values) for part in needed]
         try:
-            answer = client.execute_command("ACL", "DRYRUN", user, *args)  # type: ignore[no-untyped-call]
+            answer = command(client, "ACL", "DRYRUN", user, *args)
         except redis.exceptions.ResponseError as exc:
-            refused.append(f"{command[0]} ({exc})")
+            refused.append(f"{needed[0]} ({exc})")
             continue
         if answer not in (b"OK", "OK", True):
-            refused.append(f"{command[0]} ({answer.decode() if isinstance(answer, bytes) else answer})")
+            refused.append(f"{needed[0]} ({answer.decode() if isinstance(answer, bytes) else answer})")
     if refused:
         return Check(
             "permissions", False, "not allowed: " + "; ".join(refused) + " (see the README's ACL rule)"

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from handler.connect import command
 from handler.keys import StreamKeys
 
 SAMPLE_PER_CONSUMER = 1000
@@ -47,10 +48,6 @@ class GroupStatus:
         return asdict(self)
 
 
-def _command(client: redis.Redis, *args: Any) -> Any:
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]
-
-
 def _pairs(flat: list[Any]) -> dict[str, Any]:
     return {
         (k.decode() if isinstance(k, bytes) else str(k)): v
@@ -58,24 +55,27 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
     }
 
 
-def _group_info(client: redis.Redis, keys: StreamKeys) -> dict[str, Any]:
+def find_group(client: redis.Redis, keys: StreamKeys) -> dict[str, Any] | None:
+    """The group's XINFO GROUPS row, None when the stream has no such group (ResponseError: no stream)."""
     for group in client.xinfo_groups(keys.stream):
         name = group["name"]
         if (name.decode() if isinstance(name, bytes) else name) == keys.group:
             return dict(group)
-    raise redis.exceptions.ResponseError(f"NOGROUP no consumer group '{keys.group}' on '{keys.stream}'")
+    return None
 
 
 def gather_status(client: redis.Redis, keys: StreamKeys, dead_letter_maxlen: int) -> GroupStatus:
-    group = _group_info(client, keys)
-    summary = _command(client, "XPENDING", keys.stream, keys.group)
+    group = find_group(client, keys)
+    if group is None:
+        raise redis.exceptions.ResponseError(f"NOGROUP no consumer group '{keys.group}' on '{keys.stream}'")
+    summary = command(client, "XPENDING", keys.stream, keys.group)
     consumers = []
     idle_empty = []
     for info in client.xinfo_consumers(keys.stream, keys.group):
         name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
         status = ConsumerStatus(name, int(info["pending"]), int(info["idle"]))
         if status.pending:
-            rows = _command(client, "XPENDING", keys.stream, keys.group, "-", "+", SAMPLE_PER_CONSUMER, name)
+            rows = command(client, "XPENDING", keys.stream, keys.group, "-", "+", SAMPLE_PER_CONSUMER, name)
             status.oldest_pending_idle_ms = max(row[2] for row in rows) if rows else None
             status.highest_deliveries = max(row[3] for row in rows) if rows else None
             consumers.append(status)
@@ -106,7 +106,7 @@ def gather_status(client: redis.Redis, keys: StreamKeys, dead_letter_maxlen: int
 
 def _search_documents(client: redis.Redis) -> int | None:
     try:
-        info = _command(client, "FT.INFO", SEARCH_INDEX)
+        info = command(client, "FT.INFO", SEARCH_INDEX)
     except redis.exceptions.ResponseError:  # no search module, or no such index
         return None
     pairs = _pairs(list(info)) if isinstance(info, list) else {str(k): v for k, v in dict(info).items()}

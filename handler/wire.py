@@ -140,7 +140,3 @@ class Channel:
         if self._wire is not None:
             wire, self._wire = self._wire, None
             wire.close()
-
-
-def pack_all(commands: Sequence[Sequence[Any]]) -> list[bytes]:
-    return [pack(tuple(command)) for command in commands]

@@ -16,6 +16,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,6 +160,20 @@ class FunctionsHost:
             pieces = [payload[i : i + 7] for i in range(0, len(payload), 7)]
             return self.request("POST", "/monitor", iter(pieces), headers)
         return self.request("POST", "/monitor", payload, headers)
+
+    def invoke_in_background(self) -> tuple[threading.Thread, list[Any]]:
+        """Invoke from a thread; the answer (or a killed handler's broken connection) lands in the list."""
+        answers: list[Any] = []
+
+        def invoke() -> None:
+            try:
+                answers.append(self.invoke())
+            except OSError as exc:  # the handler was killed mid-request: the host sees a dropped connection
+                answers.append(exc)
+
+        thread = threading.Thread(target=invoke, daemon=True)
+        thread.start()
+        return thread, answers
 
     def send_signal(self, sig: int) -> None:
         assert self.process is not None

@@ -3,6 +3,7 @@ crashes, and the clock (idle times set with XCLAIM's IDLE option instead of slee
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -63,6 +64,26 @@ def age(client: redis.Redis, stream: str, group: str, owner: str, ids: list[byte
         command(client, "XCLAIM", stream, group, owner, 0, *chunk, "IDLE", idle_ms, "JUSTID")
 
 
+IDLE_ENOUGH_MS = 60_000  # the tests run the monitor with MIN_IDLE_TIME_SEC of 10 or less
+
+
+def abandon(
+    client: redis.Redis,
+    stream: str,
+    group: str,
+    entries: list[list[bytes]],
+    consumer: str = "consumer-crashed",
+    idle_ms: int = IDLE_ENOUGH_MS,
+) -> list[bytes]:
+    """Produce entries, let a processor read them all and crash, and make them look idle for idle_ms
+    (0 leaves them fresh, as a live processor's)."""
+    ids = produce(client, stream, entries)
+    crash_after_reading(client, stream, group, consumer, len(ids))
+    if idle_ms:
+        age(client, stream, group, consumer, ids, idle_ms)
+    return ids
+
+
 def set_deliveries(
     client: redis.Redis, stream: str, group: str, owner: str, ids: list[bytes], count: int
 ) -> None:
@@ -76,6 +97,17 @@ def pending_rows(client: redis.Redis, stream: str, group: str) -> list[tuple[byt
 
 def pending_ids_of(client: redis.Redis, stream: str, group: str, consumer: str) -> set[bytes]:
     return {row[0] for row in pending_rows(client, stream, group) if row[1] == consumer.encode()}
+
+
+def wait_until_claiming(
+    client: redis.Redis, stream: str, group: str, consumer: str, timeout: float = 30
+) -> None:
+    """Until the monitor `consumer` owns pending entries: its cycle has claimed work, not yet acknowledged."""
+    deadline = time.monotonic() + timeout
+    while not pending_ids_of(client, stream, group, consumer):
+        if time.monotonic() > deadline:
+            raise AssertionError("the cycle never started claiming")
+        time.sleep(0.002)
 
 
 def hash_fields(client: redis.Redis, key: bytes) -> dict[bytes, bytes]:

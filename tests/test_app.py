@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,14 +14,12 @@ import redis
 
 from handler.app import MAX_BODY_BYTES
 from handler.local_redis import LocalRedis, environment_for, free_port
+from tests import pipeline
 from tests.host import FunctionsHost, completed, envelope, failed, timer
 from tests.pipeline import (
-    age,
-    crash_after_reading,
     create_group,
     expected_hash,
     pending_rows,
-    produce,
     tweet,
     tweet_keys,
 )
@@ -49,11 +45,9 @@ def host(redis_8: LocalRedis) -> Iterator[FunctionsHost]:
     started.stop()
 
 
-def abandon(client: redis.Redis, count: int, consumer: str = "consumer-crashed") -> list[bytes]:
-    ids = produce(client, NAMES["STREAM_NAME"], [tweet(n) for n in range(count)])
-    crash_after_reading(client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], consumer, count)
-    age(client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], consumer, ids, 60_000)
-    return ids
+def abandon(client: redis.Redis, count: int) -> list[bytes]:
+    tweets = [tweet(n) for n in range(count)]
+    return pipeline.abandon(client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], tweets)
 
 
 @pytest.fixture
@@ -61,6 +55,13 @@ def backlog(client8: redis.Redis) -> list[bytes]:
     """Three abandoned tweets waiting in the host-facing handler's stream."""
     create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
     return abandon(client8, 3)
+
+
+def under_way(client: redis.Redis) -> None:
+    """Until the handler's cycle has claimed work it has not acknowledged yet."""
+    pipeline.wait_until_claiming(
+        client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], "monitoring_app"
+    )
 
 
 def pending(client: redis.Redis) -> int:
@@ -254,12 +255,8 @@ def test_sigterm_mid_cycle_finishes_the_page_in_hand_then_exits_cleanly(
     create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
     abandon(client8, 50_000)
     host = FunctionsHost(handler_env(redis_8, RECLAIM_PAGE_SIZE="200", LOG_LEVEL="DEBUG")).start()
-    answers: list[Any] = []
-    invocation = threading.Thread(target=lambda: answers.append(host.invoke()))
-    invocation.start()
-    deadline = time.monotonic() + 30
-    while pending(client8) == 50_000 and time.monotonic() < deadline:
-        time.sleep(0.005)  # wait until the cycle is under way
+    invocation, answers = host.invoke_in_background()
+    under_way(client8)
     assert 0 == host.stop(), host.stderr
     invocation.join(timeout=30)
     summary = completed(answers[0])
@@ -306,12 +303,8 @@ def test_an_invocation_overlapping_a_running_cycle_is_skipped_not_doubled(
     abandon(client8, 50_000)
     host = FunctionsHost(handler_env(redis_8, RECLAIM_PAGE_SIZE="100", CYCLE_TIME_BUDGET_SEC="60")).start()
     try:
-        answers: list[Any] = []
-        scheduled = threading.Thread(target=lambda: answers.append(host.invoke()))
-        scheduled.start()
-        deadline = time.monotonic() + 30
-        while pending(client8) == 50_000 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        scheduled, answers = host.invoke_in_background()
+        under_way(client8)
         manual = completed(host.invoke())
         scheduled.join(timeout=120)
         assert ("skipped", "a cycle is already running here") == (manual["stopped_by"], manual["skipped"])

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from handler.local_redis import LocalRedis, environment_for, free_port
-from tests.pipeline import age, crash_after_reading, create_group, pending_rows, produce, tweet, tweet_keys
+from tests import pipeline
+from tests.pipeline import create_group, pending_rows, tweet, tweet_keys
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"pending", "claimed", "processed", "deleted", "dead_lettered", "failed", "duration_ms"}
@@ -35,10 +36,7 @@ def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def abandon(client: redis.Redis, names: dict[str, str], count: int) -> list[bytes]:
     stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
     create_group(client, stream, group)
-    ids = produce(client, stream, [tweet(n) for n in range(count)])
-    crash_after_reading(client, stream, group, "consumer-crashed", count)
-    age(client, stream, group, "consumer-crashed", ids, 60_000)
-    return ids
+    return pipeline.abandon(client, stream, group, [tweet(n) for n in range(count)])
 
 
 def test_reclaim_prints_the_summary_as_one_json_line(

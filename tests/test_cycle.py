@@ -13,25 +13,24 @@ from handler.cycle import CycleSummary, ReclaimCycle
 from handler.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
 from handler.keys import StreamKeys
 from handler.local_redis import LocalRedis
+from tests import pipeline
 from tests.commands import named, recorded_commands
 from tests.conftest import settings_for
 from tests.pipeline import (
+    IDLE_ENOUGH_MS,
     age,
-    crash_after_reading,
     create_group,
     dead_letters,
     expected_hash,
     hash_fields,
     pending_ids_of,
     pending_rows,
-    produce,
     set_deliveries,
     tweet,
     tweet_keys,
 )
 
 PROCESSOR = "consumer-1f20d41d-e63e-40d2-bc0f-749f11f15026"
-IDLE_ENOUGH_MS = 60_000  # MIN_IDLE_TIME_SEC is 10 in these tests
 
 
 class World:
@@ -57,11 +56,8 @@ class World:
         self, entries: list[list[bytes]], consumer: str = PROCESSOR, aged: bool = True
     ) -> list[bytes]:
         """Produce entries, let a processor read them and crash; optionally make them idle long enough."""
-        ids = produce(self.client, self.stream, entries)
-        crash_after_reading(self.client, self.stream, self.group, consumer, len(ids))
-        if aged:
-            age(self.client, self.stream, self.group, consumer, ids, IDLE_ENOUGH_MS)
-        return ids
+        idle_ms = IDLE_ENOUGH_MS if aged else 0
+        return pipeline.abandon(self.client, self.stream, self.group, entries, consumer, idle_ms)
 
     def pending(self) -> set[bytes]:
         return {row[0] for row in pending_rows(self.client, self.stream, self.group)}

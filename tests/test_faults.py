@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from handler.local_redis import LocalRedis, environment_for, free_port
+from tests import pipeline
 from tests.host import FunctionsHost, completed
 from tests.pipeline import (
     age,
@@ -95,27 +96,8 @@ def check(client: redis.Redis, backlog: Backlog, fault: str, repetitions: int) -
     return result
 
 
-def start_cycle(host: FunctionsHost) -> tuple[threading.Thread, list[Any]]:
-    """Invoke in the background; the answer (or a killed handler's broken connection) lands in the list."""
-    answers: list[Any] = []
-
-    def invoke() -> None:
-        try:
-            answers.append(host.invoke())
-        except OSError as exc:  # the handler was killed mid-request: the host sees a dropped connection
-            answers.append(exc)
-
-    thread = threading.Thread(target=invoke, daemon=True)
-    thread.start()
-    return thread, answers
-
-
-def wait_until_claiming(client: redis.Redis, consumer: str = MONITOR, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not pending_ids_of(client, STREAM, GROUP, consumer):
-        if time.monotonic() > deadline:
-            raise AssertionError("the cycle never started claiming")
-        time.sleep(0.002)
+def wait_until_claiming(client: redis.Redis, consumer: str = MONITOR) -> None:
+    pipeline.wait_until_claiming(client, STREAM, GROUP, consumer)
 
 
 @pytest.fixture
@@ -133,7 +115,7 @@ def test_the_handler_killed_mid_cycle_loses_nothing(redis_8: LocalRedis, fresh: 
     while kills and attempts < 15:
         attempts += 1
         host = FunctionsHost(env).start()
-        start_cycle(host)
+        host.invoke_in_background()
         wait_until_claiming(fresh)
         time.sleep(rng.uniform(0.0, 0.08))
         host.stop(signal.SIGKILL)
@@ -163,7 +145,7 @@ def test_redis_killed_and_restarted_mid_cycle_loses_nothing(redis_8: LocalRedis,
         host = FunctionsHost(env).start()
         restarts = 3
         for _ in range(restarts):
-            thread, answers = start_cycle(host)
+            thread, answers = host.invoke_in_background()
             wait_until_claiming(client)
             time.sleep(rng.uniform(0.0, 0.1))
             server.stop(kill=True)  # SIGKILL: only what appendfsync always made durable survives
@@ -237,7 +219,7 @@ def test_a_stalled_connection_fails_the_invocation_in_bounded_time(
     backlog = abandon_backlog(fresh, 50_000)
     stalls = 2
     for _ in range(stalls):
-        thread, answers = start_cycle(host)
+        thread, answers = host.invoke_in_background()
         wait_until_claiming(fresh)
         proxy.stall()
         thread.join(timeout=60)
@@ -338,7 +320,7 @@ def test_several_monitors_at_once_with_one_frozen_mid_page(redis_8: LocalRedis, 
 
     try:
         with LiveProcessors(redis_8) as live:
-            thread, frozen_answers = start_cycle(frozen)
+            thread, frozen_answers = frozen.invoke_in_background()
             wait_until_claiming(fresh, "monitor-frozen")
             frozen.send_signal(signal.SIGSTOP)  # frozen mid-page, holding claimed entries and the lease
             workers = [threading.Thread(target=keep_invoking, args=(h,), daemon=True) for h in others]

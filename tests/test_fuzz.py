@@ -18,9 +18,16 @@ from handler.app import MAX_BODY_BYTES
 from handler.envelope import BadEnvelopeError, parse_invocation
 from handler.local_redis import LocalRedis, environment_for
 from tests.host import FunctionsHost, completed, envelope
-from tests.pipeline import age, crash_after_reading, create_group, dead_letters, hash_fields, produce
+from tests.pipeline import (
+    IDLE_ENOUGH_MS,
+    age,
+    crash_after_reading,
+    create_group,
+    dead_letters,
+    hash_fields,
+    produce,
+)
 from tests.reliability import FUZZ_CASES
-from tests.test_cycle import IDLE_ENOUGH_MS
 
 CASES = 400
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]

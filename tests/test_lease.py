@@ -13,7 +13,7 @@ from handler.cycle import ReclaimCycle
 from handler.lease import Lease
 from handler.local_redis import LocalRedis
 from tests.conftest import settings_for
-from tests.pipeline import age, crash_after_reading, create_group, produce, tweet
+from tests.pipeline import abandon, create_group, tweet
 
 KEY = "{tweets_stream}:lease:redisearch_app_group"
 
@@ -52,9 +52,7 @@ def test_a_cycle_skips_while_another_holds_the_lease_and_releases_its_own(
 ) -> None:
     stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
     create_group(client8, stream, group)
-    ids = produce(client8, stream, [tweet(n) for n in range(3)])
-    crash_after_reading(client8, stream, group, "crashed", 3)
-    age(client8, stream, group, "crashed", ids, 60_000)
+    abandon(client8, stream, group, [tweet(n) for n in range(3)])
     settings = settings_for(redis_8, names)
     cycle = ReclaimCycle(connect(settings), settings)
     client8.set(cycle.keys.lease, "monitoring_app@elsewhere:42:abcd", px=60_000)
@@ -74,9 +72,7 @@ def test_a_long_cycle_keeps_its_lease_alive(
 ) -> None:
     stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
     create_group(client8, stream, group)
-    ids = produce(client8, stream, [tweet(n) for n in range(60_000)])
-    crash_after_reading(client8, stream, group, "crashed", len(ids))
-    age(client8, stream, group, "crashed", ids, 60_000)
+    abandon(client8, stream, group, [tweet(n) for n in range(60_000)])
     settings = settings_for(redis_8, names, LEASE_TTL_SEC=1, RECLAIM_PAGE_SIZE=10)
     cycle = ReclaimCycle(connect(settings), settings)
     ttls: list[int] = []

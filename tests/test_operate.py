@@ -20,15 +20,14 @@ from handler.consumers import prune_idle_consumers
 from handler.demo import SEARCH_QUERIES
 from handler.local_redis import LocalRedis, environment_for, free_port
 from handler.runner import function_schedule, next_run
+from tests import pipeline
 from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import (
     age,
     command,
-    crash_after_reading,
     create_group,
     dead_letters,
     pending_rows,
-    produce,
     set_deliveries,
     tweet,
     tweet_keys,
@@ -64,10 +63,7 @@ def cli(
 def abandon(
     client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
 ) -> list[bytes]:
-    ids = produce(client, STREAM, entries)
-    crash_after_reading(client, STREAM, GROUP, consumer, len(ids))
-    age(client, STREAM, GROUP, consumer, ids, 60_000)
-    return ids
+    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from handler.app import create_app
 from handler.connect import connect
 from handler.local_redis import LocalRedis, environment_for, free_port
 from handler.settings import MonitorSettings
+from tests import pipeline
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import age, crash_after_reading, create_group, produce, tweet, tweet_keys
 from tests.redis_binaries import debian_redis_with_tls
@@ -46,10 +47,7 @@ def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def abandon(client: redis.Redis, count: int) -> list[bytes]:
     create_group(client, STREAM, GROUP)
-    ids = produce(client, STREAM, [tweet(n) for n in range(count)])
-    crash_after_reading(client, STREAM, GROUP, "consumer-crashed", count)
-    age(client, STREAM, GROUP, "consumer-crashed", ids, 60_000)
-    return ids
+    return pipeline.abandon(client, STREAM, GROUP, [tweet(n) for n in range(count)])
 
 
 def test_the_handler_listens_on_loopback_only(redis_8: LocalRedis) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from handler.errors import SettingsError
-from handler.keys import StreamKeys, hash_tag_of, tweet_key
+from handler.keys import TWEET_KEY_PREFIX, StreamKeys, hash_tag_of
 from handler.settings import MonitorSettings, load_settings, split_host_port
 
 REQUIRED = {
@@ -136,6 +136,6 @@ def test_key_names(env: pytest.MonkeyPatch) -> None:
     keys = StreamKeys.from_settings(load_settings())
     assert "{tweets_stream}:dead-letter" == keys.dead_letter
     assert keys.cursor.startswith("{tweets_stream}:")
-    assert b"tweet:1394" == tweet_key(b"1394")
+    assert b"tweet:" == TWEET_KEY_PREFIX  # the processor's key prefix
     env.setenv("DEAD_LETTER_STREAM", "{tweets_stream}:poison")
     assert "{tweets_stream}:poison" == StreamKeys.from_settings(load_settings()).dead_letter
