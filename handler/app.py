@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handler.connect import connect
+from handler.connect import RedisConnection
 from handler.cycle import CycleSummary, ReclaimCycle
 from handler.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.errors import MonitorError, RedisUnavailableError
@@ -48,13 +48,13 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = connect(settings)
-        app.state.cycle = ReclaimCycle(client, settings)
-        metrics.watch_group(client, app.state.cycle.keys)
+        connection = RedisConnection(settings)  # connects on the first invocation, not at start
+        app.state.cycle = ReclaimCycle(connection, settings)
+        metrics.watch_group(connection, app.state.cycle.keys)
         try:
             yield
         finally:
-            client.close()
+            connection.close()
 
     app = FastAPI(
         title="tweets-monitor",

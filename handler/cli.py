@@ -17,7 +17,7 @@ from types import FrameType
 
 import redis
 
-from handler.connect import connect
+from handler.connect import Client, RedisConnection, connect
 from handler.cycle import CycleSummary, ReclaimCycle
 from handler.errors import MonitorError, SettingsError
 from handler.keys import StreamKeys
@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("MIN_IDLE_TIME_SEC is 0: entries are taken from live processors as well")
     if args.command == "serve":
         return serve(settings)
-    client = connect(settings)
+    if args.command == "check":
+        return check(settings)
+    client: Client | None = None
     try:
+        client = connect(settings)
         return COMMANDS[args.command](client, settings, args)
     except MonitorError as exc:
         log.error("%s failed: %s", args.command, exc)
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s failed: Redis at %s:%d: %s: %s", args.command, host, port, type(exc).__name__, exc)
         return EXIT_FAILED
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:
@@ -123,7 +127,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
 
-def reclaim(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def reclaim(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     if args.dry_run:
         from handler import console
         from handler.dry_run import dry_run
@@ -141,7 +145,7 @@ def reclaim(client: redis.Redis, settings: MonitorSettings, args: argparse.Names
     return EXIT_OK
 
 
-def run(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from handler.metrics import Metrics
@@ -149,9 +153,10 @@ def run(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace
 
     stop = threading.Event()
     _stop_on_signals(stop)
-    cycle = ReclaimCycle(client, settings)
+    connection = RedisConnection(settings, client)
+    cycle = ReclaimCycle(connection, settings)
     metrics = Metrics()
-    metrics.watch_group(client, cycle.keys)
+    metrics.watch_group(connection, cycle.keys)
     host, port = split_host_port(settings.METRICS_ADDRESS)
     start_http_server(port, addr=host, registry=metrics.registry)
     log.info("metrics on http://%s:%d/metrics", host, port)
@@ -174,7 +179,7 @@ def run(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace
     return EXIT_OK
 
 
-def status(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from handler import console
     from handler.status import gather_status
 
@@ -188,17 +193,18 @@ def status(client: redis.Redis, settings: MonitorSettings, args: argparse.Namesp
     return EXIT_OK
 
 
-def check(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def check(settings: MonitorSettings) -> int:
+    """Connects by itself: failing to connect is one of the checks it reports."""
     from handler.preflight import run_checks
 
     passed = True
-    for result in run_checks(client, settings):
+    for result in run_checks(settings):
         print(result.line(), flush=True)
         passed = passed and result.passed
     return EXIT_OK if passed else EXIT_FAILED
 
 
-def dead_letter(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from handler import console
     from handler import dead_letter_tools as dead_letters
 
@@ -247,7 +253,7 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _apply(client: redis.Redis, keys: StreamKeys, action: str, ids: list[bytes | str]) -> int:
+def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str]) -> int:
     from handler import console
     from handler import dead_letter_tools as dead_letters
 
@@ -261,7 +267,7 @@ def _apply(client: redis.Redis, keys: StreamKeys, action: str, ids: list[bytes |
     return EXIT_OK
 
 
-def consumers(client: redis.Redis, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from handler.consumers import prune_idle_consumers
 
     keys = StreamKeys.from_settings(settings)
@@ -275,11 +281,10 @@ def consumers(client: redis.Redis, settings: MonitorSettings, args: argparse.Nam
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[redis.Redis, MonitorSettings, argparse.Namespace], int]] = {
+COMMANDS: dict[str, Callable[[Client, MonitorSettings, argparse.Namespace], int]] = {
     "reclaim": reclaim,
     "run": run,
     "status": status,
-    "check": check,
     "dead-letter": dead_letter,
     "consumers": consumers,
 }

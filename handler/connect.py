@@ -1,55 +1,150 @@
-"""Building the Redis client from the settings; opened and closed at the edges (lifespan, CLI)."""
+"""Building the Redis client from the settings: one node or a cluster, made on first use.
+
+REDIS_CLUSTER=detect asks the node named by REDIS_HOST (`INFO cluster`) and builds a cluster client when it
+says cluster_enabled:1; `on` and `off` skip the question. The client is made lazily so that a handler whose
+Redis is down still starts and answers the host's readiness probe; each invocation then fails with 503.
+"""
 
 from __future__ import annotations
 
 import ssl
-from typing import Any
+import threading
+from typing import Any, TypeAlias
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from handler.errors import MonitorError, RedisUnavailableError
 from handler.settings import MonitorSettings
 
 # Connection errors and timeouts are retried this many times with backoff: every command the cycle sends is
 # safe to repeat (see cycle.py), and the bound keeps a dead server from holding an invocation for long.
 RETRIES = 2
+RAW_REPLY_COMMANDS = ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE")
+
+Client: TypeAlias = "redis.Redis | RedisCluster"
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
 
-def connect(settings: MonitorSettings) -> redis.Redis:
-    host, port = settings.redis_address
-    client = redis.Redis(
-        host=host,
-        port=port,
-        username=settings.REDIS_USERNAME or None,
-        password=settings.REDIS_PASSWORD.get_secret_value() or None,
-        ssl=settings.REDIS_TLS,
-        ssl_min_version=ssl.TLSVersion.TLSv1_2,
-        ssl_cert_reqs="required",
-        ssl_check_hostname=True,
-        ssl_ca_certs=settings.REDIS_TLS_CA_FILE or None,
-        socket_timeout=settings.REDIS_TIMEOUT_SEC,
-        socket_connect_timeout=settings.REDIS_TIMEOUT_SEC,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
-        client_name="tweets-monitor",
-        decode_responses=False,
+def client_options(settings: MonitorSettings) -> dict[str, Any]:
+    """What every connection needs, to a single node or to each node of a cluster."""
+    options: dict[str, Any] = {
+        "username": settings.REDIS_USERNAME or None,
+        "password": settings.REDIS_PASSWORD.get_secret_value() or None,
+        "ssl": settings.REDIS_TLS,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": settings.REDIS_TLS_CA_FILE or None,
+        "socket_timeout": settings.REDIS_TIMEOUT_SEC,
+        "socket_connect_timeout": settings.REDIS_TIMEOUT_SEC,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
+        "client_name": "tweets-monitor",
+        "decode_responses": False,
         # RESP2, spoken by every server and proxy the monitor may meet (redis-py 8 would ask for RESP3);
         # the hot path parses replies itself and expects RESP2's shapes.
-        protocol=2,
-    )
+        "protocol": 2,
+    }
+    return options
+
+
+def _single_node(settings: MonitorSettings) -> redis.Redis:
+    host, port = settings.redis_address
+    return redis.Redis(host=host, port=port, **client_options(settings))
+
+
+def _cluster(settings: MonitorSettings) -> RedisCluster:
+    """A cluster client: REDIS_HOST names any one node; the others come from its slot map."""
+    host, port = settings.redis_address
+    return RedisCluster(host=host, port=port, **client_options(settings))
+
+
+def is_cluster_node(settings: MonitorSettings) -> bool:
+    """`INFO cluster` on the node REDIS_HOST names: cluster_enabled is 1 on a Redis Cluster node."""
+    probe = _single_node(settings)
+    try:
+        return bool(probe.info("cluster").get("cluster_enabled"))
+    except redis.exceptions.NoPermissionError as exc:
+        raise MonitorError(
+            f"REDIS_CLUSTER=detect asks the server `INFO cluster`, which this user may not run ({exc}): "
+            "allow +info, or set REDIS_CLUSTER to on or off"
+        ) from exc
+    finally:
+        probe.close()
+
+
+def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableError:
+    host, port = settings.redis_address
+    return RedisUnavailableError(f"Redis at {host}:{port} is unavailable ({type(exc).__name__}: {exc})")
+
+
+def make_client(settings: MonitorSettings) -> Client:
+    """The client REDIS_CLUSTER asks for; `detect` costs one INFO on the first node."""
+    mode = settings.REDIS_CLUSTER
+    try:
+        cluster = mode == "on" or (mode == "detect" and is_cluster_node(settings))
+        client: Client = _cluster(settings) if cluster else _single_node(settings)
+    except redis.exceptions.AuthenticationError:
+        raise  # reachable, but the credentials are wrong: said as such by the caller
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise unavailable(settings, exc) from exc
     # The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
     # repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms;
     # the dead-letter tools read entries as flat field lists too.
-    for name in ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE"):
+    for name in RAW_REPLY_COMMANDS:
         client.set_response_callback(name, _raw_reply)
     return client
 
 
-def command(client: redis.Redis, *args: Any) -> Any:
+def node_of(client: Client, key: str) -> redis.Redis:
+    """A plain client for the node holding `key` (the client itself on a single node), for per-server
+    questions such as INFO, ACL WHOAMI or ACL DRYRUN."""
+    if isinstance(client, RedisCluster):
+        return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+    return client
+
+
+def connect(settings: MonitorSettings) -> Client:
+    """A client now (the CLI); raises RedisUnavailableError when Redis cannot be reached."""
+    return make_client(settings)
+
+
+class RedisConnection:
+    """The long-lived handler's client, made on the first invocation that needs it and kept.
+
+    After a cycle meets a cluster that changed under it (a failover, a resharding), `refresh()` makes the
+    next use read the slot map again.
+    """
+
+    def __init__(self, settings: MonitorSettings, client: Client | None = None) -> None:
+        self._settings = settings
+        self._client = client
+        self._lock = threading.Lock()
+
+    def client(self) -> Client:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self._settings)
+            return self._client
+
+    def refresh(self) -> None:
+        with self._lock:
+            if isinstance(self._client, RedisCluster):
+                self._client.nodes_manager.initialize()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def command(client: Client, *args: Any) -> Any:
     """One command through the client, its reply as connect() leaves it (raw for stream commands).
 
     redis-py's execute_command is untyped; this is the one place that says so.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
+from handler.connect import Client
 
 # KEYS: stream. ARGV: group, idle threshold in ms, 1 to only report, then names never to remove.
 PRUNE_LUA = """
@@ -32,7 +32,7 @@ return removed
 
 
 def prune_idle_consumers(
-    client: redis.Redis, stream: str, group: str, idle_sec: float, keep: list[str], dry_run: bool = False
+    client: Client, stream: str, group: str, idle_sec: float, keep: list[str], dry_run: bool = False
 ) -> list[str]:
     """Remove consumers with nothing pending and idle at least idle_sec; returns their names."""
     idle_ms = round(idle_sec * 1000)

@@ -14,14 +14,16 @@ from typing import Any
 
 import redis
 
-from handler.connect import command
+from handler.connect import Client, RedisConnection, command, unavailable
 from handler.consumers import prune_idle_consumers
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
 from handler.keys import StreamKeys
 from handler.lease import Lease, holder_identity
+from handler.page import CLUSTER_CHANGED
 from handler.plan import START, parse_pending_count
 from handler.settings import MonitorSettings
 from handler.sweep import Sweep
+from handler.topology import topology_of
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,12 @@ def never() -> bool:
 
 
 class ReclaimCycle:
-    """Runs cycles for one stream and group; the Redis client is passed in and owned by the caller."""
+    """Runs cycles for one stream and group; the Redis connection is passed in and owned by the caller."""
 
-    def __init__(self, client: redis.Redis, settings: MonitorSettings) -> None:
-        self._client = client
+    def __init__(self, connection: RedisConnection | Client, settings: MonitorSettings) -> None:
+        if not isinstance(connection, RedisConnection):
+            connection = RedisConnection(settings, connection)
+        self._connection = connection
         self._settings = settings
         self._keys = StreamKeys.from_settings(settings)
         self._holder = holder_identity(settings.MONITORING_CONSUMER_NAME)
@@ -73,11 +77,12 @@ class ReclaimCycle:
         try:
             summary = self._run(should_stop)
         except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith(CLUSTER_CHANGED):
+                self._refresh_topology()
             raise self._explain(exc) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            host, port = self._settings.redis_address
-            what = type(exc).__name__
-            raise RedisUnavailableError(f"Redis at {host}:{port} is unavailable ({what}: {exc})") from exc
+            self._refresh_topology()  # a failover shows first as a node that stops answering
+            raise unavailable(self._settings, exc) from exc
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})
         return summary
 
@@ -87,17 +92,29 @@ class ReclaimCycle:
                 f"stream '{self._keys.stream}' or its consumer group '{self._keys.group}' does not "
                 "exist: create them as the processor does (XGROUP CREATE … MKSTREAM)"
             )
+        if str(exc).startswith(CLUSTER_CHANGED):
+            return RedisUnavailableError(
+                f"the Redis Cluster moved the stream's slot or is failing over ({exc}); the next cycle "
+                "reads the slot map again"
+            )
         if str(exc).startswith("NOPERM") or isinstance(exc, redis.exceptions.NoPermissionError):
             return MonitorError(f"the Redis user may not run a command the monitor needs: {exc}")
         return MonitorError(f"Redis refused a command of the reclaim cycle: {exc}")
 
+    def _refresh_topology(self) -> None:
+        try:
+            self._connection.refresh()
+        except redis.exceptions.RedisError as exc:  # the next cycle's first command tries again
+            log.warning("could not read the cluster's slot map again: %s", exc)
+
     def _run(self, should_stop: Callable[[], bool]) -> CycleSummary:
         started = time.monotonic()
         keys = self._keys
-        pending = parse_pending_count(command(self._client, "XPENDING", keys.stream, keys.group))
+        client = self._connection.client()
+        pending = parse_pending_count(command(client, "XPENDING", keys.stream, keys.group))
         if pending == 0:
             return CycleSummary(duration_ms=_ms_since(started))
-        lease = Lease(self._client, keys.lease, self._holder, self._settings.LEASE_TTL_SEC)
+        lease = Lease(client, keys.lease, self._holder, self._settings.LEASE_TTL_SEC)
         try:
             holder = lease.acquire()
         except redis.exceptions.ResponseError as exc:
@@ -112,13 +129,13 @@ class ReclaimCycle:
                 skipped=f"lease held by {holder}",
             )  # fmt: skip
         try:
-            cursor: bytes | None = self._client.get(keys.cursor)  # type: ignore[assignment]
-            sweep = Sweep(
-                self._client.connection_pool, self._settings, keys, should_stop, started, lease.keep
-            )
+            cursor: bytes | None = client.get(keys.cursor)  # type: ignore[assignment]
+            sweep = Sweep(topology_of(client), self._settings, keys, should_stop, started, lease.keep)
             stopped_by, next_start = sweep.walk(cursor)
-            self._save_cursor(next_start)
-            self._prune_idle_consumers()
+            if sweep.counts.moved:
+                self._refresh_topology()
+            self._save_cursor(client, next_start)
+            self._prune_idle_consumers(client)
         finally:
             _release_quietly(lease)
         counts = sweep.counts
@@ -134,23 +151,23 @@ class ReclaimCycle:
             stopped_by=stopped_by,
         )
 
-    def _prune_idle_consumers(self) -> None:
+    def _prune_idle_consumers(self, client: Client) -> None:
         """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending."""
         idle_sec = self._settings.DELETE_IDLE_CONSUMERS_AFTER_SEC
         if not idle_sec:
             return
         keys = self._keys
-        removed = prune_idle_consumers(self._client, keys.stream, keys.group, idle_sec, keep=[keys.consumer])
+        removed = prune_idle_consumers(client, keys.stream, keys.group, idle_sec, keep=[keys.consumer])
         if removed:
             log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
 
-    def _save_cursor(self, start: bytes) -> None:
+    def _save_cursor(self, client: Client, start: bytes) -> None:
         """Remember where the next invocation starts. Only a hint: losing it costs a walk from the head."""
         try:
             if start == START:
-                self._client.delete(self._keys.cursor)
+                client.delete(self._keys.cursor)
             else:
-                self._client.set(self._keys.cursor, start, px=CURSOR_TTL_MS)
+                client.set(self._keys.cursor, start, px=CURSOR_TTL_MS)
         except redis.exceptions.ResponseError as exc:  # e.g. OOM: the cycle's work is done all the same
             log.warning("could not save where the next cycle starts: %s", exc)
 

@@ -6,9 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from handler.connect import command
+from handler.connect import Client, command
 from handler.dead_letter import METADATA_FIELD_COUNT, REPLAY_LUA, split_dead_letter
 from handler.keys import StreamKeys
 
@@ -36,7 +34,7 @@ def _parse(entries: Sequence[Any]) -> list[DeadLetterEntry]:
 
 
 def list_dead_letters(
-    client: redis.Redis, keys: StreamKeys, count: int, newest_first: bool
+    client: Client, keys: StreamKeys, count: int, newest_first: bool
 ) -> list[DeadLetterEntry]:
     scan = (
         ("XREVRANGE", keys.dead_letter, "+", "-") if newest_first else ("XRANGE", keys.dead_letter, "-", "+")
@@ -44,12 +42,12 @@ def list_dead_letters(
     return _parse(command(client, *scan, "COUNT", count))
 
 
-def show_dead_letter(client: redis.Redis, keys: StreamKeys, entry_id: str) -> DeadLetterEntry | None:
+def show_dead_letter(client: Client, keys: StreamKeys, entry_id: str) -> DeadLetterEntry | None:
     entries = _parse(command(client, "XRANGE", keys.dead_letter, entry_id, entry_id))
     return entries[0] if entries else None
 
 
-def all_ids(client: redis.Redis, keys: StreamKeys, batch: int = 1000) -> Iterator[list[bytes]]:
+def all_ids(client: Client, keys: StreamKeys, batch: int = 1000) -> Iterator[list[bytes]]:
     """Every dead letter's ID, a batch at a time, oldest first."""
     start = "-"
     while True:
@@ -63,7 +61,7 @@ def all_ids(client: redis.Redis, keys: StreamKeys, batch: int = 1000) -> Iterato
 
 
 def replay(
-    client: redis.Redis,
+    client: Client,
     keys: StreamKeys,
     ids: Sequence[bytes | str],
     progress: Callable[[int], None] = lambda done: None,
@@ -81,7 +79,7 @@ def replay(
     return moved
 
 
-def purge(client: redis.Redis, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
+def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
     removed = 0
     for start in range(0, len(ids), 1000):
         removed += int(client.xdel(keys.dead_letter, *ids[start : start + 1000]))

@@ -11,9 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
-
-from handler.connect import command
+from handler.connect import Client, command
 from handler.keys import StreamKeys
 from handler.plan import (
     DeadLetter,
@@ -42,7 +40,7 @@ class DryRunReport:
         return asdict(self)
 
 
-def dry_run(client: redis.Redis, settings: MonitorSettings, examples: int = 10) -> DryRunReport:
+def dry_run(client: Client, settings: MonitorSettings, examples: int = 10) -> DryRunReport:
     keys = StreamKeys.from_settings(settings)
     report = DryRunReport(pending=int(command(client, "XPENDING", keys.stream, keys.group)[0]))
     if not report.pending:
@@ -69,7 +67,7 @@ def dry_run(client: redis.Redis, settings: MonitorSettings, examples: int = 10) 
 
 
 def _judge_page(
-    client: redis.Redis,
+    client: Client,
     keys: StreamKeys,
     settings: MonitorSettings,
     rows: list[Any],

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 
-import redis
+from handler.connect import Client
 
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -37,7 +37,7 @@ def holder_identity(consumer: str) -> str:
 
 
 class Lease:
-    def __init__(self, client: redis.Redis, key: str, holder: str, ttl_sec: float) -> None:
+    def __init__(self, client: Client, key: str, holder: str, ttl_sec: float) -> None:
         self._client = client
         self._key = key
         self.holder = holder

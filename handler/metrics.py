@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from handler.connect import RedisConnection
 from handler.cycle import CycleSummary
 from handler.keys import StreamKeys
 
@@ -24,16 +25,16 @@ ENTRY_COUNTS = ("claimed", "processed", "deleted", "dead_lettered", "failed")
 
 
 class _GroupGauges(Collector):
-    def __init__(self, client: redis.Redis, keys: StreamKeys) -> None:
-        self._client = client
+    def __init__(self, connection: RedisConnection, keys: StreamKeys) -> None:
+        self._connection = connection
         self._keys = keys
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         keys = self._keys
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command("XPENDING", keys.stream, keys.group)  # type: ignore[no-untyped-call]
-            pipe.execute_command("XPENDING", keys.stream, keys.group, "-", "+", 1)  # type: ignore[no-untyped-call]
+            pipe = self._connection.client().pipeline(transaction=False)
+            pipe.execute_command("XPENDING", keys.stream, keys.group)
+            pipe.execute_command("XPENDING", keys.stream, keys.group, "-", "+", 1)
             pipe.xlen(keys.dead_letter)
             summary, oldest, dead = pipe.execute()
         except redis.exceptions.RedisError as exc:
@@ -74,8 +75,8 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_group(self, client: redis.Redis, keys: StreamKeys) -> None:
-        self.registry.register(_GroupGauges(client, keys))
+    def watch_group(self, connection: RedisConnection, keys: StreamKeys) -> None:
+        self.registry.register(_GroupGauges(connection, keys))
 
     def observe(self, summary: CycleSummary) -> None:
         for name in ENTRY_COUNTS:

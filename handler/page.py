@@ -4,6 +4,10 @@ Every command here is safe to repeat after a lost reply: a repeated XCLAIM finds
 and returns nothing (they stay pending under this consumer and come back after min-idle); HSET of the same
 fields and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter script checks ownership and
 pending state before it changes anything.
+
+On a cluster the tweet hashes live on other nodes than the stream. Each node's writes go out as one batch,
+all nodes at once, and a node that has replicas is asked to WAIT for one of them before the entries are
+acknowledged on the stream's node: otherwise a failover could keep the acknowledgement and lose the tweet.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from handler.plan import (
     decide,
     is_permanent_write_error,
 )
-from handler.wire import Wire, pack, pack_hsets
+from handler.topology import Node, Topology
+from handler.wire import Channel, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
+
+WAIT_FOR_REPLICA_MS = 1000
+CLUSTER_CHANGED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 
 @dataclass
@@ -36,6 +44,7 @@ class PageCounts:
     deleted: int = 0
     dead_lettered: int = 0
     failed: int = 0
+    moved: bool = False  # a node answered MOVED/ASK/CLUSTERDOWN: the slot map needs reading again
 
     def add(self, other: PageCounts) -> None:
         self.claimed += other.claimed
@@ -43,11 +52,13 @@ class PageCounts:
         self.deleted += other.deleted
         self.dead_lettered += other.dead_lettered
         self.failed += other.failed
+        self.moved = self.moved or other.moved
 
 
 @dataclass(frozen=True)
 class PageSettings:
     keys: StreamKeys
+    topology: Topology
     min_idle_ms: int
     max_deliveries: int
     dead_letter_maxlen: int = 0
@@ -59,9 +70,11 @@ class _Outcome:
     dead: list[tuple[bytes, DeadLetter]] = field(default_factory=list)
 
 
-def handle_page(wire: Wire, rows: list[PendingRow], config: PageSettings) -> PageCounts:
+def handle_page(channel: Channel, rows: list[PendingRow], config: PageSettings) -> PageCounts:
     """Claim, write, acknowledge and dead-letter one page of XPENDING rows; returns its counts."""
     keys = config.keys
+    stream_node = config.topology.node_of(keys.stream)
+    wire = channel.wire(stream_node.pool)
     counts = PageCounts()
     ids = claimable_ids(rows, config.min_idle_ms)
     if not ids:
@@ -88,7 +101,7 @@ def handle_page(wire: Wire, rows: list[PendingRow], config: PageSettings) -> Pag
             writes.append((entry_id, decision, fields))
         else:
             outcome.dead.append((entry_id, decision))
-    _write(wire, writes, outcome, counts)
+    _write(channel, config.topology, stream_node, writes, outcome, counts)
     _acknowledge_and_dead_letter(wire, config, outcome, deliveries, counts)
     return counts
 
@@ -125,23 +138,56 @@ def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -
 
 
 def _write(
-    wire: Wire, writes: list[tuple[bytes, bytes, list[bytes]]], outcome: _Outcome, counts: PageCounts
+    channel: Channel,
+    topology: Topology,
+    stream_node: Node,
+    writes: list[tuple[bytes, bytes, list[bytes]]],
+    outcome: _Outcome,
+    counts: PageCounts,
 ) -> None:
-    """One HSET per entry, all written at once; only successful writes are acknowledged later."""
+    """One HSET per entry, sent to every node at once; only writes that succeeded (and, on a cluster node
+    with replicas, reached one) are acknowledged later."""
     if not writes:
         return
-    results = wire.call([pack_hsets((key, fields) for _, key, fields in writes)], len(writes))
-    written = outcome.written
-    for (entry_id, key, _), result in zip(writes, results, strict=True):
-        if not isinstance(result, Exception):
-            written.append(entry_id)
-            continue
-        message = str(result)
-        if is_permanent_write_error(message):
-            outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, message)))
-        else:
+    by_node: dict[Node, list[int]] = {}
+    for index, (_, key, _) in enumerate(writes):
+        by_node.setdefault(topology.node_of(key), []).append(index)
+    batches: list[tuple[Node, list[int], Wire, bool]] = []
+    for node, indices in by_node.items():
+        wire = channel.wire(node.pool)
+        # The stream's own node replicates the HSETs before the XACK that follows them, in order.
+        wait = node is not stream_node and node.replicas > 0
+        data = pack_hsets((writes[i][1], writes[i][2]) for i in indices)
+        wire.send(data + pack((b"WAIT", 1, WAIT_FOR_REPLICA_MS)) if wait else data)
+        batches.append((node, indices, wire, wait))
+    for node, indices, wire, wait in batches:
+        results = wire.read(len(indices) + wait)
+        copied = _reached_a_replica(node, results.pop()) if wait else True
+        for index, result in zip(indices, results, strict=True):
+            entry_id, key, _ = writes[index]
+            if not isinstance(result, Exception):
+                if copied:
+                    outcome.written.append(entry_id)
+                else:
+                    counts.failed += 1
+                continue
+            message = str(result)
+            if is_permanent_write_error(message):
+                outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, message)))
+                continue
             counts.failed += 1
+            counts.moved = counts.moved or message.startswith(CLUSTER_CHANGED)
             log.warning("writing %r failed, left pending for a later cycle: %s", key, message)
+
+
+def _reached_a_replica(node: Node, reply: object) -> bool:
+    if isinstance(reply, int) and reply >= 1:
+        return True
+    log.warning(
+        "node %s has not copied this page's writes to a replica within %d ms (WAIT answered %r): they "
+        "stay pending for a later cycle", node.name, WAIT_FOR_REPLICA_MS, reply,
+    )  # fmt: skip
+    return False
 
 
 def _acknowledge_and_dead_letter(

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
-from handler.connect import command
+from handler.connect import Client, command, make_client, node_of
+from handler.errors import MonitorError
 from handler.keys import StreamKeys
 from handler.settings import MonitorSettings
 from handler.status import find_group
@@ -34,6 +36,9 @@ NEEDED_COMMANDS = [
     ("SET", "{lease}", "x", "PX", "1000", "NX"),
     ("PEXPIRE", "{lease}", "1000"),
     ("DEL", "{cursor}"),
+    ("INFO", "cluster"),
+    ("WAIT", "1", "0"),
+    ("CLUSTER", "SLOTS"),
 ]
 
 
@@ -47,30 +52,56 @@ class Check:
         return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
 
 
-def run_checks(client: redis.Redis, settings: MonitorSettings) -> Iterator[Check]:
+def run_checks(settings: MonitorSettings) -> Iterator[Check]:
     """Settings were loaded already (or the command exited 2); the rest stops at the first Redis failure."""
     keys = StreamKeys.from_settings(settings)
     host, port = settings.redis_address
     yield Check("settings", True, f"Redis {host}:{port}, stream '{keys.stream}', group '{keys.group}'")
     try:
-        client.ping()
+        client = make_client(settings)
+    except redis.exceptions.AuthenticationError as exc:
+        yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
+        return
+    except (MonitorError, redis.exceptions.RedisError, ssl.SSLError) as exc:
+        yield Check("connectivity", False, f"cannot reach {host}:{port}: {exc}")
+        return
+    try:
+        yield from _checks_on(client, settings, keys)
+    finally:
+        client.close()
+
+
+def _checks_on(client: Client, settings: MonitorSettings, keys: StreamKeys) -> Iterator[Check]:
+    stream_node = node_of(client, keys.stream)
+    try:
+        stream_node.ping()
     except redis.exceptions.AuthenticationError as exc:
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
-        yield Check("connectivity", False, f"cannot reach {host}:{port}: {exc}")
+        yield Check("connectivity", False, f"cannot reach {host_of(stream_node)}: {exc}")
         return
     tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
-    yield Check("connectivity", True, f"PING answered over {tls}")
-    who = _whoami(client)
+    mode = (
+        f"cluster of {len(client.get_primaries())} masters"
+        if isinstance(client, RedisCluster)
+        else "one node"
+    )
+    yield Check("connectivity", True, f"PING answered over {tls}; {mode}")
+    who = _whoami(stream_node)
     yield Check("authentication", True, f"as user '{who}'")
-    version = str(client.info("server").get("redis_version", "unknown"))
+    version = str(stream_node.info("server").get("redis_version", "unknown"))
     yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
     yield _stream_and_group(client, keys)
-    yield _permissions(client, keys, who, version)
+    yield _permissions(stream_node, keys, who, version)
 
 
-def _whoami(client: redis.Redis) -> str:
+def host_of(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _whoami(client: Client) -> str:
     try:
         name = command(client, "ACL", "WHOAMI")
     except redis.exceptions.ResponseError:
@@ -86,7 +117,7 @@ def _at_least(version: str, minimum: tuple[int, int]) -> bool:
     return (major, minor) >= minimum
 
 
-def _stream_and_group(client: redis.Redis, keys: StreamKeys) -> Check:
+def _stream_and_group(client: Client, keys: StreamKeys) -> Check:
     try:
         group = find_group(client, keys)
     except redis.exceptions.ResponseError as exc:
@@ -96,7 +127,7 @@ def _stream_and_group(client: redis.Redis, keys: StreamKeys) -> Check:
     return Check("stream and group", True, f"stream '{keys.stream}' has group '{keys.group}'")
 
 
-def _permissions(client: redis.Redis, keys: StreamKeys, user: str, version: str) -> Check:
+def _permissions(client: Client, keys: StreamKeys, user: str, version: str) -> Check:
     values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
               "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease}  # fmt: skip
     if not _at_least(version, (7, 0)):
@@ -120,7 +151,7 @@ def _permissions(client: redis.Redis, keys: StreamKeys, user: str, version: str)
     )
 
 
-def _permissions_before_dryrun(client: redis.Redis, user: str) -> Check:
+def _permissions_before_dryrun(client: Client, user: str) -> Check:
     try:
         rules: Any = client.acl_getuser(user) or {}
     except redis.exceptions.ResponseError as exc:

@@ -31,6 +31,7 @@ class MonitorSettings(BaseSettings):
     REDIS_TLS: bool = True
     REDIS_TLS_CA_FILE: str = ""
     REDIS_TIMEOUT_SEC: Annotated[float, Field(gt=0, le=60)] = 5.0
+    REDIS_CLUSTER: Literal["on", "off", "detect"] = "detect"
 
     STREAM_NAME: NonEmpty
     STREAM_CONSUMER_GROUP_NAME: NonEmpty
@@ -69,6 +70,11 @@ class MonitorSettings(BaseSettings):
                     f"unknown time zone {value!r} (an IANA name such as Europe/London)"
                 ) from None
         return value
+
+    @field_validator("REDIS_CLUSTER", mode="before")
+    @classmethod
+    def _cluster_mode_is_case_insensitive(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

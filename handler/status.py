@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from handler.connect import command
+from handler.connect import Client, command
 from handler.keys import StreamKeys
 
 SAMPLE_PER_CONSUMER = 1000
@@ -55,7 +55,7 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
     }
 
 
-def find_group(client: redis.Redis, keys: StreamKeys) -> dict[str, Any] | None:
+def find_group(client: Client, keys: StreamKeys) -> dict[str, Any] | None:
     """The group's XINFO GROUPS row, None when the stream has no such group (ResponseError: no stream)."""
     for group in client.xinfo_groups(keys.stream):
         name = group["name"]
@@ -64,7 +64,7 @@ def find_group(client: redis.Redis, keys: StreamKeys) -> dict[str, Any] | None:
     return None
 
 
-def gather_status(client: redis.Redis, keys: StreamKeys, dead_letter_maxlen: int) -> GroupStatus:
+def gather_status(client: Client, keys: StreamKeys, dead_letter_maxlen: int) -> GroupStatus:
     group = find_group(client, keys)
     if group is None:
         raise redis.exceptions.ResponseError(f"NOGROUP no consumer group '{keys.group}' on '{keys.stream}'")
@@ -104,7 +104,7 @@ def gather_status(client: redis.Redis, keys: StreamKeys, dead_letter_maxlen: int
     return result
 
 
-def _search_documents(client: redis.Redis) -> int | None:
+def _search_documents(client: Client) -> int | None:
     try:
         info = command(client, "FT.INFO", SEARCH_INDEX)
     except redis.exceptions.ResponseError:  # no search module, or no such index

@@ -24,7 +24,8 @@ from handler.keys import StreamKeys
 from handler.page import PageCounts, PageSettings, handle_page
 from handler.plan import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
 from handler.settings import MonitorSettings
-from handler.wire import Channel, Wire, pack
+from handler.topology import Topology
+from handler.wire import Channel, pack
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,14 @@ class Sweep:
 
     def __init__(
         self,
-        pool: redis.ConnectionPool,
+        topology: Topology,
         settings: MonitorSettings,
         keys: StreamKeys,
         should_stop: Callable[[], bool],
         started: float,
         keep_lease: Callable[[], bool],
     ) -> None:
-        self._pool = pool
+        self._stream_pool = topology.node_of(keys.stream).pool
         self._keep_lease = keep_lease
         self._lease_lost = False
         self._settings = settings
@@ -59,7 +60,7 @@ class Sweep:
         self._should_stop = should_stop
         self._deadline = started + settings.CYCLE_TIME_BUDGET_SEC
         self._config = PageSettings(
-            keys, settings.min_idle_ms, settings.MAX_DELIVERIES, settings.DEAD_LETTER_MAXLEN
+            keys, topology, settings.min_idle_ms, settings.MAX_DELIVERIES, settings.DEAD_LETTER_MAXLEN
         )
         self._pages: queue.Queue[_Page | None] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
@@ -76,7 +77,7 @@ class Sweep:
         workers = [threading.Thread(target=self._work, name=f"page-worker-{n}") for n in range(PAGE_WORKERS)]
         for worker in workers:
             worker.start()
-        channel = Channel(self._pool)
+        channel = Channel()
         # A worker whose reply has arrived should not wait the default 5 ms for another to yield the GIL
         # while Redis sits idle: measured +5-10 % throughput on 2 cores (bench/reclaim_bench.py).
         switch_interval = sys.getswitchinterval()
@@ -107,7 +108,7 @@ class Sweep:
                     return reason, start
                 count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - rows_handed_out)
                 command = pack((b"XPENDING", keys.stream, keys.group, start, segment_end, count))
-                (reply,) = channel.run(partial(_call_one, command))
+                (reply,) = channel.run(partial(_call_one, self._stream_pool, command))
                 if isinstance(reply, Exception):
                     raise reply
                 rows = parse_pending_rows(reply)
@@ -154,7 +155,7 @@ class Sweep:
                 continue
 
     def _work(self) -> None:
-        channel = Channel(self._pool)
+        channel = Channel()
         try:
             while (page := self._pages.get()) is not None:
                 if self._errors:
@@ -177,8 +178,8 @@ class Sweep:
             channel.close()
 
 
-def _call_one(command: bytes, wire: Wire) -> list[Any]:
-    return wire.call([command], 1)
+def _call_one(pool: redis.ConnectionPool, command: bytes, channel: Channel) -> list[Any]:
+    return channel.wire(pool).call([command], 1)
 
 
 def _order(entry_id: bytes) -> tuple[int, int]:

@@ -52,7 +52,7 @@ def pack_hsets(writes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
 
 
 class Wire:
-    """One connection taken from the pool; replies come back as hiredis parses them (bytes, lists, ints),
+    """One connection taken from a pool; replies come back as hiredis parses them (bytes, lists, ints),
     with error replies as ResponseError instances in place, so one failed command does not hide the rest."""
 
     def __init__(self, pool: ConnectionPool) -> None:
@@ -114,20 +114,24 @@ class Wire:
 
 
 class Channel:
-    """A Wire that reconnects. `run(step)` calls step(wire); after a connection error or a timeout it retries
-    the whole step on a fresh connection with backoff, which is safe because every command of the cycle
-    can be repeated (see page.py)."""
+    """Wires that reconnect, one per node a step talks to. `run(step)` calls step(channel); after a
+    connection error or a timeout it retries the whole step on fresh connections with backoff, which is
+    safe because every command of the cycle can be repeated (see page.py)."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
-        self._wire: Wire | None = None
+    def __init__(self) -> None:
+        self._wires: dict[int, Wire] = {}
 
-    def run(self, step: Callable[[Wire], T]) -> T:
+    def wire(self, pool: ConnectionPool) -> Wire:
+        """This channel's connection from `pool`, taken on first use."""
+        wire = self._wires.get(id(pool))
+        if wire is None:
+            wire = self._wires[id(pool)] = Wire(pool)
+        return wire
+
+    def run(self, step: Callable[[Channel], T]) -> T:
         for delay in (*RETRY_DELAYS_SEC, None):
             try:
-                if self._wire is None:
-                    self._wire = Wire(self._pool)
-                return step(self._wire)
+                return step(self)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 self.close()
                 if delay is None:
@@ -137,6 +141,6 @@ class Channel:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self._wire is not None:
-            wire, self._wire = self._wire, None
+        wires, self._wires = list(self._wires.values()), {}
+        for wire in wires:
             wire.close()

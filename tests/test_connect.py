@@ -5,11 +5,19 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+import redis
 from pydantic import SecretStr
 from redis.connection import SSLConnection
 
-from handler.connect import connect
+from handler.connect import connect as connect_any
 from handler.settings import MonitorSettings
+
+
+def connect(settings: MonitorSettings) -> redis.Redis:
+    client = connect_any(settings)
+    assert isinstance(client, redis.Redis)
+    return client
+
 
 BASE: dict[str, Any] = {
     "REDIS_HOST": "myredis.redis.cache.windows.net:6380",
@@ -17,6 +25,7 @@ BASE: dict[str, Any] = {
     "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
     "MONITORING_CONSUMER_NAME": "monitoring_app",
     "MIN_IDLE_TIME_SEC": 10,
+    "REDIS_CLUSTER": "off",  # no server behind these names: detect would ask one
 }
 
 

@@ -36,7 +36,8 @@ NAMES = {
 # run inside its Lua scripts) and the keys it touches. `-@all` first: nothing else is allowed.
 ACL_RULE = (
     "on >{password} resetkeys ~tweets_stream ~{{tweets_stream}}:* ~tweet:* resetchannels -@all "
-    "+xpending +xclaim +xack +xrange +xadd +hset +eval +get +set +del +pexpire +ping +client|setname"
+    "+xpending +xclaim +xack +xrange +xadd +hset +eval +get +set +del +pexpire +ping +client|setname "
+    "+info +cluster|slots +wait"
 )
 
 
@@ -273,6 +274,7 @@ def test_tls_servers_offering_only_12_or_only_13_both_work(
 ) -> None:
     settings = tls_settings(tls_redis, certificates.ca)
     client = connect(settings)
+    assert isinstance(client, redis.Redis)  # detected: a single node
     client.flushall()
     abandon(client, 10)
     env = environment_for(

@@ -1,0 +1,72 @@
+"""Which node each key lives on: the stream's node, and the node of every `tweet:<id>` hash.
+
+On one node everything goes to one connection pool. On a cluster a stream lives in one slot, while the
+tweet hashes spread over all 16384; the cycle groups its writes per node from a snapshot of the slot map
+taken when the cycle starts (a cycle that meets MOVED leaves those entries pending and asks for a fresh map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+from redis.cluster import RedisCluster
+from redis.connection import ConnectionPool
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from handler.connect import Client
+
+
+@dataclass(eq=False)  # compared by identity: one Node per server in a snapshot
+class Node:
+    name: str
+    pool: ConnectionPool
+    replicas: int  # replicas the slot map lists for this node's slots (0 on a single node)
+
+
+class Topology(Protocol):
+    def node_of(self, key: bytes | str) -> Node: ...
+
+
+class SingleNode:
+    def __init__(self, client: redis.Redis) -> None:
+        kwargs = client.connection_pool.connection_kwargs
+        self._node = Node(f"{kwargs.get('host')}:{kwargs.get('port')}", client.connection_pool, 0)
+
+    def node_of(self, key: bytes | str) -> Node:
+        return self._node
+
+
+class ClusterSlots:
+    """A snapshot of the cluster's slot map, resolved slot by slot as keys need it."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self._cluster = cluster
+        self._by_slot: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        self._by_name: dict[str, Node] = {}
+
+    def node_of(self, key: bytes | str) -> Node:
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        node = self._by_slot[slot]
+        if node is None:
+            node = self._by_slot[slot] = self._resolve(slot)
+        return node
+
+    def _resolve(self, slot: int) -> Node:
+        cluster = self._cluster
+        holders = cluster.nodes_manager.slots_cache.get(slot) or []
+        if not holders:
+            raise redis.exceptions.ClusterDownError(f"slot {slot} is not served by any node of the cluster")
+        primary = holders[0]
+        node = self._by_name.get(primary.name)
+        if node is None:
+            pool = cluster.get_redis_connection(primary).connection_pool
+            node = self._by_name[primary.name] = Node(primary.name, pool, len(holders) - 1)
+        return node
+
+
+def topology_of(client: Client) -> Topology:
+    if isinstance(client, RedisCluster):
+        return ClusterSlots(client)
+    return SingleNode(client)
