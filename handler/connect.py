@@ -13,7 +13,8 @@ from typing import Any, TypeAlias
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from handler.errors import MonitorError, RedisUnavailableError
@@ -29,6 +30,33 @@ Client: TypeAlias = "redis.Redis | RedisCluster"
 
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
+
+
+def leave_stream_replies_raw(client: redis.Redis | RedisCluster) -> None:
+    """The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
+    repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms;
+    the dead-letter tools read entries as flat field lists too."""
+    for name in RAW_REPLY_COMMANDS:
+        client.set_response_callback(name, _raw_reply)
+
+
+class RawStreamCluster(RedisCluster):
+    """A cluster client that leaves stream replies raw on every node.
+
+    RedisCluster.set_response_callback only sets the cluster's own callbacks, which run after each node's
+    client has parsed the reply; the node clients, made as the slot map changes, are set here when used.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        leave_stream_replies_raw(self)
+
+    def get_redis_connection(self, node: ClusterNode) -> redis.Redis:
+        client = super().get_redis_connection(node)
+        if not getattr(client, "_stream_replies_raw", False):
+            leave_stream_replies_raw(client)
+            client._stream_replies_raw = True  # type: ignore[attr-defined]
+        return client
 
 
 def client_options(settings: MonitorSettings) -> dict[str, Any]:
@@ -61,7 +89,7 @@ def _single_node(settings: MonitorSettings) -> redis.Redis:
 def _cluster(settings: MonitorSettings) -> RedisCluster:
     """A cluster client: REDIS_HOST names any one node; the others come from its slot map."""
     host, port = settings.redis_address
-    return RedisCluster(host=host, port=port, **client_options(settings))
+    return RawStreamCluster(host=host, port=port, **client_options(settings))
 
 
 def is_cluster_node(settings: MonitorSettings) -> bool:
@@ -91,13 +119,18 @@ def make_client(settings: MonitorSettings) -> Client:
         client: Client = _cluster(settings) if cluster else _single_node(settings)
     except redis.exceptions.AuthenticationError:
         raise  # reachable, but the credentials are wrong: said as such by the caller
+    except RedisClusterException as exc:
+        if "not enabled" in str(exc):
+            host, port = settings.redis_address
+            raise MonitorError(
+                f"REDIS_CLUSTER=on, but {host}:{port} is not a cluster node ({exc}): set REDIS_CLUSTER=off "
+                "or detect"
+            ) from exc
+        raise unavailable(settings, exc) from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable(settings, exc) from exc
-    # The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
-    # repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms;
-    # the dead-letter tools read entries as flat field lists too.
-    for name in RAW_REPLY_COMMANDS:
-        client.set_response_callback(name, _raw_reply)
+    if isinstance(client, redis.Redis):
+        leave_stream_replies_raw(client)
     return client
 
 

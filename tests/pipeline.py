@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
+from handler.connect import Client
 from handler.dead_letter import split_dead_letter
 
 
@@ -15,8 +17,11 @@ def raw(*args: Any) -> Any:
     return args[0]
 
 
-def raw_client(client: redis.Redis) -> redis.Redis:
-    """The same connection pool, with stream replies left as the server sent them (flat field lists)."""
+def raw_client(client: Client) -> Client:
+    """The same connection pool, with stream replies left as the server sent them (flat field lists).
+    A test's cluster client (LocalCluster.client) leaves them raw already."""
+    if isinstance(client, RedisCluster):
+        return client
     copy = redis.Redis(connection_pool=client.connection_pool)
     for command in ("XRANGE", "XPENDING", "XCLAIM", "XREADGROUP"):
         copy.set_response_callback(command, raw)
@@ -36,28 +41,28 @@ def tweet(number: int, **changes: str) -> list[bytes]:
     return [part.encode() for pair in fields.items() for part in pair]
 
 
-def command(client: redis.Redis, *args: Any) -> Any:
+def command(client: Client, *args: Any) -> Any:
     """A command whose reply stays as the server sent it."""
     return raw_client(client).execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-def create_group(client: redis.Redis, stream: str, group: str) -> None:
+def create_group(client: Client, stream: str, group: str) -> None:
     command(client, "XGROUP", "CREATE", stream, group, "$", "MKSTREAM")
 
 
-def produce(client: redis.Redis, stream: str, entries: list[list[bytes]]) -> list[bytes]:
+def produce(client: Client, stream: str, entries: list[list[bytes]]) -> list[bytes]:
     pipe = client.pipeline(transaction=False)
     for fields in entries:
-        pipe.execute_command("XADD", stream, "*", *fields)  # type: ignore[no-untyped-call]
+        pipe.execute_command("XADD", stream, "*", *fields)
     return [bytes(entry_id) for entry_id in pipe.execute()]
 
 
-def crash_after_reading(client: redis.Redis, stream: str, group: str, consumer: str, count: int) -> None:
+def crash_after_reading(client: Client, stream: str, group: str, consumer: str, count: int) -> None:
     """A processor reads `count` entries and dies before acknowledging any of them."""
     command(client, "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, ">")
 
 
-def age(client: redis.Redis, stream: str, group: str, owner: str, ids: list[bytes], idle_ms: int) -> None:
+def age(client: Client, stream: str, group: str, owner: str, ids: list[bytes], idle_ms: int) -> None:
     """Make entries look idle for idle_ms without changing owner or delivery count (XCLAIM IDLE JUSTID)."""
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
@@ -68,7 +73,7 @@ IDLE_ENOUGH_MS = 60_000  # the tests run the monitor with MIN_IDLE_TIME_SEC of 1
 
 
 def abandon(
-    client: redis.Redis,
+    client: Client,
     stream: str,
     group: str,
     entries: list[list[bytes]],
@@ -84,24 +89,20 @@ def abandon(
     return ids
 
 
-def set_deliveries(
-    client: redis.Redis, stream: str, group: str, owner: str, ids: list[bytes], count: int
-) -> None:
+def set_deliveries(client: Client, stream: str, group: str, owner: str, ids: list[bytes], count: int) -> None:
     command(client, "XCLAIM", stream, group, owner, 0, *ids, "RETRYCOUNT", count, "JUSTID")
 
 
-def pending_rows(client: redis.Redis, stream: str, group: str) -> list[tuple[bytes, bytes, int, int]]:
+def pending_rows(client: Client, stream: str, group: str) -> list[tuple[bytes, bytes, int, int]]:
     rows = command(client, "XPENDING", stream, group, "-", "+", 1_000_000)
     return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
-def pending_ids_of(client: redis.Redis, stream: str, group: str, consumer: str) -> set[bytes]:
+def pending_ids_of(client: Client, stream: str, group: str, consumer: str) -> set[bytes]:
     return {row[0] for row in pending_rows(client, stream, group) if row[1] == consumer.encode()}
 
 
-def wait_until_claiming(
-    client: redis.Redis, stream: str, group: str, consumer: str, timeout: float = 30
-) -> None:
+def wait_until_claiming(client: Client, stream: str, group: str, consumer: str, timeout: float = 30) -> None:
     """Until the monitor `consumer` owns pending entries: its cycle has claimed work, not yet acknowledged."""
     deadline = time.monotonic() + timeout
     while not pending_ids_of(client, stream, group, consumer):
@@ -110,7 +111,7 @@ def wait_until_claiming(
         time.sleep(0.002)
 
 
-def hash_fields(client: redis.Redis, key: bytes) -> dict[bytes, bytes]:
+def hash_fields(client: Client, key: bytes) -> dict[bytes, bytes]:
     fields: Any = client.hgetall(key)
     return {bytes(k): bytes(v) for k, v in fields.items()}
 
@@ -120,10 +121,10 @@ def expected_hash(fields: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
-def dead_letters(client: redis.Redis, key: str) -> list[tuple[dict[bytes, bytes], list[bytes]]]:
+def dead_letters(client: Client, key: str) -> list[tuple[dict[bytes, bytes], list[bytes]]]:
     entries = command(client, "XRANGE", key, "-", "+")
     return [split_dead_letter(list(fields)) for _, fields in entries]
 
 
-def tweet_keys(client: redis.Redis) -> set[bytes]:
+def tweet_keys(client: Client) -> set[bytes]:
     return {bytes(key) for key in client.scan_iter(match=b"tweet:*", count=1000)}

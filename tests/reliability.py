@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import redis
-
+from handler.connect import Client
 from handler.dead_letter import split_dead_letter
 from tests.pipeline import command, pending_rows
 
@@ -46,7 +45,7 @@ class Audit:
 
 
 def audit(
-    client: redis.Redis,
+    client: Client,
     stream: str,
     group: str,
     dead_letter: str,

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,73 +19,28 @@ import redis
 
 from handler.local_redis import LocalRedis, environment_for, free_port
 from tests import pipeline
+from tests.backlogs import (
+    DEAD_LETTER,
+    FAST,
+    GROUP,
+    MONITOR,
+    STREAM,
+    Backlog,
+    abandon_backlog,
+    drain,
+    pending_count,
+)
 from tests.host import FunctionsHost, completed
 from tests.pipeline import (
-    age,
     command,
-    crash_after_reading,
     create_group,
     expected_hash,
     pending_ids_of,
     produce,
-    set_deliveries,
     tweet,
 )
 from tests.proxy import FaultyProxy
 from tests.reliability import Audit, audit, record
-
-STREAM, GROUP, MONITOR = "tweets_stream", "redisearch_app_group", "monitoring_app"
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-FAST = {"MIN_IDLE_TIME_SEC": "1", "MAX_DELIVERIES": "10", "LEASE_TTL_SEC": "1", "REDIS_TIMEOUT_SEC": "1"}
-
-
-@dataclass
-class Backlog:
-    tweets: dict[bytes, dict[bytes, bytes]]  # tweet:<id> -> the hash it must end up as
-    bad: set[bytes]  # entry IDs that must end in the dead-letter stream exactly once
-
-    @property
-    def size(self) -> int:
-        return len(self.tweets) + len(self.bad)
-
-
-def abandon_backlog(client: redis.Redis, valid: int, every: int = 100, offset: int = 0) -> Backlog:
-    """Valid tweets with poison (delivered 50 times) and id-less entries spread through them, all read by a
-    processor that then crashed, all idle long enough to be reclaimed."""
-    entries: list[list[bytes]] = []
-    kinds: list[str] = []
-    for n in range(offset, offset + valid):
-        entries.append(tweet(n))
-        kinds.append("valid")
-        if n % every == every // 2:
-            entries.append([b"text", b"no id here", b"user", b"x"])
-            kinds.append("missing-id")
-        if n % every == 0:
-            entries.append(tweet(n + 10_000_000))
-            kinds.append("poison")
-    ids = produce(client, STREAM, entries)
-    crash_after_reading(client, STREAM, GROUP, "consumer-crashed", len(ids))
-    poison = [entry_id for entry_id, kind in zip(ids, kinds, strict=True) if kind == "poison"]
-    set_deliveries(client, STREAM, GROUP, "consumer-crashed", poison, 50)
-    age(client, STREAM, GROUP, "consumer-crashed", ids, 60_000)
-    tweets = {b"tweet:" + fields[3]: expected_hash(fields)
-              for fields, kind in zip(entries, kinds, strict=True) if kind == "valid"}  # fmt: skip
-    bad = {entry_id for entry_id, kind in zip(ids, kinds, strict=True) if kind != "valid"}
-    return Backlog(tweets, bad)
-
-
-def pending_count(client: redis.Redis) -> int:
-    return int(command(client, "XPENDING", STREAM, GROUP)[0])
-
-
-def drain(host: FunctionsHost, client: redis.Redis, rounds: int = 15) -> None:
-    """Invoke until nothing is pending; entries a killed cycle had claimed come back after min-idle."""
-    for _ in range(rounds):
-        answer = host.invoke()
-        if answer.status == 200 and pending_count(client) == 0:
-            return
-        time.sleep(1.1)
-    raise AssertionError(f"{pending_count(client)} entries still pending")
 
 
 def check(client: redis.Redis, backlog: Backlog, fault: str, repetitions: int) -> Audit:

@@ -1,0 +1,158 @@
+"""Redis Cluster: a real local cluster (three masters with a replica each, Redis 8.2), the cycle's writes
+spread over every node, the monitor's own keys in the stream's slot, mode mismatches named, and failovers
+in the middle of a cycle that lose nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from handler.connect import connect
+from handler.cycle import ReclaimCycle
+from handler.keys import StreamKeys
+from handler.local_cluster import LocalCluster
+from handler.local_redis import LocalRedis, environment_for
+from handler.settings import MonitorSettings
+from tests import pipeline
+from tests.backlogs import DEAD_LETTER, FAST, GROUP, MONITOR, STREAM, abandon_backlog, drain, pending_count
+from tests.host import APP_ROOT, FunctionsHost, completed, failed
+from tests.pipeline import create_group
+from tests.redis_binaries import BINARIES
+from tests.reliability import audit, record
+
+NAMES = {"STREAM_NAME": STREAM, "STREAM_CONSUMER_GROUP_NAME": GROUP, "MONITORING_CONSUMER_NAME": MONITOR}
+
+
+def cluster_settings(cluster: LocalCluster, **overrides: str) -> MonitorSettings:
+    values = {"REDIS_HOST": cluster.address, "REDIS_TLS": "false", **NAMES, **FAST, **overrides}
+    return MonitorSettings(**values)  # type: ignore[arg-type]
+
+
+def cluster_env(cluster: LocalCluster, host_node: LocalRedis, **settings: str) -> dict[str, str]:
+    return environment_for(host_node, **NAMES, **FAST, **settings)
+
+
+def tweets_per_master(cluster: LocalCluster) -> list[int]:
+    counts = []
+    for node in cluster.masters:
+        with cluster.node_client(node) as client:
+            counts.append(sum(1 for _ in client.scan_iter(match=b"tweet:*", count=1000)))
+    return counts
+
+
+def test_a_cycle_on_a_cluster_writes_each_tweet_on_its_own_node(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    create_group(cluster_client, STREAM, GROUP)
+    backlog = abandon_backlog(cluster_client, 3000)
+    client = connect(cluster_settings(redis_cluster))  # REDIS_CLUSTER=detect
+    assert isinstance(client, RedisCluster)
+    summary = ReclaimCycle(client, cluster_settings(redis_cluster)).run()
+    client.close()
+    assert (3000, len(backlog.bad), 0) == (summary.processed, summary.dead_lettered, summary.failed)
+    spread = tweets_per_master(redis_cluster)
+    assert 3000 == sum(spread)
+    assert all(count > 500 for count in spread), spread  # about a third on each master
+    result = audit(cluster_client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad)
+    assert result.clean, result
+
+
+def test_the_monitors_own_keys_live_in_the_streams_slot(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    """The dead-letter move is one Lua call over the stream and the dead-letter stream; the lease and the
+    cursor sit beside them, so a failover of the stream's shard moves them together."""
+    create_group(cluster_client, STREAM, GROUP)
+    abandon_backlog(cluster_client, 1000, every=10)
+    settings = cluster_settings(redis_cluster, RECLAIM_PAGE_SIZE="100", CYCLE_MAX_MESSAGES="300")
+    summary = ReclaimCycle(connect(settings), settings).run()
+    assert "cap" == summary.stopped_by  # stopped early, so a cursor was saved
+    keys = StreamKeys.from_settings(settings)
+    stream_master = redis_cluster.master_of(STREAM)
+    with redis_cluster.node_client(stream_master) as node:
+        assert node.exists(keys.cursor) and node.xlen(keys.dead_letter) > 0
+    assert {key_slot(STREAM.encode())} == {
+        key_slot(key.encode()) for key in (keys.dead_letter, keys.cursor, keys.lease)
+    }
+
+
+def test_the_handler_serves_a_cluster_through_the_host(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    create_group(cluster_client, STREAM, GROUP)
+    backlog = abandon_backlog(cluster_client, 2000)
+    host = FunctionsHost(cluster_env(redis_cluster, redis_cluster.replicas[0])).start()  # any node will do
+    try:
+        answer = completed(host.invoke())
+    finally:
+        host.stop()
+    assert 2000 == answer["processed"]
+    assert audit(cluster_client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad).clean
+
+
+def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "handler", "reclaim"]
+    return subprocess.run(command, env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_cluster_mode_that_does_not_match_the_server_is_named(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster, redis_8: LocalRedis
+) -> None:
+    create_group(cluster_client, STREAM, GROUP)
+    backlog = abandon_backlog(cluster_client, 100)
+    single = reclaim(environment_for(redis_8, **NAMES, **FAST, REDIS_CLUSTER="on"))
+    assert 1 == single.returncode
+    assert "REDIS_CLUSTER=on, but" in single.stderr and "is not a cluster node" in single.stderr
+    other = next(node for node in redis_cluster.masters if node is not redis_cluster.master_of(STREAM))
+    off = reclaim(cluster_env(redis_cluster, other, REDIS_CLUSTER="off"))
+    assert 1 == off.returncode
+    assert "REDIS_CLUSTER=off, but Redis answered MOVED" in off.stderr, off.stderr
+    assert backlog.size == pending_count(cluster_client)  # refused before anything was claimed
+
+
+@pytest.mark.parametrize("victim", ["a node holding tweets", "the stream's node"])
+def test_a_failover_in_the_middle_of_a_cycle_loses_nothing(victim: str) -> None:
+    """A master is SIGKILLed while a cycle writes; its replica takes over after the node timeout. The
+    invocation fails cleanly (503) or completes, and later invocations finish the backlog: every tweet is
+    written exactly as produced and every poison entry is dead-lettered once."""
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=1) as cluster:
+        client = cluster.client()
+        create_group(client, STREAM, GROUP)
+        backlog = abandon_backlog(client, 20_000)
+        stream_master = cluster.master_of(STREAM)
+        others = [node for node in cluster.masters if node is not stream_master]
+        dead = stream_master if victim == "the stream's node" else others[0]
+        host = FunctionsHost(cluster_env(cluster, others[-1], RECLAIM_PAGE_SIZE="500")).start()
+        try:
+            thread, answers = host.invoke_in_background()
+            pipeline.wait_until_claiming(client, STREAM, GROUP, MONITOR)
+            time.sleep(0.05)
+            dead.stop(kill=True)
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "the invocation must end in bounded time"
+            assert answers[0].status in (200, 503), answers[0].body
+            cluster.wait_for_failover(dead)
+            drain(host, client)
+        finally:
+            host.stop()
+        result = audit(client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad)
+        record(f"Redis Cluster failover mid-cycle: {victim} SIGKILLed", 1, backlog.size, result)
+        assert result.clean, result
+        client.close()
+
+
+def test_a_cluster_that_cannot_be_reached_fails_each_invocation_with_503() -> None:
+    """The handler starts and answers readiness without Redis; each invocation then says why it failed."""
+    env = dict(environment_for(LocalRedis(BINARIES["8.2"]()), **NAMES, **FAST), REDIS_CLUSTER="on")
+    host = FunctionsHost(env).start()  # nothing listens on that port
+    try:
+        answers = [host.invoke(), host.invoke()]
+    finally:
+        host.stop()
+    assert [503, 503] == [answer.status for answer in answers]
+    assert "is unavailable" in failed(answers[1])
