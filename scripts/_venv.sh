@@ -1,4 +1,4 @@
-# Shared by scripts/demo and scripts/test: a virtualenv in .venv with the project and the given extra.
+# Shared by the scripts: a virtualenv in .venv with the project and the given extra (if any).
 # Needs only Python 3.11+ and the package registries.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -11,4 +11,4 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$1]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${1:+[$1]}"

@@ -70,8 +70,12 @@ class FunctionsHost:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_dir: Path = field(default_factory=lambda: Path(__import__("tempfile").mkdtemp(prefix="host-")))
+    launch: list[str] | None = None  # how to start the handler, when not as host.json in APP_ROOT says
+    started_in: float = 0.0  # seconds from process start to the first answer to GET /
 
     def command(self) -> list[str]:
+        if self.launch is not None:
+            return self.launch
         # host.json names the venv's python; the suite runs the handler with its own interpreter.
         description = json.loads((APP_ROOT / "host.json").read_text())["customHandler"]["description"]
         return [sys.executable, *description["arguments"]]
@@ -91,7 +95,7 @@ class FunctionsHost:
         STARTED.append(self.process)
         stdout.close()
         stderr.close()
-        self.wait_until_ready()
+        self.started_in = self.wait_until_ready()
         return self
 
     def wait_until_ready(self) -> float:

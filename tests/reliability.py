@@ -25,6 +25,7 @@ class FaultRecord:
 RECORDS: list[FaultRecord] = []
 FUZZ_CASES: dict[str, int] = {}
 SECURITY_CHECKS: list[str] = []
+DEPLOY_FACTS: list[str] = []
 
 
 @dataclass
@@ -96,4 +97,6 @@ def table() -> list[str]:
         lines.append(f"\nfuzz: {name}: {cases:,} cases, every one answered 4xx (or 200 for a valid envelope)")
     for check in SECURITY_CHECKS:
         lines.append(f"security: {check}")
+    for fact in DEPLOY_FACTS:
+        lines.append(f"deploy: {fact}")
     return lines

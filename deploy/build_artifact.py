@@ -1,0 +1,158 @@
+"""Build the folder `func azure functionapp publish` uploads: the handler with its own Python and C library.
+
+Why a bundled interpreter *and* a bundled loader: the Functions Linux images differ in what they carry
+(Debian bullseye's glibc 2.31 and no Python 3.11 on some), and a Python built here links against this
+machine's newer glibc. So the folder carries the interpreter this script runs under, its standard library,
+the project's dependencies, and every shared library they load, glibc's dynamic loader included. The
+launcher starts the interpreter through that loader, so the host's own C library is never used: the folder
+runs on any x86_64 Linux kernel, with or without Python, whatever its glibc (tested in a Debian bullseye
+root that has no Python at all; see tests/test_artifact.py).
+
+    python deploy/build_artifact.py [--out dist/functionapp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
+LOADER = "ld-linux-x86-64.so.2"
+EXECUTABLE = "tweets-monitor"
+# Parts of the standard library a headless service never imports.
+STDLIB_LEFT_OUT = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
+                   "pydoc_data", "__pycache__", "config-3.11-x86_64-linux-gnu"}  # fmt: skip
+# Extension modules for a desktop, a terminal or CPython's own tests, and the system libraries they would
+# drag in (Tk, X11, ncurses, SQLite, NIS).
+DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test", "_curses", "nis",
+                    "ossaudiodev", "readline", "_sqlite3", "_dbm", "_gdbm", "spwd", "audioop")  # fmt: skip
+LAUNCHER = """#!/bin/sh
+# Starts the handler with the Python and C library bundled beside this script (deploy/build_artifact.py).
+here=$(cd "$(dirname "$0")" && pwd)
+export PYTHONHOME="$here/runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+runtime="$here/runtime"
+exec "$runtime/lib/{loader}" --library-path "$runtime/lib" "$runtime/bin/{python}" -m handler "$@"
+"""
+FUNCIGNORE = """# Everything here is needed at run time; keep local-only files out of the upload.
+local.settings.json
+.funcignore
+"""
+
+
+def build(out: Path) -> Path:
+    if out.exists():
+        shutil.rmtree(out)
+    runtime, app = out / "runtime", out / "app"
+    _copy_interpreter(runtime)
+    _install_dependencies(app)
+    shutil.copytree(ROOT / "handler", app / "handler", ignore=shutil.ignore_patterns("__pycache__"))
+    _bundle_shared_libraries(runtime, [runtime, app])
+    # Compiled ahead, with hashes rather than mtimes (a zip deploy changes mtimes): a faster cold start.
+    for folder in (runtime / "lib" / PYTHON_VERSION, app):
+        compileall.compile_dir(
+            folder, quiet=1, workers=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+        )
+    _write_function_app(out)
+    return out
+
+
+def _copy_interpreter(runtime: Path) -> None:
+    base = Path(sys.base_prefix)
+    (runtime / "bin").mkdir(parents=True)
+    shutil.copy2(Path(sys.base_exec_prefix) / "bin" / PYTHON_VERSION, runtime / "bin" / PYTHON_VERSION)
+    stdlib = Path(sysconfig.get_paths(vars={"base": str(base), "platbase": str(base)})["stdlib"])
+    shutil.copytree(stdlib, runtime / "lib" / PYTHON_VERSION, ignore=_left_out)
+
+
+def _left_out(folder: str, names: list[str]) -> set[str]:
+    if folder.endswith("lib-dynload"):
+        return {name for name in names if name.startswith(DYNLOAD_LEFT_OUT)}
+    return STDLIB_LEFT_OUT & set(names)
+
+
+def _install_dependencies(app: Path) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+         "--only-binary=:all:", "--target", str(app), *project["dependencies"]],
+        check=True,
+    )  # fmt: skip
+    for junk in app.glob("bin"):
+        shutil.rmtree(junk)
+
+
+def _bundle_shared_libraries(runtime: Path, roots: list[Path]) -> None:
+    """Copy into runtime/lib every library that the interpreter and the extension modules load from the
+    system, glibc and its loader included; libraries the wheels carry themselves stay where they are."""
+    lib = runtime / "lib"
+    interpreter = runtime / "bin" / PYTHON_VERSION
+    libpython = Path(sysconfig.get_config_var("LIBDIR") or "") / str(sysconfig.get_config_var("INSTSONAME"))
+    objects = [interpreter, *[p for root in roots for p in root.rglob("*.so*") if p.is_file()]]
+    if libpython.is_file():
+        shutil.copy2(libpython, lib / libpython.name)
+        objects.append(lib / libpython.name)
+    needed: dict[str, Path] = {}
+    for path in objects:
+        needed.update(_system_libraries(path, inside=runtime.parent))
+    for name, source in needed.items():
+        shutil.copy2(source.resolve(), lib / name)
+    (lib / LOADER).chmod(0o755)
+    # Symbols only a debugger reads: libpython alone shrinks from about 23 MB to 5.
+    strip = shutil.which("strip")
+    if strip:
+        unstripped = [interpreter, *(p for p in lib.glob("*.so*") if p.name != LOADER)]
+        subprocess.run([strip, "--strip-unneeded", *map(str, unstripped)], check=True)
+
+
+def _system_libraries(path: Path, inside: Path) -> dict[str, Path]:
+    """What `ldd` resolves for `path` outside the artifact: {file name to bundle: where it is now}."""
+    listing = subprocess.run(["ldd", str(path)], capture_output=True, text=True).stdout
+    found: dict[str, Path] = {}
+    for line in listing.splitlines():
+        match = re.match(r"\s*(\S+)\s+=>\s+(\S+)\s+\(", line) or re.match(r"\s*(/\S+)\s+\(", line)
+        if not match:
+            continue  # linux-vdso and "not a dynamic executable"
+        target = Path(match.group(2) if match.lastindex == 2 else match.group(1))
+        if inside in target.resolve().parents or not target.exists():
+            continue
+        found[Path(match.group(1)).name] = target
+    return found
+
+
+def _write_function_app(out: Path) -> None:
+    launcher = out / EXECUTABLE
+    launcher.write_text(LAUNCHER.format(loader=LOADER, python=PYTHON_VERSION))
+    launcher.chmod(0o755)
+    host = json.loads((ROOT / "host.json").read_text())
+    host["customHandler"]["description"].update({"defaultExecutablePath": EXECUTABLE, "arguments": ["serve"]})
+    (out / "host.json").write_text(json.dumps(host, indent=4) + "\n")
+    shutil.copytree(ROOT / "monitor", out / "monitor")
+    (out / ".funcignore").write_text(FUNCIGNORE)
+
+
+def size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=ROOT / "dist" / "functionapp")
+    args = parser.parse_args()
+    out = build(args.out.resolve())
+    print(f"built {out} ({size_mb(out):.1f} MB); publish it with:")
+    print(f"  cd {out} && func azure functionapp publish <function-app-name>")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The deploy artifact (deploy/build_artifact.py), started the way the Functions host starts it, inside a
+minimal Debian bullseye root (glibc 2.31, no Python at all) made with debootstrap: it answers the readiness
+probe and a timer invocation against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from deploy.build_artifact import EXECUTABLE, build, size_mb
+from handler.local_redis import LocalRedis, environment_for
+from tests.host import FunctionsHost, completed
+from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
+from tests.redis_binaries import CACHE, ensure_debian_tool
+from tests.reliability import DEPLOY_FACTS
+
+BULLSEYE = CACHE / "bullseye-root"
+MIRROR = "http://deb.debian.org/debian"
+APP_ROOT_INSIDE = "/home/site/wwwroot"  # where the host keeps the app on Linux
+NAMES = {"STREAM_NAME": "tweets_stream", "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
+         "MONITORING_CONSUMER_NAME": "monitoring_app"}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def bullseye_root() -> Path:
+    """Debian bullseye's minimal base, made once into .cache/ (about a minute from the Debian mirror)."""
+    if not (BULLSEYE / "etc" / "debian_version").exists():
+        debootstrap = ensure_debian_tool("debootstrap", "debootstrap")
+        partial = BULLSEYE.with_name("bullseye-root.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(
+            [debootstrap, "--variant=minbase", "bullseye", str(partial), MIRROR],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        partial.rename(BULLSEYE)
+    return BULLSEYE
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("artifact") / "functionapp")
+
+
+@pytest.fixture
+def installed(bullseye_root: Path, artifact: Path) -> Iterator[Path]:
+    """The artifact copied to the app root inside the bullseye root, as a publish would leave it."""
+    app_root = bullseye_root / APP_ROOT_INSIDE.lstrip("/")
+    shutil.rmtree(app_root, ignore_errors=True)
+    shutil.copytree(artifact, app_root, symlinks=True)
+    yield app_root
+    shutil.rmtree(app_root, ignore_errors=True)
+
+
+def host_command(root: Path, app_root: Path) -> list[str]:
+    """What host.json tells the host to run, run in the app root, inside the bullseye root."""
+    description = json.loads((app_root / "host.json").read_text())["customHandler"]["description"]
+    program = " ".join([f"./{description['defaultExecutablePath']}", *description["arguments"]])
+    return ["chroot", str(root), "/bin/sh", "-c", f"cd {APP_ROOT_INSIDE} && exec {program}"]
+
+
+def test_the_root_is_bullseye_with_glibc_231_and_no_python(bullseye_root: Path) -> None:
+    assert (bullseye_root / "etc" / "debian_version").read_text().startswith("11.")
+    glibc = subprocess.run(["chroot", str(bullseye_root), "/usr/bin/ldd", "--version"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()[0]  # fmt: skip
+    assert glibc.endswith("2.31"), glibc
+    pythons = [
+        p for folder in ("usr/bin", "bin", "usr/local/bin") for p in (bullseye_root / folder).glob("python*")
+    ]
+    assert [] == pythons
+
+
+def test_the_artifact_answers_readiness_and_a_timer_invocation_in_bullseye(
+    bullseye_root: Path, installed: Path, artifact: Path, redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    assert (
+        EXECUTABLE
+        == json.loads((installed / "host.json").read_text())["customHandler"]["description"][
+            "defaultExecutablePath"
+        ]
+    )
+    create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+    entries = [tweet(n) for n in range(200)]
+    abandon(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], entries)
+    env = environment_for(redis_8, MIN_IDLE_TIME_SEC="10", **NAMES)
+    env.pop("PYTHONPATH", None)
+    host = FunctionsHost(env, launch=host_command(bullseye_root, installed))
+    try:
+        host.start()
+        answer = completed(host.invoke())
+    finally:
+        host.stop()
+    assert 200 == answer["processed"], host.stderr
+    for fields in entries:
+        assert expected_hash(fields) == hash_fields(client8, b"tweet:" + fields[3])
+    started = []
+    for _ in range(3):  # cold start to readiness: process start to the first answer to GET /
+        again = FunctionsHost(env, launch=host_command(bullseye_root, installed))
+        again.start()
+        started.append(again.started_in)
+        again.stop()
+    DEPLOY_FACTS.append(
+        f"artifact {size_mb(artifact):.0f} MB; in a Debian bullseye root without Python it answered the "
+        f"readiness probe in {min(started):.2f}-{max(started):.2f} s from process start (3 starts) and "
+        "completed a timer invocation (200 tweets)"
+    )
