@@ -19,12 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handler.connect import RedisConnection
-from handler.cycle import CycleSummary, ReclaimCycle
+from handler.cycle import CycleSummary
 from handler.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.logs import capture_logs
 from handler.metrics import Metrics
 from handler.settings import MonitorSettings
+from handler.streams import StreamsCycle
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connection = RedisConnection(settings)  # connects on the first invocation, not at start
-        app.state.cycle = ReclaimCycle(connection, settings)
-        metrics.watch_group(connection, app.state.cycle.keys)
+        app.state.cycle = StreamsCycle(connection, settings)
+        metrics.watch_group(connection, settings)
         try:
             yield
         finally:
@@ -96,10 +97,10 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
         if not one_cycle_at_a_time.acquire(blocking=False):
             busy = CycleSummary(stopped_by="skipped", skipped="a cycle is already running here")
             log.info(busy.log_line())
-            metrics.observe(busy)
+            metrics.observe(busy, settings.STREAM_NAME)
             return busy
         try:
-            cycle: ReclaimCycle = request.app.state.cycle
+            cycle: StreamsCycle = request.app.state.cycle
             summary: CycleSummary = await run_in_threadpool(cycle.run, stop_requested.is_set)
         except RedisUnavailableError as exc:
             metrics.observe_failure("redis-unavailable")
@@ -113,7 +114,7 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
             raise _InvocationError(500, f"unexpected failure of the reclaim cycle: {exc!r}") from exc
         finally:
             one_cycle_at_a_time.release()
-        metrics.observe(summary)
+        metrics.observe(summary, settings.STREAM_NAME)
         return summary
 
     return app

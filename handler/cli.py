@@ -18,11 +18,12 @@ from types import FrameType
 import redis
 
 from handler.connect import Client, RedisConnection, connect
-from handler.cycle import CycleSummary, ReclaimCycle
+from handler.cycle import CycleSummary
 from handler.errors import MonitorError, SettingsError
 from handler.keys import StreamKeys
 from handler.logs import configure_logging
 from handler.settings import MonitorSettings, load_settings, split_host_port
+from handler.streams import StreamsCycle
 
 # Each command imports what only it needs (FastAPI and uvicorn, rich, prometheus, croniter) when it runs:
 # `reclaim` stays lean in memory and start-up time.
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = connect(settings)
         return COMMANDS[args.command](client, settings, args)
+    except SettingsError as exc:
+        log.error("%s: %s", args.command, exc)
+        return EXIT_BAD_SETTINGS
     except MonitorError as exc:
         log.error("%s failed: %s", args.command, exc)
         return EXIT_FAILED
@@ -140,7 +144,7 @@ def reclaim(client: Client, settings: MonitorSettings, args: argparse.Namespace)
         return EXIT_OK
     stop = threading.Event()
     _stop_on_signals(stop)
-    summary = ReclaimCycle(client, settings).run(stop.is_set)
+    summary = StreamsCycle(RedisConnection(settings, client), settings).run(stop.is_set)
     print(json.dumps(summary.as_dict()), flush=True)
     return EXIT_OK
 
@@ -154,9 +158,9 @@ def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> 
     stop = threading.Event()
     _stop_on_signals(stop)
     connection = RedisConnection(settings, client)
-    cycle = ReclaimCycle(connection, settings)
+    cycle = StreamsCycle(connection, settings)
     metrics = Metrics()
-    metrics.watch_group(connection, cycle.keys)
+    metrics.watch_group(connection, settings)
     host, port = split_host_port(settings.METRICS_ADDRESS)
     start_http_server(port, addr=host, registry=metrics.registry)
     log.info("metrics on http://%s:%d/metrics", host, port)
@@ -168,7 +172,7 @@ def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> 
             log.error("reclaim cycle failed: %s", exc)
             metrics.observe_failure("error")
             return None
-        metrics.observe(summary)
+        metrics.observe(summary, settings.STREAM_NAME)
         return summary
 
     if args.once:

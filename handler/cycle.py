@@ -22,7 +22,7 @@ from handler.lease import Lease, holder_identity
 from handler.page import CLUSTER_CHANGED
 from handler.plan import START, parse_pending_count
 from handler.settings import MonitorSettings
-from handler.sweep import Sweep
+from handler.sweep import Limits, Sweep
 from handler.topology import topology_of
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,21 @@ class CycleSummary:
     pages: int = 0
     stopped_by: str = "empty"  # empty | end | budget | cap | signal | lease-lost | skipped
     skipped: str | None = None  # why the cycle did not run at all, when it did not
+    # With several streams (STREAM_NAME lists them): each stream's own summary, by name; the fields above
+    # are then their totals.
+    streams: dict[str, CycleSummary] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        if self.streams is None:
+            del document["streams"]
+        else:
+            document["streams"] = {name: summary.as_dict() for name, summary in self.streams.items()}
+        return document
 
-    def log_line(self) -> str:
-        counts = " ".join(f"{k}={v}" for k, v in self.as_dict().items() if v is not None)
-        return f"reclaim cycle: {counts}"
+    def log_line(self, stream: str | None = None) -> str:
+        counts = " ".join(f"{k}={v}" for k, v in self.as_dict().items() if v is not None and k != "streams")
+        return f"reclaim cycle of {stream}: {counts}" if stream else f"reclaim cycle: {counts}"
 
 
 def never() -> bool:
@@ -60,22 +68,24 @@ def never() -> bool:
 class ReclaimCycle:
     """Runs cycles for one stream and group; the Redis connection is passed in and owned by the caller."""
 
-    def __init__(self, connection: RedisConnection | Client, settings: MonitorSettings) -> None:
+    def __init__(
+        self, connection: RedisConnection | Client, settings: MonitorSettings, stream: str | None = None
+    ) -> None:
         if not isinstance(connection, RedisConnection):
             connection = RedisConnection(settings, connection)
         self._connection = connection
         self._settings = settings
-        self._keys = StreamKeys.from_settings(settings)
+        self._keys = StreamKeys.from_settings(settings, stream)
         self._holder = holder_identity(settings.MONITORING_CONSUMER_NAME)
 
     @property
     def keys(self) -> StreamKeys:
         return self._keys
 
-    def run(self, should_stop: Callable[[], bool] = never) -> CycleSummary:
+    def run(self, should_stop: Callable[[], bool] = never, limits: Limits | None = None) -> CycleSummary:
         """One cycle; Redis failures become MonitorError subclasses that name what failed."""
         try:
-            summary = self._run(should_stop)
+            summary = self._run(should_stop, limits or Limits.from_settings(self._settings))
         except redis.exceptions.ResponseError as exc:
             if _cluster_changed(exc):
                 self._refresh_topology()
@@ -83,7 +93,9 @@ class ReclaimCycle:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             self._refresh_topology()  # a failover shows first as a node that stops answering
             raise unavailable(self._settings, exc) from exc
-        log.info(summary.log_line(), extra={"summary": summary.as_dict()})
+        several = self._settings.stream_names != (self._keys.stream,)
+        line = summary.log_line(self._keys.stream if several else None)
+        log.info(line, extra={"summary": summary.as_dict()})
         return summary
 
     def _explain(self, exc: redis.exceptions.ResponseError) -> MonitorError:
@@ -112,7 +124,7 @@ class ReclaimCycle:
         except redis.exceptions.RedisError as exc:  # the next cycle's first command tries again
             log.warning("could not read the cluster's slot map again: %s", exc)
 
-    def _run(self, should_stop: Callable[[], bool]) -> CycleSummary:
+    def _run(self, should_stop: Callable[[], bool], limits: Limits) -> CycleSummary:
         started = time.monotonic()
         keys = self._keys
         client = self._connection.client()
@@ -135,7 +147,7 @@ class ReclaimCycle:
             )  # fmt: skip
         try:
             cursor: bytes | None = client.get(keys.cursor)  # type: ignore[assignment]
-            sweep = Sweep(topology_of(client), self._settings, keys, should_stop, started, lease.keep)
+            sweep = Sweep(topology_of(client), self._settings, keys, should_stop, started, lease.keep, limits)
             stopped_by, next_start = sweep.walk(cursor)
             if sweep.counts.moved:
                 self._refresh_topology()

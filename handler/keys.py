@@ -33,10 +33,12 @@ class StreamKeys:
     lease: str
 
     @classmethod
-    def from_settings(cls, settings: MonitorSettings) -> StreamKeys:
-        tag = hash_tag_of(settings.STREAM_NAME)
+    def from_settings(cls, settings: MonitorSettings, stream: str | None = None) -> StreamKeys:
+        """The keys of `stream`, or of the one stream STREAM_NAME names (SettingsError if it lists more)."""
+        stream = stream or settings.single_stream
+        tag = hash_tag_of(stream)
         return cls(
-            stream=settings.STREAM_NAME,
+            stream=stream,
             group=settings.STREAM_CONSUMER_GROUP_NAME,
             consumer=settings.MONITORING_CONSUMER_NAME,
             dead_letter=settings.DEAD_LETTER_STREAM or f"{tag}:dead-letter",

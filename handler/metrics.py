@@ -19,35 +19,46 @@ from prometheus_client.registry import Collector
 from handler.connect import RedisConnection, command
 from handler.cycle import CycleSummary
 from handler.keys import StreamKeys
+from handler.settings import MonitorSettings
+from handler.streams import find_streams
 
 log = logging.getLogger(__name__)
 ENTRY_COUNTS = ("claimed", "processed", "deleted", "dead_lettered", "failed")
 
 
 class _GroupGauges(Collector):
-    def __init__(self, connection: RedisConnection, keys: StreamKeys) -> None:
+    """Per stream: its pending entries, its oldest pending entry's idle time, its dead-letter length."""
+
+    def __init__(self, connection: RedisConnection, settings: MonitorSettings) -> None:
         self._connection = connection
-        self._keys = keys
+        self._settings = settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        keys = self._keys
+        labels = ["stream"]
+        pending = GaugeMetricFamily(
+            "tweets_monitor_pending_entries", "Entries pending in the group", labels=labels
+        )
+        idle = GaugeMetricFamily(
+            "tweets_monitor_oldest_pending_idle_seconds",
+            "Idle time of the oldest pending entry",
+            labels=labels,
+        )
+        dead = GaugeMetricFamily(
+            "tweets_monitor_dead_letter_length", "Entries in the dead-letter stream", labels=labels
+        )
         try:
             client = self._connection.client()
-            summary = command(client, "XPENDING", keys.stream, keys.group)
-            oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
-            dead = client.xlen(keys.dead_letter)
+            for stream in find_streams(client, self._settings):
+                keys = StreamKeys.from_settings(self._settings, stream)
+                summary = command(client, "XPENDING", keys.stream, keys.group)
+                oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
+                pending.add_metric([stream], summary[0])
+                idle.add_metric([stream], oldest[0][2] / 1000 if oldest else 0)
+                dead.add_metric([stream], client.xlen(keys.dead_letter))
         except redis.exceptions.RedisError as exc:
             log.warning("metrics: could not read the group's gauges: %s", exc)
             return
-        yield GaugeMetricFamily("tweets_monitor_pending_entries", "Entries pending in the group", summary[0])
-        yield GaugeMetricFamily(
-            "tweets_monitor_oldest_pending_idle_seconds",
-            "Idle time of the oldest pending entry",
-            oldest[0][2] / 1000 if oldest else 0,
-        )
-        yield GaugeMetricFamily(
-            "tweets_monitor_dead_letter_length", "Entries in the dead-letter stream", dead
-        )
+        yield from (pending, idle, dead)
 
 
 class Metrics:
@@ -57,6 +68,7 @@ class Metrics:
             name: Counter(
                 f"tweets_monitor_{name}_entries",
                 f"Entries {name.replace('_', '-')} by the monitor",
+                ["stream"],
                 registry=self.registry,
             )
             for name in ENTRY_COUNTS
@@ -74,12 +86,15 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_group(self, connection: RedisConnection, keys: StreamKeys) -> None:
-        self.registry.register(_GroupGauges(connection, keys))
+    def watch_group(self, connection: RedisConnection, settings: MonitorSettings) -> None:
+        self.registry.register(_GroupGauges(connection, settings))
 
-    def observe(self, summary: CycleSummary) -> None:
-        for name in ENTRY_COUNTS:
-            self.entries[name].inc(getattr(summary, name))
+    def observe(self, summary: CycleSummary, stream: str) -> None:
+        """Counts by stream: `stream` names the one stream of a single-stream summary."""
+        by_stream = summary.streams or ({} if summary.skipped else {stream: summary})
+        for name, counted in by_stream.items():
+            for kind in ENTRY_COUNTS:
+                self.entries[kind].labels(stream=name).inc(getattr(counted, kind))
         self.cycles.labels(outcome=summary.stopped_by).inc()
         self.duration.observe(summary.duration_ms / 1000)
 

@@ -81,8 +81,21 @@ class MonitorSettings(BaseSettings):
     def _level_is_case_insensitive(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("STREAM_NAME")
+    @classmethod
+    def _stream_names_are_well_formed(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",")]
+        if not all(names):
+            raise ValueError("a stream name or pattern is empty: list them as name1,name2 or name:*")
+        return ",".join(names)
+
     @model_validator(mode="after")
     def _dead_letter_shares_the_stream_slot(self) -> MonitorSettings:
+        if self.DEAD_LETTER_STREAM and (len(self.stream_names) > 1 or is_pattern(self.STREAM_NAME)):
+            raise ValueError(
+                "DEAD_LETTER_STREAM names one dead-letter stream, but STREAM_NAME lists several streams: "
+                "leave it empty and each stream gets its own {<stream>}:dead-letter"
+            )
         # The dead-letter move is one Lua call over the stream and the dead-letter stream: on a cluster
         # both keys must hash to the same slot.
         if self.DEAD_LETTER_STREAM and key_slot(self.DEAD_LETTER_STREAM.encode()) != key_slot(
@@ -95,6 +108,22 @@ class MonitorSettings(BaseSettings):
         return self
 
     @property
+    def stream_names(self) -> tuple[str, ...]:
+        """STREAM_NAME's names and patterns: `tweets_stream`, `tweets_stream:0,tweets_stream:1` or
+        `tweets_stream:*` (a glob, as SCAN MATCH reads it)."""
+        return tuple(self.STREAM_NAME.split(","))
+
+    @property
+    def single_stream(self) -> str:
+        """The one stream a per-stream command works on; SettingsError when STREAM_NAME lists several."""
+        if len(self.stream_names) > 1 or is_pattern(self.STREAM_NAME):
+            raise SettingsError(
+                f"this command works on one stream, but STREAM_NAME is {self.STREAM_NAME!r}: run it with "
+                "STREAM_NAME set to one of them"
+            )
+        return self.STREAM_NAME
+
+    @property
     def redis_address(self) -> tuple[str, int]:
         return split_host_port(self.REDIS_HOST)
 
@@ -105,6 +134,11 @@ class MonitorSettings(BaseSettings):
     @property
     def log_level(self) -> int:
         return int(logging.getLevelNamesMapping()[self.LOG_LEVEL])
+
+
+def is_pattern(name: str) -> bool:
+    """A glob in SCAN MATCH's syntax, rather than a stream name."""
+    return any(char in name for char in "*?[")
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -128,14 +128,15 @@ def test_metrics_count_what_the_invocations_did(redis_8: LocalRedis, group: redi
     samples = {
         line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"
     }
-    assert 4 == samples["tweets_monitor_processed_entries_total"]
-    assert 1 == samples["tweets_monitor_dead_lettered_entries_total"]
-    assert 5 == samples["tweets_monitor_claimed_entries_total"]
+    by_stream = f'{{stream="{STREAM}"}}'
+    assert 4 == samples["tweets_monitor_processed_entries_total" + by_stream]
+    assert 1 == samples["tweets_monitor_dead_lettered_entries_total" + by_stream]
+    assert 5 == samples["tweets_monitor_claimed_entries_total" + by_stream]
     assert 1 == samples['tweets_monitor_cycles_total{outcome="end"}']
     assert 1 == samples['tweets_monitor_cycles_total{outcome="empty"}']
     assert 2 == samples["tweets_monitor_cycle_duration_seconds_count"]
-    assert 0 == samples["tweets_monitor_pending_entries"]
-    assert 1 == samples["tweets_monitor_dead_letter_length"]
+    assert 0 == samples["tweets_monitor_pending_entries" + by_stream]
+    assert 1 == samples["tweets_monitor_dead_letter_length" + by_stream]
 
 
 def test_json_log_lines_carry_the_summary(redis_8: LocalRedis, group: redis.Redis) -> None:
@@ -306,7 +307,7 @@ def test_run_cycles_on_schedule_serves_metrics_and_exits_0_on_sigterm(
             except OSError:
                 pass
             time.sleep(0.2)
-        assert "tweets_monitor_processed_entries_total 5.0" in text
+        assert f'tweets_monitor_processed_entries_total{{stream="{STREAM}"}} 5.0' in text
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     finally:

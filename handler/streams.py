@@ -1,0 +1,153 @@
+"""Several streams under one group: STREAM_NAME lists names (`tweets_stream:0,tweets_stream:1`) or glob
+patterns (`tweets_stream:*`), found with SCAN on every node.
+
+One invocation sweeps them all within its budget, fairly: streams take turns going first (the order
+rotates every invocation), and each stream may use an equal share of the time still left, so a stream
+with little to do hands its unused time to the ones after it. Each stream keeps its own lease, cursor
+and dead-letter stream (all in its own hash slot).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import redis
+from redis.cluster import RedisCluster
+
+from handler.connect import Client, RedisConnection, unavailable
+from handler.cycle import CycleSummary, ReclaimCycle, never
+from handler.errors import StreamOrGroupMissingError
+from handler.keys import hash_tag_of
+from handler.settings import MonitorSettings, is_pattern
+from handler.sweep import Limits
+
+log = logging.getLogger(__name__)
+
+SCAN_COUNT = 1000
+DEAD_LETTER_SUFFIX = ":dead-letter"
+# When streams stop for different reasons, the summary reports the first of these that any stream gave.
+STOP_PRECEDENCE = ("signal", "budget", "cap", "lease-lost", "end", "empty", "skipped")
+COUNTED = ("pending", "claimed", "processed", "deleted", "dead_lettered", "failed", "pages")
+
+
+def find_streams(client: Client, settings: MonitorSettings) -> list[str]:
+    """STREAM_NAME's streams: names as given, patterns expanded (sorted), each stream once."""
+    found: list[str] = []
+    for item in settings.stream_names:
+        for name in sorted(_scan(client, item)) if is_pattern(item) else [item]:
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def _scan(client: Client, pattern: str) -> set[str]:
+    """Streams matching `pattern`, from every master of a cluster (SCAN covers one node)."""
+    if isinstance(client, RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        nodes = [client.get_redis_connection(node) for node in primaries]
+    else:
+        nodes = [client]
+    names: set[str] = set()
+    for node in nodes:
+        for key in node.scan_iter(match=pattern, count=SCAN_COUNT, _type="stream"):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if not _is_a_dead_letter_stream(name):
+                names.add(name)
+    return names
+
+
+def _is_a_dead_letter_stream(name: str) -> bool:
+    """`{tweets_stream:0}:dead-letter` is a stream a broad pattern would match: never swept as a source."""
+    if not name.endswith(DEAD_LETTER_SUFFIX):
+        return False
+    source = name.removesuffix(DEAD_LETTER_SUFFIX)
+    return source.startswith("{") and hash_tag_of(source) == source
+
+
+class StreamsCycle:
+    """One invocation over every stream of STREAM_NAME; with one stream, exactly that stream's cycle."""
+
+    def __init__(self, connection: RedisConnection, settings: MonitorSettings) -> None:
+        self._connection = connection
+        self._settings = settings
+        self._cycles: dict[str, ReclaimCycle] = {}
+        self._turn = random.randrange(1_000_000)  # a fresh process (the CLI) must not always start at 0
+
+    def streams(self) -> list[str]:
+        return find_streams(self._connection.client(), self._settings)
+
+    def run(self, should_stop: Callable[[], bool] = never) -> CycleSummary:
+        if self._settings.stream_names == (self._settings.STREAM_NAME,) and not is_pattern(
+            self._settings.STREAM_NAME
+        ):
+            return self._cycle(self._settings.STREAM_NAME).run(should_stop)
+        started = time.monotonic()
+        try:
+            names = self.streams()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise unavailable(self._settings, exc) from exc
+        summaries = self._sweep(names, should_stop, started)
+        summary = _total(summaries, started)
+        log.info(summary.log_line(), extra={"summary": summary.as_dict()})
+        return summary
+
+    def _sweep(
+        self, names: list[str], should_stop: Callable[[], bool], started: float
+    ) -> dict[str, CycleSummary]:
+        settings = self._settings
+        deadline = started + settings.CYCLE_TIME_BUDGET_SEC
+        messages_left = settings.CYCLE_MAX_MESSAGES
+        order = _rotated(names, self._turn)
+        self._turn += 1
+        summaries: dict[str, CycleSummary] = {}
+        failures: list[str] = []
+        for position, name in enumerate(order):
+            time_left = deadline - time.monotonic()
+            if should_stop() or time_left <= 0 or messages_left <= 0:
+                reason = "signal" if should_stop() else "budget" if time_left <= 0 else "cap"
+                summaries[name] = CycleSummary(stopped_by=reason, skipped=f"not reached: {reason}")
+                continue
+            share = Limits(time_left / (len(order) - position), messages_left)
+            try:
+                summary = self._cycle(name).run(should_stop, share)
+            except StreamOrGroupMissingError as exc:
+                if name in settings.stream_names:
+                    failures.append(f"{name}: {exc}")
+                    summary = CycleSummary(stopped_by="skipped", skipped=str(exc))
+                else:  # found by a pattern: a stream of another pipeline, without our group
+                    summary = CycleSummary(
+                        stopped_by="skipped", skipped=f"no group '{settings.STREAM_CONSUMER_GROUP_NAME}'"
+                    )
+            summaries[name] = summary
+            messages_left -= summary.claimed + summary.deleted
+        if failures:
+            raise StreamOrGroupMissingError("; ".join(failures))
+        return {name: summaries[name] for name in names}
+
+    def _cycle(self, name: str) -> ReclaimCycle:
+        cycle = self._cycles.get(name)
+        if cycle is None:
+            cycle = self._cycles[name] = ReclaimCycle(self._connection, self._settings, name)
+        return cycle
+
+
+def _rotated(names: list[str], turn: int) -> list[str]:
+    if not names:
+        return names
+    start = turn % len(names)
+    return names[start:] + names[:start]
+
+
+def _total(summaries: dict[str, CycleSummary], started: float) -> CycleSummary:
+    counts = {name: sum(getattr(s, name) for s in summaries.values()) for name in COUNTED}
+    reasons = {s.stopped_by for s in summaries.values()}
+    stopped_by = next((reason for reason in STOP_PRECEDENCE if reason in reasons), "empty")
+    return CycleSummary(
+        **counts,
+        duration_ms=round((time.monotonic() - started) * 1000),
+        stopped_by=stopped_by,
+        streams=summaries,
+    )
