@@ -51,7 +51,8 @@ class LocalCluster:
             LocalRedis(
                 binary,
                 port=port,
-                extra_args=[*args, "--cluster-port", str(bus)],
+                # "{port}" in extra_args stands for each node's own port (e.g. --tls-port {port}).
+                extra_args=[*(arg.replace("{port}", str(port)) for arg in args), "--cluster-port", str(bus)],
                 env=env,
                 probe_options=self.client_options,
             )

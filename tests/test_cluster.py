@@ -7,9 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.cluster import RedisCluster
+from redis.connection import SSLConnection
 from redis.crc import key_slot
 
 from handler.connect import connect
@@ -23,7 +26,8 @@ from tests.backlogs import DEAD_LETTER, FAST, GROUP, MONITOR, STREAM, abandon_ba
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import create_group
 from tests.redis_binaries import BINARIES
-from tests.reliability import audit, record
+from tests.reliability import SECURITY_CHECKS, audit, record
+from tests.tls import Certificates
 
 NAMES = {"STREAM_NAME": STREAM, "STREAM_CONSUMER_GROUP_NAME": GROUP, "MONITORING_CONSUMER_NAME": MONITOR}
 
@@ -156,3 +160,73 @@ def test_a_cluster_that_cannot_be_reached_fails_each_invocation_with_503() -> No
         host.stop()
     assert [503, 503] == [answer.status for answer in answers]
     assert "is unavailable" in failed(answers[1])
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(
+    tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
+) -> Iterator[LocalCluster]:
+    """Debian's Redis 7.0.15 as a cluster that speaks only TLS: to clients, on its bus and to replicas."""
+    args = [
+        "--tls-port", "{port}", "--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
+        "--tls-cert-file", str(certificates.server_cert), "--tls-key-file", str(certificates.server_key),
+        "--tls-ca-cert-file", str(certificates.ca), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    options = {"ssl": True, "ssl_ca_certs": str(certificates.ca)}
+    binary, env = tls_binary
+    with LocalCluster(
+        binary, replicas_per_master=1, extra_args=args, env=env, client_options=options
+    ) as cluster:
+        yield cluster
+
+
+def test_a_tls_cluster_is_served_over_verified_tls_to_every_node(
+    tls_cluster: LocalCluster, certificates: Certificates
+) -> None:
+    client = tls_cluster.client()
+    client.flushall()
+    create_group(client, STREAM, GROUP)
+    backlog = abandon_backlog(client, 3000)
+    tls = {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(certificates.ca)}
+    host = FunctionsHost(cluster_env(tls_cluster, tls_cluster.masters[1], **tls)).start()
+    try:
+        answer = completed(host.invoke())
+    finally:
+        host.stop()
+    assert 3000 == answer["processed"]
+    assert audit(client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad).clean
+    # The monitor's own client, as the handler builds it: a cluster client whose every node pool verifies.
+    settings = cluster_settings(tls_cluster, **tls)
+    monitor = connect(settings)
+    assert isinstance(monitor, RedisCluster)
+    ReclaimCycle(monitor, settings).run()
+    primaries = monitor.get_primaries()  # type: ignore[no-untyped-call]
+    pools = [monitor.get_redis_connection(node).connection_pool for node in primaries]
+    assert 3 == len(pools)
+    for pool in pools:
+        assert pool.connection_class is SSLConnection
+        assert "required" == pool.connection_kwargs["ssl_cert_reqs"]
+        assert pool.connection_kwargs["ssl_check_hostname"] is True
+    monitor.close()
+    SECURITY_CHECKS.append(
+        "TLS cluster: 3 masters + 3 replicas speaking only TLS (clients, bus, replication); every node's "
+        "connection verified the certificate and host name"
+    )
+
+
+def test_a_tls_cluster_with_an_untrusted_certificate_fails_with_503(
+    tls_cluster: LocalCluster, certificates: Certificates
+) -> None:
+    env = cluster_env(
+        tls_cluster,
+        tls_cluster.masters[0],
+        REDIS_TLS="true",
+        REDIS_TLS_CA_FILE=str(certificates.untrusted_ca),
+    )
+    host = FunctionsHost(env).start()
+    try:
+        answer = host.invoke()
+    finally:
+        host.stop()
+    assert 503 == answer.status
+    assert "certificate verify failed" in failed(answer)

@@ -9,7 +9,6 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from handler.settings import MonitorSettings
 from tests import pipeline
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import age, crash_after_reading, create_group, produce, tweet, tweet_keys
-from tests.redis_binaries import debian_redis_with_tls
 from tests.reliability import SECURITY_CHECKS
+from tests.tls import Certificates, tls_server
 
 STREAM, GROUP = "tweets_stream", "redisearch_app_group"
 NAMES = {
@@ -137,113 +136,6 @@ def test_a_least_privilege_acl_user_is_enough(redis_8: LocalRedis, client8: redi
     readme = (APP_ROOT / "README.md").read_text()
     assert ACL_RULE.format(password="<password>") in readme  # the documented rule is the tested one
     SECURITY_CHECKS.append("ACL: a user limited to the documented commands and keys runs a full cycle")
-
-
-@dataclass
-class Certificates:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    other_host_cert: Path
-    other_host_key: Path
-    untrusted_ca: Path
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    """A private CA, a server certificate for localhost/127.0.0.1, one for another host, another CA."""
-    folder = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "untrusted-ca"):
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={ca}",
-            "-keyout",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.pem",
-            cwd=folder,
-        )
-    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("other", "DNS:other.example")):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=folder,
-        )
-        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            f"{name}.pem",
-            cwd=folder,
-        )
-    return Certificates(
-        folder / "ca.pem",
-        folder / "server.pem",
-        folder / "server.key",
-        folder / "other.pem",
-        folder / "other.key",
-        folder / "untrusted-ca.pem",
-    )
-
-
-@pytest.fixture(scope="module")
-def tls_binary() -> tuple[Path, dict[str, str]]:
-    return debian_redis_with_tls()
-
-
-def tls_server(
-    binary: tuple[Path, dict[str, str]], cert: Path, key: Path, ca: Path, protocols: str
-) -> LocalRedis:
-    port = free_port()
-    args = [
-        "--tls-port",
-        str(port),
-        "--port",
-        "0",
-        "--tls-cert-file",
-        str(cert),
-        "--tls-key-file",
-        str(key),
-        "--tls-ca-cert-file",
-        str(ca),
-        "--tls-auth-clients",
-        "no",
-        "--tls-protocols",
-        protocols,
-    ]
-    probe = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
-    return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
 
 
 @pytest.fixture(scope="module", params=["TLSv1.2", "TLSv1.3"])

@@ -1,0 +1,120 @@
+"""TLS material and servers for the tests: a private CA with server certificates made by openssl, and
+Debian's redis-server 7.0.15 (the one build here with TLS)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from handler.local_redis import LocalRedis, free_port
+from tests.redis_binaries import debian_redis_with_tls
+
+
+@dataclass
+class Certificates:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    other_host_cert: Path
+    other_host_key: Path
+    untrusted_ca: Path
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A private CA, a server certificate for localhost/127.0.0.1, one for another host, another CA."""
+    folder = tmp_path_factory.mktemp("tls")
+    for ca in ("ca", "untrusted-ca"):
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={ca}",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            cwd=folder,
+        )
+    for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("other", "DNS:other.example")):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=folder,
+        )
+        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
+            cwd=folder,
+        )
+    return Certificates(
+        folder / "ca.pem",
+        folder / "server.pem",
+        folder / "server.key",
+        folder / "other.pem",
+        folder / "other.key",
+        folder / "untrusted-ca.pem",
+    )
+
+
+@pytest.fixture(scope="session")
+def tls_binary() -> tuple[Path, dict[str, str]]:
+    return debian_redis_with_tls()
+
+
+def tls_server(
+    binary: tuple[Path, dict[str, str]], cert: Path, key: Path, ca: Path, protocols: str
+) -> LocalRedis:
+    port = free_port()
+    args = [
+        "--tls-port",
+        str(port),
+        "--port",
+        "0",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+        "--tls-protocols",
+        protocols,
+    ]
+    probe = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
+    return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
