@@ -78,6 +78,11 @@ def client_options(settings: MonitorSettings) -> dict[str, Any]:
         # the hot path parses replies itself and expects RESP2's shapes.
         "protocol": 2,
     }
+    if settings.REDIS_AUTH != "password":
+        from handler.entra_id import credential_provider  # noqa: PLC0415  (only its users pay the import)
+
+        del options["username"], options["password"]
+        options["credential_provider"] = credential_provider(settings)
     return options
 
 

@@ -32,6 +32,13 @@ class MonitorSettings(BaseSettings):
     REDIS_TLS_CA_FILE: str = ""
     REDIS_TIMEOUT_SEC: Annotated[float, Field(gt=0, le=60)] = 5.0
     REDIS_CLUSTER: Literal["on", "off", "detect"] = "detect"
+    # Microsoft Entra ID instead of an access key (handler/entra_id.py): the identity of the Function App
+    # (managed-identity; AZURE_CLIENT_ID picks a user-assigned one) or an app registration
+    # (service-principal: AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_CLIENT_SECRET).
+    REDIS_AUTH: Literal["password", "managed-identity", "service-principal"] = "password"
+    AZURE_CLIENT_ID: str = ""
+    AZURE_TENANT_ID: str = ""
+    AZURE_CLIENT_SECRET: SecretStr = SecretStr("")
 
     STREAM_NAME: NonEmpty
     STREAM_CONSUMER_GROUP_NAME: NonEmpty
@@ -70,6 +77,26 @@ class MonitorSettings(BaseSettings):
                     f"unknown time zone {value!r} (an IANA name such as Europe/London)"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _entra_id_is_complete(self) -> MonitorSettings:
+        if self.REDIS_AUTH == "password":
+            return self
+        if self.REDIS_PASSWORD.get_secret_value() or self.REDIS_USERNAME:
+            raise ValueError(
+                f"REDIS_AUTH={self.REDIS_AUTH} signs in with Entra ID tokens: leave REDIS_USERNAME and "
+                "REDIS_PASSWORD empty"
+            )
+        if self.REDIS_AUTH == "service-principal":
+            given = {
+                "AZURE_CLIENT_ID": self.AZURE_CLIENT_ID,
+                "AZURE_TENANT_ID": self.AZURE_TENANT_ID,
+                "AZURE_CLIENT_SECRET": self.AZURE_CLIENT_SECRET.get_secret_value(),
+            }
+            missing = [name for name, value in given.items() if not value]
+            if missing:
+                raise ValueError(f"REDIS_AUTH=service-principal needs {', '.join(missing)}")
+        return self
 
     @field_validator("REDIS_CLUSTER", mode="before")
     @classmethod
