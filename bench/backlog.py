@@ -54,10 +54,11 @@ def produce(client: redis.Redis, count: int) -> None:
         pipe.execute()
 
 
-def abandon(client: redis.Redis, count: int) -> None:
-    """Reset to the crash: no tweet hashes, a fresh group whose processor read everything and died."""
+def abandon(client: redis.Redis, count: int, tweets: Any = None) -> None:
+    """Reset to the crash: no tweet hashes, a fresh group whose processor read everything and died.
+    `client` talks to the stream's node; `tweets` (a cluster client, when the hashes are spread) to theirs."""
     for start in range(0, count, CHUNK):
-        client.unlink(*[b"tweet:" + tweet_id(n) for n in range(start, min(start + CHUNK, count))])
+        (tweets or client).unlink(*[b"tweet:" + tweet_id(n) for n in range(start, min(start + CHUNK, count))])
     client.delete("{tweets_stream}:dead-letter", "{tweets_stream}:cursor:" + GROUP)
     client.execute_command("XGROUP", "DESTROY", STREAM, GROUP)  # type: ignore[no-untyped-call]
     client.execute_command("XGROUP", "CREATE", STREAM, GROUP, "0")  # type: ignore[no-untyped-call]
@@ -68,7 +69,7 @@ def abandon(client: redis.Redis, count: int) -> None:
     time.sleep(MIN_IDLE_SEC + 0.05)
 
 
-def verify(client: redis.Redis, count: int) -> str | None:
+def verify(client: redis.Redis, count: int, tweets: Any = None) -> str | None:
     """None when every tweet is in its hash exactly and nothing is pending; else what is wrong."""
     pending = client.execute_command("XPENDING", STREAM, GROUP)[0]  # type: ignore[no-untyped-call]
     if pending:
@@ -79,7 +80,7 @@ def verify(client: redis.Redis, count: int) -> str | None:
         entries = client.execute_command("XRANGE", STREAM, start, "+", "COUNT", CHUNK)  # type: ignore[no-untyped-call]
         if not entries:
             break
-        pipe = client.pipeline(transaction=False)
+        pipe = (tweets or client).pipeline(transaction=False)
         for _, fields in entries:
             pipe.hgetall(b"tweet:" + fields[3])
         for (_, fields), stored in zip(entries, pipe.execute(), strict=True):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis
 
@@ -70,39 +71,64 @@ class _Outcome:
     dead: list[tuple[bytes, DeadLetter]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Claim:
+    entries: list[tuple[bytes, list[bytes]]]  # (entry id, fields) of what XCLAIM returned
+    deleted: int  # asked for, but gone from the stream: acknowledged
+
+
 def handle_page(channel: Channel, rows: list[PendingRow], config: PageSettings) -> PageCounts:
-    """Claim, write, acknowledge and dead-letter one page of XPENDING rows; returns its counts."""
-    keys = config.keys
-    stream_node = config.topology.node_of(keys.stream)
-    wire = channel.wire(stream_node.pool)
-    counts = PageCounts()
+    """Claim, write, acknowledge and dead-letter one page of XPENDING rows; returns its counts.
+
+    Two steps, each retried on fresh connections (and, on a cluster, a fresh slot map) after a
+    connection error: claiming, then writing and acknowledging what was claimed. The second step is
+    retried with the entries in hand, because claiming them again would return nothing: they are no
+    longer idle, and would only come back to a later cycle with one more delivery counted.
+    """
     ids = claimable_ids(rows, config.min_idle_ms)
     if not ids:
-        return counts
+        return PageCounts()
+    claim = channel.run(partial(_claim, ids=ids, config=config))
+    deliveries = {row.entry_id: row.deliveries for row in rows}
+    counts = channel.run(partial(_finish, claim=claim, deliveries=deliveries, config=config))
+    counts.claimed = len(claim.entries)
+    counts.deleted += claim.deleted
+    return counts
+
+
+def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
+    keys = config.keys
+    wire = channel.wire(config.topology.node_of(keys.stream).pool)
     (reply,) = wire.call(
         [pack((b"XCLAIM", keys.stream, keys.group, keys.consumer, config.min_idle_ms, *ids))], 1
     )
     if isinstance(reply, Exception):
         raise reply
     # Before Redis 7.0 an entry deleted from the stream comes back as nil and stays pending.
-    entries = [item for item in reply if item is not None and item[0] is not None]
-    counts.claimed = len(entries)
+    entries = [(item[0], item[1]) for item in reply if item is not None and item[0] is not None]
+    deleted = 0
     if len(entries) < len(ids):
-        returned = {item[0] for item in entries}
-        counts.deleted += acknowledge_deleted(wire, keys, [i for i in ids if i not in returned])
+        returned = {entry_id for entry_id, _ in entries}
+        deleted = acknowledge_deleted(wire, keys, [i for i in ids if i not in returned])
+    return _Claim(entries, deleted)
 
-    deliveries = {row.entry_id: row.deliveries for row in rows}
+
+def _finish(
+    channel: Channel, claim: _Claim, deliveries: dict[bytes, int], config: PageSettings
+) -> PageCounts:
+    """Write the claimed tweets, acknowledge them and dead-letter the rest; safe to repeat as a whole."""
+    stream_node = config.topology.node_of(config.keys.stream)
+    counts = PageCounts()
     outcome = _Outcome()
     writes: list[tuple[bytes, bytes, list[bytes]]] = []  # (entry id, tweet key, fields)
-    max_deliveries = config.max_deliveries
-    for entry_id, fields in entries:
-        decision = decide(fields, deliveries[entry_id], max_deliveries)
+    for entry_id, fields in claim.entries:
+        decision = decide(fields, deliveries[entry_id], config.max_deliveries)
         if isinstance(decision, bytes):
             writes.append((entry_id, decision, fields))
         else:
             outcome.dead.append((entry_id, decision))
     _write(channel, config.topology, stream_node, writes, outcome, counts)
-    _acknowledge_and_dead_letter(wire, config, outcome, deliveries, counts)
+    _acknowledge_and_dead_letter(channel.wire(stream_node.pool), config, outcome, deliveries, counts)
     return counts
 
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import redis
-
 from handler.keys import StreamKeys
 from handler.page import PageCounts, PageSettings, handle_page
 from handler.plan import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
@@ -65,7 +63,7 @@ class Sweep:
         keep_lease: Callable[[], bool],
         limits: Limits,
     ) -> None:
-        self._stream_pool = topology.node_of(keys.stream).pool
+        self._topology = topology
         self._keep_lease = keep_lease
         self._lease_lost = False
         self._settings = settings
@@ -91,7 +89,7 @@ class Sweep:
         workers = [threading.Thread(target=self._work, name=f"page-worker-{n}") for n in range(PAGE_WORKERS)]
         for worker in workers:
             worker.start()
-        channel = Channel()
+        channel = Channel(on_reconnect=self._topology.refresh)
         # A worker whose reply has arrived should not wait the default 5 ms for another to yield the GIL
         # while Redis sits idle: measured +5-10 % throughput on 2 cores (bench/reclaim_bench.py).
         switch_interval = sys.getswitchinterval()
@@ -122,7 +120,7 @@ class Sweep:
                     return reason, start
                 count = min(settings.RECLAIM_PAGE_SIZE, self._max_messages - rows_handed_out)
                 command = pack((b"XPENDING", keys.stream, keys.group, start, segment_end, count))
-                (reply,) = channel.run(partial(_call_one, self._stream_pool, command))
+                (reply,) = channel.run(partial(_call_one, self._topology, keys.stream, command))
                 if isinstance(reply, Exception):
                     raise reply
                 rows = parse_pending_rows(reply)
@@ -169,7 +167,7 @@ class Sweep:
                 continue
 
     def _work(self) -> None:
-        channel = Channel()
+        channel = Channel(on_reconnect=self._topology.refresh)
         try:
             while (page := self._pages.get()) is not None:
                 if self._errors:
@@ -179,7 +177,7 @@ class Sweep:
                         self._unclaimed.append(page.start)
                     continue
                 began = time.monotonic()
-                counts = channel.run(partial(handle_page, rows=page.rows, config=self._config))
+                counts = handle_page(channel, page.rows, self._config)  # retries inside, step by step
                 with self._lock:
                     self.counts.add(counts)
                     self._page_seconds = max(self._page_seconds, time.monotonic() - began)
@@ -192,8 +190,8 @@ class Sweep:
             channel.close()
 
 
-def _call_one(pool: redis.ConnectionPool, command: bytes, channel: Channel) -> list[Any]:
-    return channel.wire(pool).call([command], 1)
+def _call_one(topology: Topology, key: str, command: bytes, channel: Channel) -> list[Any]:
+    return channel.wire(topology.node_of(key).pool).call([command], 1)
 
 
 def _order(entry_id: bytes) -> tuple[int, int]:

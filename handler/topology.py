@@ -7,6 +7,7 @@ taken when the cycle starts (a cycle that meets MOVED leaves those entries pendi
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,9 @@ class Node:
 class Topology(Protocol):
     def node_of(self, key: bytes | str) -> Node: ...
 
+    def refresh(self) -> None:
+        """Read the slot map again (after a connection error: a failover may have moved slots)."""
+
 
 class SingleNode:
     def __init__(self, client: redis.Redis) -> None:
@@ -37,6 +41,9 @@ class SingleNode:
     def node_of(self, key: bytes | str) -> Node:
         return self._node
 
+    def refresh(self) -> None:
+        pass  # one node: nothing moves
+
 
 class ClusterSlots:
     """A snapshot of the cluster's slot map, resolved slot by slot as keys need it."""
@@ -45,6 +52,7 @@ class ClusterSlots:
         self._cluster = cluster
         self._by_slot: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._by_name: dict[str, Node] = {}
+        self._lock = threading.Lock()
 
     def node_of(self, key: bytes | str) -> Node:
         slot = key_slot(key.encode() if isinstance(key, str) else key)
@@ -53,17 +61,27 @@ class ClusterSlots:
             node = self._by_slot[slot] = self._resolve(slot)
         return node
 
+    def refresh(self) -> None:
+        """The page workers share this snapshot: one of them reads the cluster's slot map again and the
+        nodes are resolved afresh. A node that is down but not yet replaced fails the retry: the cycle then
+        ends with an error, and the next one reads the map again."""
+        with self._lock:
+            self._cluster.nodes_manager.initialize()
+            self._by_name = {}
+            self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
+
     def _resolve(self, slot: int) -> Node:
         cluster = self._cluster
         holders = cluster.nodes_manager.slots_cache.get(slot) or []
         if not holders:
             raise redis.exceptions.ClusterDownError(f"slot {slot} is not served by any node of the cluster")
         primary = holders[0]
-        node = self._by_name.get(primary.name)
-        if node is None:
-            pool = cluster.get_redis_connection(primary).connection_pool
-            node = self._by_name[primary.name] = Node(primary.name, pool, len(holders) - 1)
-        return node
+        with self._lock:
+            node = self._by_name.get(primary.name)
+            if node is None:
+                pool = cluster.get_redis_connection(primary).connection_pool
+                node = self._by_name[primary.name] = Node(primary.name, pool, len(holders) - 1)
+            return node
 
 
 def topology_of(client: Client) -> Topology:

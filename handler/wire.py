@@ -118,8 +118,9 @@ class Channel:
     connection error or a timeout it retries the whole step on fresh connections with backoff, which is
     safe because every command of the cycle can be repeated (see page.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_reconnect: Callable[[], None] | None = None) -> None:
         self._wires: dict[int, Wire] = {}
+        self._on_reconnect = on_reconnect  # e.g. read a cluster's slot map again before a retry
 
     def wire(self, pool: ConnectionPool) -> Wire:
         """This channel's connection from `pool`, taken on first use."""
@@ -138,7 +139,16 @@ class Channel:
                     raise
                 log.warning("lost the connection to Redis (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
+                self._reconnecting()
         raise AssertionError("unreachable")
+
+    def _reconnecting(self) -> None:
+        if self._on_reconnect is None:
+            return
+        try:
+            self._on_reconnect()
+        except redis.exceptions.RedisError as exc:  # the retry itself will say what is wrong
+            log.warning("could not prepare the retry: %s", exc)
 
     def close(self) -> None:
         wires, self._wires = list(self._wires.values()), {}

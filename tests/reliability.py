@@ -36,13 +36,14 @@ class Audit:
     missing_dead_letters: int
     still_pending: int
     stray_tweet_keys: int
+    wrongly_dead_lettered: int  # valid tweets in the dead-letter stream
     lost_examples: list[bytes]
     dead_letter_reasons: dict[bytes, int]
 
     @property
     def clean(self) -> bool:
         return not (self.lost or self.corrupted or self.duplicated_dead_letters or self.missing_dead_letters
-                    or self.still_pending or self.stray_tweet_keys)  # fmt: skip
+                    or self.still_pending or self.stray_tweet_keys or self.wrongly_dead_lettered)  # fmt: skip
 
 
 def audit(
@@ -73,12 +74,21 @@ def audit(
     originals = Counter(split_dead_letter(list(fields))[0][b"dlq:original-id"] for _, fields in letters)
     duplicated = sum(count - 1 for count in originals.values() if count > 1)
     missing = len(bad_entry_ids - set(originals))
+    wrongly = len(set(originals) - bad_entry_ids)
     still_pending = sum(1 for row in pending_rows(client, stream, group) if row[1] not in live_consumers)
     all_tweet_keys = {bytes(key) for key in client.scan_iter(match=b"tweet:*", count=5000)}
     stray = len(all_tweet_keys - set(tweets))
     reasons = Counter(split_dead_letter(list(fields))[0][b"dlq:reason"] for _, fields in letters)
     return Audit(
-        lost, corrupted, duplicated, missing, still_pending, stray, sorted(lost_keys)[:3], dict(reasons)
+        lost,
+        corrupted,
+        duplicated,
+        missing,
+        still_pending,
+        stray,
+        wrongly,
+        sorted(lost_keys)[:3],
+        dict(reasons),
     )
 
 
