@@ -108,6 +108,11 @@ class LocalCluster:
             with self.node_client(replica) as client:
                 client.execute_command("CLUSTER", "REPLICATE", self.node_id(master))
 
+    def replica_of(self, master: LocalRedis) -> LocalRedis:
+        """The replica attached to `master` at start (replicas[i] follows masters[i % masters])."""
+        index = self.masters.index(master)
+        return next(r for n, r in enumerate(self.replicas) if n % len(self.masters) == index)
+
     def node_id(self, node: LocalRedis) -> str:
         with self.node_client(node) as client:
             answer = client.execute_command("CLUSTER", "MYID")

@@ -4,6 +4,7 @@ in the middle of a cycle that lose nothing."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -22,9 +23,19 @@ from handler.local_cluster import LocalCluster
 from handler.local_redis import LocalRedis, environment_for
 from handler.settings import MonitorSettings
 from tests import pipeline
-from tests.backlogs import DEAD_LETTER, FAST, GROUP, MONITOR, STREAM, abandon_backlog, drain, pending_count
+from tests.backlogs import (
+    DEAD_LETTER,
+    FAST,
+    GROUP,
+    MONITOR,
+    STREAM,
+    Backlog,
+    abandon_backlog,
+    drain,
+    pending_count,
+)
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
-from tests.pipeline import create_group
+from tests.pipeline import create_group, expected_hash, tweet
 from tests.redis_binaries import BINARIES
 from tests.reliability import SECURITY_CHECKS, audit, record
 from tests.tls import Certificates
@@ -230,3 +241,39 @@ def test_a_tls_cluster_with_an_untrusted_certificate_fails_with_503(
         host.stop()
     assert 503 == answer.status
     assert "certificate verify failed" in failed(answer)
+
+
+def test_writes_no_replica_has_copied_are_not_acknowledged() -> None:
+    """The replica of a node holding tweets is frozen (SIGSTOP), so its master accepts writes that no
+    replica has. The monitor must leave those entries pending (WAIT finds no replica), not acknowledge
+    them: when that master then dies and the stale replica takes over, they are written again.
+
+    The tweets are large (8 KB): what the kernel buffers between master and replica still reaches the
+    replica after SIGCONT, so more than that must be written for the replica to miss some of it."""
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=1) as cluster:
+        client = cluster.client()
+        create_group(client, STREAM, GROUP)
+        entries = [tweet(n, text=f"{n} " + "x" * 8192) for n in range(6000)]
+        pipeline.abandon(client, STREAM, GROUP, entries)
+        backlog = Backlog({b"tweet:" + fields[3]: expected_hash(fields) for fields in entries}, set())
+        stream_master = cluster.master_of(STREAM)
+        victim = next(node for node in cluster.masters if node is not stream_master)
+        frozen = cluster.replica_of(victim)
+        host = FunctionsHost(cluster_env(cluster, stream_master, CYCLE_TIME_BUDGET_SEC="30")).start()
+        try:
+            assert frozen.process is not None
+            frozen.process.send_signal(signal.SIGSTOP)
+            first = completed(host.invoke())  # the slot map still lists the frozen replica
+            victim.stop(kill=True)
+            frozen.process.send_signal(signal.SIGCONT)
+            cluster.wait_for_failover(victim)
+            drain(host, client)
+        finally:
+            if frozen.process is not None:
+                frozen.process.send_signal(signal.SIGCONT)
+            host.stop()
+        assert first["failed"] > 1000, first  # about a third of the tweets live on the victim's slots
+        result = audit(client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad)
+        record("Redis Cluster: writes no replica copied, then their master killed", 1, backlog.size, result)
+        assert result.clean, result
+        client.close()
