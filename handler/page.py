@@ -34,7 +34,7 @@ from handler.wire import Channel, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
-WAIT_FOR_REPLICA_MS = 1000
+WAIT_FOR_REPLICA_MS = 1000  # at most; and at most half the socket timeout, so WAIT never times the socket out
 CLUSTER_CHANGED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 
@@ -63,6 +63,7 @@ class PageSettings:
     min_idle_ms: int
     max_deliveries: int
     dead_letter_maxlen: int = 0
+    wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _finish(
             writes.append((entry_id, decision, fields))
         else:
             outcome.dead.append((entry_id, decision))
-    _write(channel, config.topology, stream_node, writes, outcome, counts)
+    _write(channel, config, stream_node, writes, outcome, counts)
     _acknowledge_and_dead_letter(channel.wire(stream_node.pool), config, outcome, deliveries, counts)
     return counts
 
@@ -165,7 +166,7 @@ def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -
 
 def _write(
     channel: Channel,
-    topology: Topology,
+    config: PageSettings,
     stream_node: Node,
     writes: list[tuple[bytes, bytes, list[bytes]]],
     outcome: _Outcome,
@@ -175,6 +176,7 @@ def _write(
     with replicas, reached one) are acknowledged later."""
     if not writes:
         return
+    topology, wait_ms = config.topology, config.wait_for_replica_ms
     by_node: dict[Node, list[int]] = {}
     for index, (_, key, _) in enumerate(writes):
         by_node.setdefault(topology.node_of(key), []).append(index)
@@ -184,11 +186,11 @@ def _write(
         # The stream's own node replicates the HSETs before the XACK that follows them, in order.
         wait = node is not stream_node and node.replicas > 0
         data = pack_hsets((writes[i][1], writes[i][2]) for i in indices)
-        wire.send(data + pack((b"WAIT", 1, WAIT_FOR_REPLICA_MS)) if wait else data)
+        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data)
         batches.append((node, indices, wire, wait))
     for node, indices, wire, wait in batches:
         results = wire.read(len(indices) + wait)
-        copied = _reached_a_replica(node, results.pop()) if wait else True
+        copied = _reached_a_replica(node, results.pop(), wait_ms) if wait else True
         for index, result in zip(indices, results, strict=True):
             entry_id, key, _ = writes[index]
             if not isinstance(result, Exception):
@@ -206,12 +208,12 @@ def _write(
             log.warning("writing %r failed, left pending for a later cycle: %s", key, message)
 
 
-def _reached_a_replica(node: Node, reply: object) -> bool:
+def _reached_a_replica(node: Node, reply: object, wait_ms: int) -> bool:
     if isinstance(reply, int) and reply >= 1:
         return True
     log.warning(
         "node %s has not copied this page's writes to a replica within %d ms (WAIT answered %r): they "
-        "stay pending for a later cycle", node.name, WAIT_FOR_REPLICA_MS, reply,
+        "stay pending for a later cycle", node.name, wait_ms, reply,
     )  # fmt: skip
     return False
 

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from handler.keys import StreamKeys
-from handler.page import PageCounts, PageSettings, handle_page
+from handler.page import WAIT_FOR_REPLICA_MS, PageCounts, PageSettings, handle_page
 from handler.plan import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
 from handler.settings import MonitorSettings
 from handler.topology import Topology
@@ -72,7 +72,12 @@ class Sweep:
         self._deadline = started + limits.budget_sec
         self._max_messages = limits.max_messages
         self._config = PageSettings(
-            keys, topology, settings.min_idle_ms, settings.MAX_DELIVERIES, settings.DEAD_LETTER_MAXLEN
+            keys,
+            topology,
+            settings.min_idle_ms,
+            settings.MAX_DELIVERIES,
+            settings.DEAD_LETTER_MAXLEN,
+            min(WAIT_FOR_REPLICA_MS, int(settings.REDIS_TIMEOUT_SEC * 1000 / 2)),
         )
         self._pages: queue.Queue[_Page | None] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
