@@ -16,7 +16,7 @@ from handler.settings import MonitorSettings
 from tests.host import STARTED
 from tests.redis_binaries import BINARIES
 from tests.reliability import table
-from tests.tls import certificates, tls_binary  # noqa: F401  (session fixtures, shared by the TLS tests)
+from tests.tls import certificates, tls_binary, tls_cluster  # noqa: F401  (session fixtures for the TLS tests)
 
 ALL_VERSIONS = ["6.0", "6.2", "8.2"]
 

@@ -4,12 +4,11 @@ in the middle of a cycle that lose nothing."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.cluster import RedisCluster
@@ -173,24 +172,6 @@ def test_a_cluster_that_cannot_be_reached_fails_each_invocation_with_503() -> No
     assert "is unavailable" in failed(answers[1])
 
 
-@pytest.fixture(scope="module")
-def tls_cluster(
-    tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
-) -> Iterator[LocalCluster]:
-    """Debian's Redis 7.0.15 as a cluster that speaks only TLS: to clients, on its bus and to replicas."""
-    args = [
-        "--tls-port", "{port}", "--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
-        "--tls-cert-file", str(certificates.server_cert), "--tls-key-file", str(certificates.server_key),
-        "--tls-ca-cert-file", str(certificates.ca), "--tls-auth-clients", "no",
-    ]  # fmt: skip
-    options = {"ssl": True, "ssl_ca_certs": str(certificates.ca)}
-    binary, env = tls_binary
-    with LocalCluster(
-        binary, replicas_per_master=1, extra_args=args, env=env, client_options=options
-    ) as cluster:
-        yield cluster
-
-
 def test_a_tls_cluster_is_served_over_verified_tls_to_every_node(
     tls_cluster: LocalCluster, certificates: Certificates
 ) -> None:
@@ -277,3 +258,29 @@ def test_writes_no_replica_has_copied_are_not_acknowledged() -> None:
         record("Redis Cluster: writes no replica copied, then their master killed", 1, backlog.size, result)
         assert result.clean, result
         client.close()
+
+
+def test_the_operator_commands_work_on_a_cluster(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    create_group(cluster_client, STREAM, GROUP)
+    abandon_backlog(cluster_client, 200, every=100)  # with two poison and two id-less entries
+    env = cluster_env(redis_cluster, redis_cluster.replicas[1])  # REDIS_HOST may be any node, even a replica
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "handler", *args]
+        return subprocess.run(command, env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60)
+
+    check = cli("check")
+    assert 0 == check.returncode, check.stdout
+    assert "cluster of 3 masters" in check.stdout
+    dry = json.loads(cli("reclaim", "--dry-run").stdout)
+    assert (200, {"max-deliveries": 2, "missing-id": 2}) == (dry["would_write"], dry["would_dead_letter"])
+    assert 200 == json.loads(cli("reclaim").stdout)["processed"]
+    status = json.loads(cli("status", "--json").stdout)
+    assert (0, 4) == (status["pending"], status["dead_letter_length"])
+    letters = json.loads(cli("dead-letter", "list", "--json").stdout)
+    assert 4 == len(letters)
+    replayed = cli("dead-letter", "replay", "--all")
+    assert 0 == replayed.returncode, replayed.stderr
+    assert 0 == json.loads(cli("status", "--json").stdout)["dead_letter_length"]

@@ -25,12 +25,15 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from handler.connect import Client
 from handler.entra_id import REDIS_RESOURCE
+from handler.local_cluster import LocalCluster
 from handler.local_redis import LocalRedis, environment_for
 from handler.settings import MonitorSettings
 from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, tweet
 from tests.reliability import SECURITY_CHECKS
+from tests.tls import Certificates
 
 TOKEN_LIFETIME_SEC = 4  # renewed at 70 %: after 2.8 s
 IDENTITY_OID = "5f1c2a3e-0000-4000-8000-00000000c0de"
@@ -45,7 +48,7 @@ NAMES = {"STREAM_NAME": "tweets_stream", "STREAM_CONSUMER_GROUP_NAME": "redisear
 class IdentityEndpoint:
     """A fake of the platform's managed-identity endpoint, backed by a real Redis ACL."""
 
-    redis_client: redis.Redis
+    servers: list[redis.Redis]  # every server that must accept the tokens (each node of a cluster)
     issued: list[tuple[float, str]] = field(default_factory=list)  # (time issued, token)
     refused: list[str] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
@@ -62,14 +65,18 @@ class IdentityEndpoint:
         token = jwt.encode({"oid": IDENTITY_OID, "aud": REDIS_RESOURCE, "iat": int(now), "exp": expires},
                            SIGNING_KEY, algorithm="HS256")  # fmt: skip
         # Azure's Redis accepts any valid token of the identity; here each one becomes a password.
-        self.redis_client.acl_setuser(IDENTITY_OID, enabled=True, passwords=[f"+{token}"], keys=["*"],
-                                      commands=["+@all"])  # fmt: skip
+        for server in self.servers:
+            server.acl_setuser(IDENTITY_OID, enabled=True, passwords=[f"+{token}"], keys=["*"],
+                               commands=["+@all"])  # fmt: skip
         self.issued.append((now, token))
         return 200, {"access_token": token, "expires_on": str(expires), "resource": REDIS_RESOURCE,
                      "token_type": "Bearer", "client_id": CLIENT_ID}  # fmt: skip
 
     def revoke(self, token: str) -> None:
-        self.redis_client.acl_setuser(IDENTITY_OID, passwords=[f"-{token}"])
+        """The token is no good any more, and connections must be made afresh."""
+        for server in self.servers:
+            server.acl_setuser(IDENTITY_OID, passwords=[f"-{token}"])
+            server.client_kill_filter(user=IDENTITY_OID)
 
     def start(self) -> str:
         endpoint = self
@@ -98,48 +105,80 @@ class IdentityEndpoint:
             self.server.server_close()
 
 
+@dataclass
+class Target:
+    """Where the monitor signs in: its settings, the servers to administer, a client for the data."""
+
+    env: dict[str, str]
+    servers: list[redis.Redis]
+    data: Client
+
+
+@pytest.fixture(params=["one node", "TLS cluster"])
+def target(request: pytest.FixtureRequest, certificates: Certificates) -> Iterator[Target]:
+    if request.param == "one node":
+        server: LocalRedis = request.getfixturevalue("redis_8")
+        client = server.client()
+        client.flushall()
+        yield Target(environment_for(server), [client], client)
+        client.close()
+        return
+    cluster: LocalCluster = request.getfixturevalue("tls_cluster")
+    data = cluster.client()
+    data.flushall()
+    tls = {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(certificates.ca)}
+    servers = [cluster.node_client(node) for node in cluster.nodes]
+    yield Target(environment_for(cluster.masters[0], **tls), servers, data)
+    data.close()
+
+
 @pytest.fixture
-def identity(client8: redis.Redis) -> Iterator[IdentityEndpoint]:
-    endpoint = IdentityEndpoint(client8)
+def identity(target: Target) -> Iterator[IdentityEndpoint]:
+    endpoint = IdentityEndpoint(target.servers)
     yield endpoint
     endpoint.stop()
-    client8.acl_deluser(IDENTITY_OID)
+    for server in target.servers:
+        server.acl_deluser(IDENTITY_OID)
+        server.close()
 
 
-def auth_calls(client: redis.Redis) -> int:
-    stats: Any = client.info("commandstats")
-    return int(stats.get("cmdstat_auth", {}).get("calls", 0))
+def auth_calls(servers: list[redis.Redis]) -> int:
+    total = 0
+    for server in servers:
+        stats: Any = server.info("commandstats")
+        total += int(stats.get("cmdstat_auth", {}).get("calls", 0))
+    return total
 
 
-def monitor_connections(client: redis.Redis) -> list[dict[str, Any]]:
-    return [c for c in client.client_list() if c.get("name") == "tweets-monitor"]
+def monitor_users(servers: list[redis.Redis]) -> set[str]:
+    return {
+        c["user"] for server in servers for c in server.client_list() if c.get("name") == "tweets-monitor"
+    }
 
 
 def test_the_handler_signs_in_with_entra_id_tokens_and_renews_them(
-    redis_8: LocalRedis, client8: redis.Redis, identity: IdentityEndpoint
+    target: Target, identity: IdentityEndpoint
 ) -> None:
     url = identity.start()
-    create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
-    abandon(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], [tweet(n) for n in range(50)])
-    env = environment_for(
-        redis_8, MIN_IDLE_TIME_SEC="10", REDIS_AUTH="managed-identity", AZURE_CLIENT_ID=CLIENT_ID,
-        IDENTITY_ENDPOINT=url, IDENTITY_HEADER=HEADER_SECRET, **NAMES,
-    )  # fmt: skip
+    stream, group = NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"]
+    create_group(target.data, stream, group)
+    abandon(target.data, stream, group, [tweet(n) for n in range(50)])
+    env = {
+        **target.env, "MIN_IDLE_TIME_SEC": "10", "REDIS_AUTH": "managed-identity",
+        "AZURE_CLIENT_ID": CLIENT_ID, "IDENTITY_ENDPOINT": url, "IDENTITY_HEADER": HEADER_SECRET, **NAMES,
+    }  # fmt: skip
     host = FunctionsHost(env).start()
     try:
         assert 50 == completed(host.invoke())["processed"], host.stderr
-        connections = monitor_connections(client8)
-        assert connections and {IDENTITY_OID} == {c["user"] for c in connections}  # signed in as the identity
+        assert {IDENTITY_OID} == monitor_users(target.servers)  # signed in as the identity, everywhere
         first_issued, first_token = identity.issued[0]
-        auth_before = auth_calls(client8)
+        auth_before = auth_calls(target.servers)
         time.sleep(TOKEN_LIFETIME_SEC * 0.7 + 1.0)  # past the renewal point, before a second renewal
         renewed = [issued for issued, token in identity.issued if token != first_token]
         assert renewed and renewed[0] < first_issued + TOKEN_LIFETIME_SEC  # renewed before it expired
-        assert auth_calls(client8) > auth_before  # the open connections re-authenticated with the new token
-        identity.revoke(first_token)  # the first token is no good any more
-        client8.client_kill_filter(user=IDENTITY_OID)  # and connections must be made afresh
-        abandon(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"],
-                [tweet(n) for n in range(50, 80)])  # fmt: skip
+        assert auth_calls(target.servers) > auth_before  # open connections re-authenticated with the new one
+        identity.revoke(first_token)
+        abandon(target.data, stream, group, [tweet(n) for n in range(50, 80)])
         answer = host.invoke()
         assert 200 == answer.status, answer.body
         assert 30 == completed(answer)["processed"]
@@ -148,10 +187,11 @@ def test_the_handler_signs_in_with_entra_id_tokens_and_renews_them(
     assert [] == identity.refused
     assert HEADER_SECRET not in host.stdout + host.stderr
     assert all(token not in host.stdout + host.stderr for _, token in identity.issued)
+    where = "a TLS cluster (every node)" if len(target.servers) > 1 else "one node"
     SECURITY_CHECKS.append(
-        f"Entra ID: signed in with managed-identity tokens ({TOKEN_LIFETIME_SEC} s lifetime) from the "
-        "platform's identity endpoint, renewed before expiry with connections re-authenticated; no "
-        "token in any output"
+        f"Entra ID on {where}: signed in with managed-identity tokens ({TOKEN_LIFETIME_SEC} s lifetime) from "
+        "the platform's identity endpoint, renewed before expiry with connections re-authenticated; no token "
+        "in any output"
     )
 
 

@@ -4,11 +4,13 @@ Debian's redis-server 7.0.15 (the one build here with TLS)."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from handler.local_cluster import LocalCluster
 from handler.local_redis import LocalRedis, free_port
 from tests.redis_binaries import debian_redis_with_tls
 
@@ -118,3 +120,21 @@ def tls_server(
     ]
     probe = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
     return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(
+    tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
+) -> Iterator[LocalCluster]:
+    """Debian's Redis 7.0.15 as a cluster that speaks only TLS: to clients, on its bus and to replicas."""
+    args = [
+        "--tls-port", "{port}", "--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
+        "--tls-cert-file", str(certificates.server_cert), "--tls-key-file", str(certificates.server_key),
+        "--tls-ca-cert-file", str(certificates.ca), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    options = {"ssl": True, "ssl_ca_certs": str(certificates.ca)}
+    binary, env = tls_binary
+    with LocalCluster(
+        binary, replicas_per_master=1, extra_args=args, env=env, client_options=options
+    ) as cluster:
+        yield cluster
