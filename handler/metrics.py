@@ -20,7 +20,7 @@ from handler.connect import RedisConnection, command
 from handler.cycle import CycleSummary
 from handler.keys import StreamKeys
 from handler.settings import MonitorSettings
-from handler.streams import find_streams
+from handler.streams import StreamFinder
 
 log = logging.getLogger(__name__)
 ENTRY_COUNTS = ("claimed", "processed", "deleted", "dead_lettered", "failed")
@@ -32,6 +32,7 @@ class _GroupGauges(Collector):
     def __init__(self, connection: RedisConnection, settings: MonitorSettings) -> None:
         self._connection = connection
         self._settings = settings
+        self._finder = StreamFinder(settings)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["stream"]
@@ -48,7 +49,7 @@ class _GroupGauges(Collector):
         )
         try:
             client = self._connection.client()
-            for stream in find_streams(client, self._settings):
+            for stream in self._finder.find(client):
                 keys = StreamKeys.from_settings(self._settings, stream)
                 summary = command(client, "XPENDING", keys.stream, keys.group)
                 oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)

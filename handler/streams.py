@@ -27,10 +27,31 @@ from handler.sweep import Limits
 log = logging.getLogger(__name__)
 
 SCAN_COUNT = 1000
+# SCAN walks the whole keyspace (millions of tweet hashes) to find a few streams: a pattern is expanded
+# again at most this often, so a new shard is picked up within a minute.
+RESCAN_AFTER_SEC = 60.0
 DEAD_LETTER_SUFFIX = ":dead-letter"
 # When streams stop for different reasons, the summary reports the first of these that any stream gave.
 STOP_PRECEDENCE = ("signal", "budget", "cap", "lease-lost", "end", "empty", "skipped")
 COUNTED = ("pending", "claimed", "processed", "deleted", "dead_lettered", "failed", "pages")
+
+
+class StreamFinder:
+    """find_streams, remembered for RESCAN_AFTER_SEC when STREAM_NAME has a pattern."""
+
+    def __init__(self, settings: MonitorSettings, rescan_after_sec: float = RESCAN_AFTER_SEC) -> None:
+        self._settings = settings
+        self._rescan_after_sec = rescan_after_sec
+        self._found: list[str] = []
+        self._found_at: float | None = None
+
+    def find(self, client: Client) -> list[str]:
+        if not any(is_pattern(item) for item in self._settings.stream_names):
+            return list(self._settings.stream_names)
+        now = time.monotonic()
+        if self._found_at is None or now - self._found_at >= self._rescan_after_sec:
+            self._found, self._found_at = find_streams(client, self._settings), now
+        return list(self._found)
 
 
 def find_streams(client: Client, settings: MonitorSettings) -> list[str]:
@@ -74,10 +95,11 @@ class StreamsCycle:
         self._connection = connection
         self._settings = settings
         self._cycles: dict[str, ReclaimCycle] = {}
+        self._finder = StreamFinder(settings)
         self._turn = random.randrange(1_000_000)  # a fresh process (the CLI) must not always start at 0
 
     def streams(self) -> list[str]:
-        return find_streams(self._connection.client(), self._settings)
+        return self._finder.find(self._connection.client())
 
     def run(self, should_stop: Callable[[], bool] = never) -> CycleSummary:
         if self._settings.stream_names == (self._settings.STREAM_NAME,) and not is_pattern(

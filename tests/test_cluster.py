@@ -98,15 +98,24 @@ def test_the_monitors_own_keys_live_in_the_streams_slot(
 def test_the_handler_serves_a_cluster_through_the_host(
     redis_cluster: LocalCluster, cluster_client: RedisCluster
 ) -> None:
-    create_group(cluster_client, STREAM, GROUP)
-    backlog = abandon_backlog(cluster_client, 2000)
-    host = FunctionsHost(cluster_env(redis_cluster, redis_cluster.replicas[0])).start()  # any node will do
+    one_invocation_writes_every_tweet(
+        cluster_client,
+        cluster_env(redis_cluster, redis_cluster.replicas[0]),
+        2000,  # any node will do
+    )
+
+
+def one_invocation_writes_every_tweet(client: RedisCluster, env: dict[str, str], size: int) -> None:
+    """A backlog of `size` tweets (and some poison), one timer invocation through the host, an audit."""
+    create_group(client, STREAM, GROUP)
+    backlog = abandon_backlog(client, size)
+    host = FunctionsHost(env).start()
     try:
         answer = completed(host.invoke())
     finally:
         host.stop()
-    assert 2000 == answer["processed"]
-    assert audit(cluster_client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad).clean
+    assert size == answer["processed"]
+    assert audit(client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad).clean
 
 
 def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -177,16 +186,8 @@ def test_a_tls_cluster_is_served_over_verified_tls_to_every_node(
 ) -> None:
     client = tls_cluster.client()
     client.flushall()
-    create_group(client, STREAM, GROUP)
-    backlog = abandon_backlog(client, 3000)
     tls = {"REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(certificates.ca)}
-    host = FunctionsHost(cluster_env(tls_cluster, tls_cluster.masters[1], **tls)).start()
-    try:
-        answer = completed(host.invoke())
-    finally:
-        host.stop()
-    assert 3000 == answer["processed"]
-    assert audit(client, STREAM, GROUP, DEAD_LETTER, backlog.tweets, backlog.bad).clean
+    one_invocation_writes_every_tweet(client, cluster_env(tls_cluster, tls_cluster.masters[1], **tls), 3000)
     # The monitor's own client, as the handler builds it: a cluster client whose every node pool verifies.
     settings = cluster_settings(tls_cluster, **tls)
     monitor = connect(settings)

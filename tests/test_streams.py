@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from handler.errors import SettingsError, StreamOrGroupMissingError
 from handler.local_cluster import LocalCluster
 from handler.local_redis import LocalRedis, environment_for
 from handler.settings import MonitorSettings
-from handler.streams import StreamsCycle
+from handler.streams import StreamFinder, StreamsCycle
 from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 
@@ -155,3 +156,15 @@ def test_shards_spread_over_a_cluster_are_all_swept(
                               STREAM_CONSUMER_GROUP_NAME=GROUP, MONITORING_CONSUMER_NAME=MONITOR,
                               MIN_IDLE_TIME_SEC="10"))  # fmt: skip
     assert sorted(SHARDS) == sorted(json.loads(done.stdout)["streams"])
+
+
+def test_a_pattern_is_expanded_again_only_after_a_while(redis_8: LocalRedis, client8: redis.Redis) -> None:
+    """SCAN walks every key: the expansion is remembered, and a new shard appears at the next rescan."""
+    shard_backlog(client8, [1])
+    settings = settings_for(redis_8.address, "tweets_stream:*")
+    finder = StreamFinder(settings, rescan_after_sec=0.3)
+    assert ["tweets_stream:0"] == finder.find(client8)
+    create_group(client8, "tweets_stream:1", GROUP)
+    assert ["tweets_stream:0"] == finder.find(client8)
+    time.sleep(0.35)
+    assert ["tweets_stream:0", "tweets_stream:1"] == finder.find(client8)
