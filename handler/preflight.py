@@ -21,6 +21,7 @@ from handler.errors import MonitorError
 from handler.keys import StreamKeys
 from handler.settings import MonitorSettings
 from handler.status import find_group
+from handler.streams import find_streams
 
 # Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
 NEEDED_COMMANDS = [
@@ -53,10 +54,11 @@ class Check:
 
 
 def run_checks(settings: MonitorSettings) -> Iterator[Check]:
-    """Settings were loaded already (or the command exited 2); the rest stops at the first Redis failure."""
-    keys = StreamKeys.from_settings(settings)
+    """Settings were loaded already (or the command exited 2); the rest stops at the first Redis failure.
+    With several streams (STREAM_NAME lists them or a pattern), each stream is checked."""
     host, port = settings.redis_address
-    yield Check("settings", True, f"Redis {host}:{port}, stream '{keys.stream}', group '{keys.group}'")
+    group = settings.STREAM_CONSUMER_GROUP_NAME
+    yield Check("settings", True, f"Redis {host}:{port}, stream '{settings.STREAM_NAME}', group '{group}'")
     try:
         client = make_client(settings)
     except redis.exceptions.AuthenticationError as exc:
@@ -66,13 +68,21 @@ def run_checks(settings: MonitorSettings) -> Iterator[Check]:
         yield Check("connectivity", False, f"cannot reach {host}:{port}: {exc}")
         return
     try:
-        yield from _checks_on(client, settings, keys)
+        yield from _checks_on(client, settings)
     finally:
         client.close()
 
 
-def _checks_on(client: Client, settings: MonitorSettings, keys: StreamKeys) -> Iterator[Check]:
-    stream_node = node_of(client, keys.stream)
+def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
+    try:
+        streams = find_streams(client, settings)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
+        yield Check("connectivity", False, f"cannot list the streams: {exc}")
+        return
+    if not streams:
+        yield Check("stream and group", False, f"no stream matches '{settings.STREAM_NAME}'")
+        return
+    stream_node = node_of(client, streams[0])
     try:
         stream_node.ping()
     except redis.exceptions.AuthenticationError as exc:
@@ -92,8 +102,10 @@ def _checks_on(client: Client, settings: MonitorSettings, keys: StreamKeys) -> I
     yield Check("authentication", True, f"as user '{who}'")
     version = str(stream_node.info("server").get("redis_version", "unknown"))
     yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
-    yield _stream_and_group(client, keys)
-    yield _permissions(stream_node, keys, who, version)
+    for stream in streams:
+        keys = StreamKeys.from_settings(settings, stream)
+        yield _stream_and_group(client, keys)
+        yield _permissions(node_of(client, stream), keys, who, version)
 
 
 def host_of(client: redis.Redis) -> str:

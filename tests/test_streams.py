@@ -129,15 +129,28 @@ def test_the_host_gets_per_stream_summaries_and_metrics(redis_8: LocalRedis, cli
     assert 'tweets_monitor_pending_entries{stream="tweets_stream:1"} 0.0' in metrics
 
 
-def test_per_stream_commands_ask_for_one_stream(redis_8: LocalRedis) -> None:
+def test_check_covers_every_stream_and_per_stream_commands_ask_for_one(
+    redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    shard_backlog(client8, [1, 1])
     env = environment_for(
         redis_8, STREAM_NAME="tweets_stream:*", STREAM_CONSUMER_GROUP_NAME=GROUP,
         MONITORING_CONSUMER_NAME=MONITOR, MIN_IDLE_TIME_SEC="10",
     )  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "handler", "status"], env=env, cwd=APP_ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert 2 == done.returncode
-    assert "this command works on one stream" in done.stderr
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "handler", *args]
+        return subprocess.run(command, env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60)
+
+    check = cli("check")
+    assert 0 == check.returncode, check.stdout
+    for shard in SHARDS[:2]:
+        assert f"PASS  stream and group: stream '{shard}' has group '{GROUP}'" in check.stdout
+    for command in (["status"], ["reclaim", "--dry-run"], ["dead-letter", "list"]):
+        done = cli(*command)
+        assert 2 == done.returncode, command
+        assert "this command works on one stream" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_shards_spread_over_a_cluster_are_all_swept(
