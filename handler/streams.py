@@ -111,6 +111,12 @@ class StreamsCycle:
             names = self.streams()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise unavailable(self._settings, exc) from exc
+        if not names:
+            summary = CycleSummary(
+                stopped_by="skipped", skipped=f"no stream matches '{self._settings.STREAM_NAME}'"
+            )
+            log.warning(summary.log_line())
+            return summary
         summaries = self._sweep(names, should_stop, started)
         summary = _total(summaries, started)
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})

@@ -181,3 +181,9 @@ def test_a_pattern_is_expanded_again_only_after_a_while(redis_8: LocalRedis, cli
     assert ["tweets_stream:0"] == finder.find(client8)
     time.sleep(0.35)
     assert ["tweets_stream:0", "tweets_stream:1"] == finder.find(client8)
+
+
+def test_a_pattern_that_matches_nothing_says_so(redis_8: LocalRedis, client8: redis.Redis) -> None:
+    settings = settings_for(redis_8.address, "no_such_stream:*")
+    summary = StreamsCycle(RedisConnection(settings, connect(settings)), settings).run()
+    assert ("skipped", "no stream matches 'no_such_stream:*'") == (summary.stopped_by, summary.skipped)
