@@ -38,9 +38,17 @@ DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test",
                     "ossaudiodev", "readline", "_sqlite3", "_dbm", "_gdbm", "spwd", "audioop")  # fmt: skip
 LAUNCHER = """#!/bin/sh
 # Starts the handler with the Python and C library bundled beside this script (deploy/build_artifact.py).
+# (This text is a str.format template: doubled braces are single braces in the script.)
 here=$(cd "$(dirname "$0")" && pwd)
-export PYTHONHOME="$here/runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
 runtime="$here/runtime"
+export PYTHONHOME="$runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+# TLS: the image's CA bundle (kept current by the platform), else the one certifi ships in app/.
+if [ -z "${{SSL_CERT_FILE:-}}" ]; then
+    for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt \\
+            "$here/app/certifi/cacert.pem"; do
+        if [ -f "$bundle" ]; then export SSL_CERT_FILE="$bundle"; break; fi
+    done
+fi
 exec "$runtime/lib/{loader}" --library-path "$runtime/lib" "$runtime/bin/{python}" -m handler "$@"
 """
 FUNCIGNORE = """# Everything here is needed at run time; keep local-only files out of the upload.
@@ -82,9 +90,10 @@ def _left_out(folder: str, names: list[str]) -> set[str]:
 
 def _install_dependencies(app: Path) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # certifi: the CA bundle of last resort, for an image without one (see LAUNCHER).
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-         "--only-binary=:all:", "--target", str(app), *project["dependencies"]],
+         "--only-binary=:all:", "--target", str(app), *project["dependencies"], "certifi"],
         check=True,
     )  # fmt: skip
     for junk in app.glob("bin"):

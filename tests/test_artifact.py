@@ -19,6 +19,7 @@ from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 from tests.redis_binaries import CACHE, ensure_debian_tool
 from tests.reliability import DEPLOY_FACTS
+from tests.tls import Certificates, tls_server
 
 BULLSEYE = CACHE / "bullseye-root"
 MIRROR = "http://deb.debian.org/debian"
@@ -39,6 +40,8 @@ def bullseye_root() -> Path:
             check=True, capture_output=True,
         )  # fmt: skip
         partial.rename(BULLSEYE)
+    # Every real image names localhost in /etc/hosts; debootstrap leaves the file out.
+    (BULLSEYE / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
     return BULLSEYE
 
 
@@ -87,7 +90,8 @@ def test_the_artifact_answers_readiness_and_a_timer_invocation_in_bullseye(
     create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
     entries = [tweet(n) for n in range(200)]
     abandon(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], entries)
-    env = environment_for(redis_8, MIN_IDLE_TIME_SEC="10", **NAMES)
+    # A host name, resolved by the bundled glibc from the root's /etc/hosts.
+    env = environment_for(redis_8, MIN_IDLE_TIME_SEC="10", REDIS_HOST=f"localhost:{redis_8.port}", **NAMES)
     env.pop("PYTHONPATH", None)
     host = FunctionsHost(env, launch=host_command(bullseye_root, installed))
     try:
@@ -109,3 +113,41 @@ def test_the_artifact_answers_readiness_and_a_timer_invocation_in_bullseye(
         f"readiness probe in {min(started):.2f}-{max(started):.2f} s from process start (3 starts) and "
         "completed a timer invocation (200 tweets)"
     )
+
+
+def test_the_artifact_speaks_verified_tls_in_bullseye(
+    bullseye_root: Path, installed: Path, tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
+) -> None:
+    server = tls_server(
+        tls_binary, certificates.server_cert, certificates.server_key, certificates.ca, "TLSv1.2 TLSv1.3"
+    )
+    client = server.client(ssl=True, ssl_ca_certs=str(certificates.ca))
+    try:
+        create_group(client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+        abandon(
+            client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], [tweet(n) for n in range(20)]
+        )
+        shutil.copy(certificates.ca, installed / "ca.pem")
+        env = environment_for(
+            server, REDIS_HOST=f"localhost:{server.port}", REDIS_TLS="true",
+            REDIS_TLS_CA_FILE=f"{APP_ROOT_INSIDE}/ca.pem", MIN_IDLE_TIME_SEC="10", **NAMES,
+        )  # fmt: skip
+        host = FunctionsHost(env, launch=host_command(bullseye_root, installed)).start()
+        try:
+            assert 20 == completed(host.invoke())["processed"], host.stderr
+        finally:
+            host.stop()
+    finally:
+        client.close()
+        server.cleanup()
+
+
+def test_without_a_system_ca_bundle_the_launcher_uses_certifis(bullseye_root: Path, installed: Path) -> None:
+    """A minimal image may have no CA bundle: TLS must still verify Azure's certificates, with certifi's."""
+    assert not (bullseye_root / "etc" / "ssl" / "certs" / "ca-certificates.crt").exists()
+    script = f"cd {APP_ROOT_INSIDE} && sh -x ./{EXECUTABLE} --help"
+    clean = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # as the platform starts it: no SSL_CERT_FILE
+    traced = subprocess.run(["chroot", str(bullseye_root), "/bin/sh", "-c", script], capture_output=True,
+                            text=True, timeout=60, env=clean)  # fmt: skip
+    assert 0 == traced.returncode, traced.stderr
+    assert f"export SSL_CERT_FILE={APP_ROOT_INSIDE}/app/certifi/cacert.pem" in traced.stderr
