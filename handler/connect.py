@@ -116,8 +116,9 @@ def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableEr
     return RedisUnavailableError(f"Redis at {host}:{port} is unavailable ({type(exc).__name__}: {exc})")
 
 
-def make_client(settings: MonitorSettings) -> Client:
-    """The client REDIS_CLUSTER asks for; `detect` costs one INFO on the first node."""
+def connect(settings: MonitorSettings) -> Client:
+    """The client REDIS_CLUSTER asks for, now; `detect` costs one INFO on the first node. Raises
+    RedisUnavailableError when Redis cannot be reached."""
     mode = settings.REDIS_CLUSTER
     try:
         cluster = mode == "on" or (mode == "detect" and is_cluster_node(settings))
@@ -139,17 +140,12 @@ def make_client(settings: MonitorSettings) -> Client:
     return client
 
 
-def node_of(client: Client, key: str) -> redis.Redis:
+def server_holding(client: Client, key: str) -> redis.Redis:
     """A plain client for the node holding `key` (the client itself on a single node), for per-server
     questions such as INFO, ACL WHOAMI or ACL DRYRUN."""
     if isinstance(client, RedisCluster):
         return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-untyped-call]
     return client
-
-
-def connect(settings: MonitorSettings) -> Client:
-    """A client now (the CLI); raises RedisUnavailableError when Redis cannot be reached."""
-    return make_client(settings)
 
 
 class RedisConnection:
@@ -167,7 +163,7 @@ class RedisConnection:
     def client(self) -> Client:
         with self._lock:
             if self._client is None:
-                self._client = make_client(self._settings)
+                self._client = connect(self._settings)
             return self._client
 
     def refresh(self) -> None:

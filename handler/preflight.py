@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from handler.connect import Client, command, make_client, node_of
+from handler.connect import Client, command, connect, server_holding
 from handler.errors import MonitorError
 from handler.keys import StreamKeys
 from handler.settings import MonitorSettings
@@ -60,7 +60,7 @@ def run_checks(settings: MonitorSettings) -> Iterator[Check]:
     group = settings.STREAM_CONSUMER_GROUP_NAME
     yield Check("settings", True, f"Redis {host}:{port}, stream '{settings.STREAM_NAME}', group '{group}'")
     try:
-        client = make_client(settings)
+        client = connect(settings)
     except redis.exceptions.AuthenticationError as exc:
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
@@ -82,7 +82,7 @@ def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
     if not streams:
         yield Check("stream and group", False, f"no stream matches '{settings.STREAM_NAME}'")
         return
-    stream_node = node_of(client, streams[0])
+    stream_node = server_holding(client, streams[0])
     try:
         stream_node.ping()
     except redis.exceptions.AuthenticationError as exc:
@@ -105,7 +105,7 @@ def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
     for stream in streams:
         keys = StreamKeys.from_settings(settings, stream)
         yield _stream_and_group(client, keys)
-        yield _permissions(node_of(client, stream), keys, who, version)
+        yield _permissions(server_holding(client, stream), keys, who, version)
 
 
 def host_of(client: redis.Redis) -> str:
