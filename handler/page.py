@@ -2,8 +2,9 @@
 
 Every command here is safe to repeat after a lost reply: a repeated XCLAIM finds the entries no longer idle
 and returns nothing (they stay pending under this consumer and come back after min-idle); HSET of the same
-fields and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter script checks ownership and
-pending state before it changes anything.
+fields, WAIT and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter script checks ownership
+and pending state before it changes anything. So a page is retried step by step: the claim, then the
+writes and acknowledgements with the claimed entries in hand.
 
 On a cluster the tweet hashes live on other nodes than the stream. Each node's writes go out as one batch,
 all nodes at once, and a node that has replicas is asked to WAIT for one of them before the entries are
