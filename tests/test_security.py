@@ -20,6 +20,7 @@ from handler.connect import connect
 from handler.local_redis import LocalRedis, environment_for, free_port
 from handler.settings import MonitorSettings
 from tests import pipeline
+from tests.acl import ACL_RULE
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import age, crash_after_reading, create_group, produce, tweet, tweet_keys
 from tests.reliability import SECURITY_CHECKS
@@ -31,13 +32,6 @@ NAMES = {
     "STREAM_CONSUMER_GROUP_NAME": GROUP,
     "MONITORING_CONSUMER_NAME": "monitoring_app",
 }
-# The least-privilege rule the README documents: the commands the monitor sends (XADD, PEXPIRE and XRANGE also
-# run inside its Lua scripts) and the keys it touches. `-@all` first: nothing else is allowed.
-ACL_RULE = (
-    "on >{password} resetkeys ~tweets_stream ~{{tweets_stream}}:* ~tweet:* resetchannels -@all "
-    "+xpending +xclaim +xack +xrange +xadd +hset +eval +get +set +del +pexpire +ping +client|setname "
-    "+info +cluster|slots +wait"
-)
 
 
 def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,10 @@
+"""The least-privilege ACL rule the README documents, as the tests apply it."""
+
+# The commands the monitor sends (XADD, PEXPIRE and XRANGE also run inside its Lua scripts) and the keys it
+# touches. `-@all` first: nothing else is allowed. On a cluster, redis-py reads the command table (COMMAND)
+# and the slot map (CLUSTER SLOTS) when it connects, and the cycle WAITs for replicas.
+ACL_RULE = (
+    "on >{password} resetkeys ~tweets_stream ~{{tweets_stream}}:* ~tweet:* resetchannels -@all "
+    "+xpending +xclaim +xack +xrange +xadd +hset +eval +get +set +del +pexpire +ping +client|setname "
+    "+info +command +cluster|slots +wait"
+)
