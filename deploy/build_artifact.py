@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import platform
 import py_compile
 import re
 import shutil
@@ -31,7 +32,7 @@ LOADER = "ld-linux-x86-64.so.2"
 EXECUTABLE = "tweets-monitor"
 # Parts of the standard library a headless service never imports.
 STDLIB_LEFT_OUT = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
-                   "pydoc_data", "__pycache__", "config-3.11-x86_64-linux-gnu"}  # fmt: skip
+                   "pydoc_data", "__pycache__", f"config-{PYTHON_VERSION[6:]}-x86_64-linux-gnu"}  # fmt: skip
 # Extension modules for a desktop, a terminal or CPython's own tests, and the system libraries they would
 # drag in (Tk, X11, ncurses, SQLite, NIS).
 DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test", "_curses", "nis",
@@ -57,7 +58,18 @@ local.settings.json
 """
 
 
+class BuildError(RuntimeError):
+    pass
+
+
 def build(out: Path) -> Path:
+    # The folder carries this machine's interpreter and C library: it must be the platform's (Linux x86_64).
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        raise BuildError(
+            f"build on Linux x86_64, the Functions platform (this is {sys.platform} {platform.machine()})"
+        )
+    if sys.version_info[:2] != (3, 11):
+        raise BuildError(f"build with Python 3.11 (this is {sys.version.split()[0]})")
     if out.exists():
         shutil.rmtree(out)
     runtime, app = out / "runtime", out / "app"
@@ -157,7 +169,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=ROOT / "dist" / "functionapp")
     args = parser.parse_args()
-    out = build(args.out.resolve())
+    try:
+        out = build(args.out.resolve())
+    except BuildError as exc:
+        print(f"build-artifact: {exc}", file=sys.stderr)
+        return 2
     print(f"built {out} ({size_mb(out):.1f} MB); publish it with:")
     print(f"  cd {out} && func azure functionapp publish <function-app-name>")
     return 0
