@@ -1,9 +1,10 @@
 """Several streams under one group: STREAM_NAME lists names (`tweets_stream:0,tweets_stream:1`) or glob
 patterns (`tweets_stream:*`), found with SCAN on every node.
 
-One invocation sweeps them all within its budget, fairly: streams take turns going first (the order
-rotates every invocation), and each stream may use an equal share of the time still left, so a stream
-with little to do hands its unused time to the ones after it. Each stream keeps its own lease, cursor
+One invocation sweeps them all within its budget, fairly: in rounds, each stream with work left may use an
+equal slice of the time left when the round began, and what a stream leaves unused (it had little to do,
+or stopped early to stay inside its slice) is shared out again in the next round. The order rotates
+every invocation. Each stream keeps its own lease, cursor
 and dead-letter stream (all in its own hash slot).
 """
 
@@ -30,6 +31,7 @@ SCAN_COUNT = 1000
 # SCAN walks the whole keyspace (millions of tweet hashes) to find a few streams: a pattern is expanded
 # again at most this often, so a new shard is picked up within a minute.
 RESCAN_AFTER_SEC = 60.0
+MIN_SLICE_SEC = 0.01  # below this a stream's turn would end before its first page
 DEAD_LETTER_SUFFIX = ":dead-letter"
 # When streams stop for different reasons, the summary reports the first of these that any stream gave.
 STOP_PRECEDENCE = ("signal", "budget", "cap", "lease-lost", "end", "empty", "skipped")
@@ -125,35 +127,57 @@ class StreamsCycle:
     def _sweep(
         self, names: list[str], should_stop: Callable[[], bool], started: float
     ) -> dict[str, CycleSummary]:
+        """Rounds over the streams with work left: in each, every stream may use an equal slice of the time
+        left when the round began; what a stream leaves unused goes to everyone in the next round."""
         settings = self._settings
         deadline = started + settings.CYCLE_TIME_BUDGET_SEC
         messages_left = settings.CYCLE_MAX_MESSAGES
-        order = _rotated(names, self._turn)
+        active = _rotated(names, self._turn)
         self._turn += 1
         summaries: dict[str, CycleSummary] = {}
         failures: list[str] = []
-        for position, name in enumerate(order):
-            time_left = deadline - time.monotonic()
-            if should_stop() or time_left <= 0 or messages_left <= 0:
-                reason = "signal" if should_stop() else "budget" if time_left <= 0 else "cap"
-                summaries[name] = CycleSummary(stopped_by=reason, skipped=f"not reached: {reason}")
-                continue
-            share = Limits(time_left / (len(order) - position), messages_left)
-            try:
-                summary = self._cycle(name).run(should_stop, share)
-            except StreamOrGroupMissingError as exc:
-                if name in settings.stream_names:
-                    failures.append(f"{name}: {exc}")
-                    summary = CycleSummary(stopped_by="skipped", skipped=str(exc))
-                else:  # found by a pattern: a stream of another pipeline, without our group
-                    summary = CycleSummary(
-                        stopped_by="skipped", skipped=f"no group '{settings.STREAM_CONSUMER_GROUP_NAME}'"
+        while active:
+            round_left = deadline - time.monotonic()
+            slice_sec = round_left / len(active)
+            if should_stop() or slice_sec < MIN_SLICE_SEC or messages_left <= 0:
+                reason = "signal" if should_stop() else "cap" if messages_left <= 0 else "budget"
+                for name in active:
+                    summaries.setdefault(
+                        name, CycleSummary(stopped_by=reason, skipped=f"not reached: {reason}")
                     )
-            summaries[name] = summary
-            messages_left -= summary.claimed + summary.deleted
+                break
+            progress = 0
+            for name in list(active):
+                time_left = deadline - time.monotonic()
+                limits = Limits(min(slice_sec, time_left), messages_left)
+                summary = self._run_one(name, should_stop, limits, failures) if time_left > 0 else None
+                if summary is None:
+                    continue
+                summaries[name] = _merged(summaries.get(name), summary)
+                handled = summary.claimed + summary.deleted
+                messages_left -= handled
+                progress += handled
+                if summary.stopped_by not in ("budget", "cap", "lease-lost"):
+                    active.remove(name)  # done for this invocation: empty, ended, skipped or signalled
+            if not progress:
+                break  # nothing moved in a whole round: the rest waits for the next invocation
         if failures:
             raise StreamOrGroupMissingError("; ".join(failures))
-        return {name: summaries[name] for name in names}
+        return {name: summaries[name] for name in names if name in summaries}
+
+    def _run_one(
+        self, name: str, should_stop: Callable[[], bool], limits: Limits, failures: list[str]
+    ) -> CycleSummary:
+        try:
+            return self._cycle(name).run(should_stop, limits)
+        except StreamOrGroupMissingError as exc:
+            if name in self._settings.stream_names:
+                failures.append(f"{name}: {exc}")
+                return CycleSummary(stopped_by="skipped", skipped=str(exc))
+            # Found by a pattern: a stream of another pipeline, without our group.
+            return CycleSummary(
+                stopped_by="skipped", skipped=f"no group '{self._settings.STREAM_CONSUMER_GROUP_NAME}'"
+            )
 
     def _cycle(self, name: str) -> ReclaimCycle:
         cycle = self._cycles.get(name)
@@ -167,6 +191,20 @@ def _rotated(names: list[str], turn: int) -> list[str]:
         return names
     start = turn % len(names)
     return names[start:] + names[:start]
+
+
+def _merged(earlier: CycleSummary | None, later: CycleSummary) -> CycleSummary:
+    """One stream's summary over several rounds: counts added, the pending count from before the first."""
+    if earlier is None:
+        return later
+    counts = {name: getattr(earlier, name) + getattr(later, name) for name in COUNTED if name != "pending"}
+    return CycleSummary(
+        pending=earlier.pending,
+        **counts,
+        duration_ms=earlier.duration_ms + later.duration_ms,
+        stopped_by=later.stopped_by,
+        skipped=later.skipped,
+    )
 
 
 def _total(summaries: dict[str, CycleSummary], started: float) -> CycleSummary:
