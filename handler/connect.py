@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.settings import MonitorSettings
+from handler.topology import Topology, topology_of
 
 # Connection errors and timeouts are retried this many times with backoff: every command the cycle sends is
 # safe to repeat (see cycle.py), and the bound keeps a dead server from holding an invocation for long.
@@ -149,15 +150,17 @@ def server_holding(client: Client, key: str) -> redis.Redis:
 
 
 class RedisConnection:
-    """The long-lived handler's client, made on the first invocation that needs it and kept.
+    """The long-lived handler's client, made on the first invocation that needs it and kept, with its
+    topology (which node holds which key), shared by every cycle.
 
     After a cycle meets a cluster that changed under it (a failover, a resharding), `refresh()` makes the
-    next use read the slot map again.
+    topology read the slot map again.
     """
 
     def __init__(self, settings: MonitorSettings, client: Client | None = None) -> None:
         self._settings = settings
         self._client = client
+        self._topology: Topology | None = None
         self._lock = threading.Lock()
 
     def client(self) -> Client:
@@ -166,16 +169,25 @@ class RedisConnection:
                 self._client = connect(self._settings)
             return self._client
 
+    def topology(self) -> Topology:
+        client = self.client()
+        with self._lock:
+            if self._topology is None:
+                self._topology = topology_of(client)
+            return self._topology
+
     def refresh(self) -> None:
         with self._lock:
-            if isinstance(self._client, RedisCluster):
-                self._client.nodes_manager.initialize()
+            topology = self._topology
+        if topology is not None:
+            topology.refresh()
 
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+                self._topology = None
 
 
 def command(client: Client, *args: Any) -> Any:

@@ -23,7 +23,6 @@ from handler.page import CLUSTER_CHANGED
 from handler.plan import START, parse_pending_count
 from handler.settings import MonitorSettings
 from handler.sweep import Limits, Sweep
-from handler.topology import topology_of
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,8 @@ class ReclaimCycle:
             )  # fmt: skip
         try:
             cursor: bytes | None = client.get(keys.cursor)  # type: ignore[assignment]
-            sweep = Sweep(topology_of(client), self._settings, keys, should_stop, started, lease.keep, limits)
+            topology = self._connection.topology()
+            sweep = Sweep(topology, self._settings, keys, should_stop, started, lease.keep, limits)
             stopped_by, next_start = sweep.walk(cursor)
             if sweep.counts.moved:
                 self._refresh_topology()

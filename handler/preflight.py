@@ -22,6 +22,7 @@ from handler.keys import StreamKeys
 from handler.plan import parse_pending_count
 from handler.settings import MonitorSettings
 from handler.streams import find_streams
+from handler.topology import server_address
 
 # Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
 NEEDED_COMMANDS = [
@@ -92,7 +93,7 @@ def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
-        yield Check("connectivity", False, f"cannot reach {host_of(stream_node)}: {exc}")
+        yield Check("connectivity", False, f"cannot reach {server_address(stream_node)}: {exc}")
         return
     tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
     mode = (
@@ -109,11 +110,6 @@ def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
         keys = StreamKeys.from_settings(settings, stream)
         yield _stream_and_group(client, keys)
         yield _permissions(server_holding(client, stream), keys, who, version)
-
-
-def host_of(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 def _whoami(client: Client, settings: MonitorSettings) -> str:

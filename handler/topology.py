@@ -1,22 +1,23 @@
 """Which node each key lives on: the stream's node, and the node of every `tweet:<id>` hash.
 
 On one node everything goes to one connection pool. On a cluster a stream lives in one slot, while the
-tweet hashes spread over all 16384; the cycle groups its writes per node from a snapshot of the slot map
-taken when the cycle starts (a cycle that meets MOVED leaves those entries pending and asks for a fresh map).
+tweet hashes spread over all 16384; the cycle groups its writes per node from a snapshot of the slot map,
+kept with the connection (connect.RedisConnection) and read again after a connection error or MOVED.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import ConnectionPool
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from handler.connect import Client
+if TYPE_CHECKING:
+    from handler.connect import Client
 
 
 @dataclass(eq=False)  # compared by identity: one Node per server in a snapshot
@@ -33,10 +34,15 @@ class Topology(Protocol):
         """Read the slot map again (after a connection error: a failover may have moved slots)."""
 
 
+def server_address(client: redis.Redis) -> str:
+    """`host:port` of the server a plain client talks to, for messages."""
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
 class SingleNode:
     def __init__(self, client: redis.Redis) -> None:
-        kwargs = client.connection_pool.connection_kwargs
-        self._node = Node(f"{kwargs.get('host')}:{kwargs.get('port')}", client.connection_pool, 0)
+        self._node = Node(server_address(client), client.connection_pool, 0)
 
     def node_of(self, key: bytes | str) -> Node:
         return self._node
