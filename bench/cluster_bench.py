@@ -21,8 +21,8 @@ import redis
 
 from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM, abandon, produce, raw_client, verify
 from bench.reclaim_bench import run_process
-from handler.local_cluster import LocalCluster
-from handler.local_redis import LocalRedis, environment_for, packaged_redis_server
+from handler.dev.local_cluster import LocalCluster
+from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server
 
 
 def monitor_env(node: LocalRedis) -> dict[str, str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM, abandon, produce, raw_client, verify
 from bench.server_limit import command_stream, replay
-from handler.local_redis import LocalRedis, environment_for, free_port, packaged_redis_server
+from handler.dev.local_redis import LocalRedis, environment_for, free_port, packaged_redis_server
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 2000

@@ -17,13 +17,14 @@ from types import FrameType
 
 import redis
 
-from handler.connect import Client, RedisConnection, connect
-from handler.cycle import CycleSummary
 from handler.errors import MonitorError, SettingsError
 from handler.keys import StreamKeys
 from handler.logs import configure_logging
+from handler.reclaim.cycle import CycleSummary
+from handler.reclaim.streams import StreamsCycle
 from handler.settings import MonitorSettings, load_settings, split_host_port
-from handler.streams import StreamsCycle
+from handler.transport.client import Client
+from handler.transport.connect import RedisConnection, connect
 
 # Each command imports what only it needs (FastAPI and uvicorn, rich, prometheus, croniter) when it runs:
 # `reclaim` stays lean in memory and start-up time.
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from handler.demo import run_demo
+        from handler.dev.demo import run_demo
 
         return run_demo(args.tweets)
     try:
@@ -133,8 +134,8 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def reclaim(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     if args.dry_run:
-        from handler import console
-        from handler.dry_run import dry_run
+        from handler.ops import console
+        from handler.ops.dry_run import dry_run
 
         report = dry_run(client, settings)
         if sys.stdout.isatty():
@@ -184,8 +185,8 @@ def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> 
 
 
 def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
-    from handler import console
-    from handler.status import gather_status
+    from handler.ops import console
+    from handler.ops.status import gather_status
 
     keys = StreamKeys.from_settings(settings)
     with console.progress("reading the group", None):
@@ -199,7 +200,7 @@ def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) 
 
 def check(settings: MonitorSettings) -> int:
     """Connects by itself: failing to connect is one of the checks it reports."""
-    from handler.preflight import run_checks
+    from handler.ops.check import run_checks
 
     passed = True
     for result in run_checks(settings):
@@ -209,8 +210,7 @@ def check(settings: MonitorSettings) -> int:
 
 
 def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
-    from handler import console
-    from handler import dead_letter_tools as dead_letters
+    from handler.ops import console, dead_letters
 
     keys = StreamKeys.from_settings(settings)
     if args.action == "list":
@@ -258,8 +258,7 @@ def _confirm(question: str) -> bool:
 
 
 def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str]) -> int:
-    from handler import console
-    from handler import dead_letter_tools as dead_letters
+    from handler.ops import console, dead_letters
 
     with console.progress(f"{action}ing dead letters", len(ids)) as bar:
         advance: Callable[[int], None] = lambda done: bar.advance(bar.task_ids[0], done)  # noqa: E731
@@ -272,7 +271,7 @@ def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str]
 
 
 def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
-    from handler.consumers import prune_idle_consumers
+    from handler.reclaim.consumers import prune_idle_consumers
 
     keys = StreamKeys.from_settings(settings)
     removed = prune_idle_consumers(
@@ -297,7 +296,7 @@ COMMANDS: dict[str, Callable[[Client, MonitorSettings, argparse.Namespace], int]
 def serve(settings: MonitorSettings) -> int:
     import uvicorn
 
-    from handler.app import create_app
+    from handler.functions.app import create_app
 
     class HandlerServer(uvicorn.Server):
         """uvicorn, plus: a signal also tells a running cycle to stop after the page in hand."""

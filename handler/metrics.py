@@ -16,11 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from handler.connect import RedisConnection, command
-from handler.cycle import CycleSummary
 from handler.keys import StreamKeys
+from handler.reclaim.cycle import CycleSummary
+from handler.reclaim.streams import StreamFinder
 from handler.settings import MonitorSettings
-from handler.streams import StreamFinder
+from handler.transport.client import command
+from handler.transport.connect import RedisConnection
 
 log = logging.getLogger(__name__)
 ENTRY_COUNTS = ("claimed", "processed", "deleted", "dead_lettered", "failed")

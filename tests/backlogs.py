@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from handler.connect import Client
+from handler.transport.client import Client
 from tests.host import FunctionsHost
 from tests.pipeline import age, command, crash_after_reading, expected_hash, produce, set_deliveries, tweet
 

@@ -10,8 +10,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from handler.local_cluster import LocalCluster
-from handler.local_redis import LocalRedis, packaged_search_module
+from handler.dev.local_cluster import LocalCluster
+from handler.dev.local_redis import LocalRedis, packaged_search_module
 from handler.settings import MonitorSettings
 from tests.host import STARTED
 from tests.redis_binaries import BINARIES

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handler.local_redis import free_port
+from handler.dev.local_redis import free_port
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 STARTED: list[subprocess.Popen[bytes]] = []  # every handler the suite started, killed at its end if alive

@@ -9,8 +9,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from handler.connect import Client
-from handler.dead_letter import split_dead_letter
+from handler.reclaim.dead_letter import split_dead_letter
+from handler.transport.client import Client
 
 
 def raw(*args: Any) -> Any:

@@ -9,7 +9,7 @@ import select
 import socket
 import threading
 
-from handler.local_redis import free_port
+from handler.dev.local_redis import free_port
 
 
 class FaultyProxy:

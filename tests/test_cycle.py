@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import redis
 
-from handler.connect import Client, connect
-from handler.cycle import CycleSummary, ReclaimCycle
-from handler.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.dev.local_redis import LocalRedis
 from handler.keys import StreamKeys
-from handler.local_redis import LocalRedis
+from handler.reclaim.cycle import CycleSummary, ReclaimCycle
+from handler.reclaim.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.transport.client import Client
+from handler.transport.connect import connect
 from tests import pipeline
 from tests.commands import named, recorded_commands
 from tests.conftest import settings_for

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from handler.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from tests import pipeline
 from tests.backlogs import (
     DEAD_LETTER,

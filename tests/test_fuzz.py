@@ -14,9 +14,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handler.app import MAX_BODY_BYTES
-from handler.envelope import BadEnvelopeError, parse_invocation
-from handler.local_redis import LocalRedis, environment_for
+from handler.dev.local_redis import LocalRedis, environment_for
+from handler.functions.app import MAX_BODY_BYTES
+from handler.functions.envelope import BadEnvelopeError, parse_invocation
 from tests.host import FunctionsHost, completed, envelope
 from tests.pipeline import (
     IDLE_ENOUGH_MS,

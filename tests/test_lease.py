@@ -8,10 +8,10 @@ import time
 
 import redis
 
-from handler.connect import connect
-from handler.cycle import ReclaimCycle
-from handler.lease import Lease
-from handler.local_redis import LocalRedis
+from handler.dev.local_redis import LocalRedis
+from handler.reclaim.cycle import ReclaimCycle
+from handler.reclaim.lease import Lease
+from handler.transport.connect import connect
 from tests.conftest import settings_for
 from tests.pipeline import abandon, create_group, tweet
 

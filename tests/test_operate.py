@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
-from handler.consumers import prune_idle_consumers
-from handler.demo import SEARCH_QUERIES
-from handler.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.demo import SEARCH_QUERIES
+from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.reclaim.consumers import prune_idle_consumers
 from handler.runner import function_schedule, next_run
 from tests import pipeline
 from tests.host import APP_ROOT, FunctionsHost, completed

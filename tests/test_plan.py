@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handler.plan import (
+from handler.reclaim.rules import (
     MAX_SEQUENCE,
     DeadLetter,
     DeadLetterReason,

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from handler.app import create_app
-from handler.connect import connect
-from handler.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.functions.app import create_app
 from handler.settings import MonitorSettings
+from handler.transport.connect import connect
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.host import APP_ROOT, FunctionsHost, completed, failed

@@ -13,12 +13,13 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from handler.connect import Client, RedisConnection, connect
+from handler.dev.local_cluster import LocalCluster
+from handler.dev.local_redis import LocalRedis, environment_for
 from handler.errors import SettingsError, StreamOrGroupMissingError
-from handler.local_cluster import LocalCluster
-from handler.local_redis import LocalRedis, environment_for
+from handler.reclaim.streams import StreamFinder, StreamsCycle
 from handler.settings import MonitorSettings
-from handler.streams import StreamFinder, StreamsCycle
+from handler.transport.client import Client
+from handler.transport.connect import RedisConnection, connect
 from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 

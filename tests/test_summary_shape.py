@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import redis
 
-from handler.connect import RedisConnection
-from handler.cycle import CycleSummary
-from handler.local_redis import LocalRedis
+from handler.dev.local_redis import LocalRedis
+from handler.reclaim.cycle import CycleSummary
+from handler.reclaim.streams import StreamsCycle
 from handler.settings import MonitorSettings
-from handler.streams import StreamsCycle
+from handler.transport.connect import RedisConnection
 from tests.pipeline import abandon, command, create_group, set_deliveries, tweet
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handler.wire import pack, pack_hsets
+from handler.transport.wire import pack, pack_hsets
 
 
 @pytest.mark.parametrize(

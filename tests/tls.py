@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from handler.local_cluster import LocalCluster
-from handler.local_redis import LocalRedis, free_port
+from handler.dev.local_cluster import LocalCluster
+from handler.dev.local_redis import LocalRedis, free_port
 from tests.redis_binaries import debian_redis_with_tls
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 import threading
-from typing import Any, TypeAlias
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -19,14 +19,13 @@ from redis.retry import Retry
 
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.settings import MonitorSettings
-from handler.topology import Topology, topology_of
+from handler.transport.client import Client
+from handler.transport.topology import Topology, topology_of
 
 # Connection errors and timeouts are retried this many times with backoff: every command the cycle sends is
 # safe to repeat (see cycle.py), and the bound keeps a dead server from holding an invocation for long.
 RETRIES = 2
 RAW_REPLY_COMMANDS = ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE")
-
-Client: TypeAlias = "redis.Redis | RedisCluster"
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:
@@ -80,7 +79,7 @@ def client_options(settings: MonitorSettings) -> dict[str, Any]:
         "protocol": 2,
     }
     if settings.REDIS_AUTH != "password":
-        from handler.entra_id import credential_provider  # noqa: PLC0415  (only its users pay the import)
+        from handler.transport.entra_id import credential_provider  # noqa: PLC0415  (only its users pay the import)
 
         del options["username"], options["password"]
         options["credential_provider"] = credential_provider(settings)
@@ -141,14 +140,6 @@ def connect(settings: MonitorSettings) -> Client:
     return client
 
 
-def server_holding(client: Client, key: str) -> redis.Redis:
-    """A plain client for the node holding `key` (the client itself on a single node), for per-server
-    questions such as INFO, ACL WHOAMI or ACL DRYRUN."""
-    if isinstance(client, RedisCluster):
-        return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-untyped-call]
-    return client
-
-
 class RedisConnection:
     """The long-lived handler's client, made on the first invocation that needs it and kept, with its
     topology (which node holds which key), shared by every cycle.
@@ -188,11 +179,3 @@ class RedisConnection:
                 self._client.close()
                 self._client = None
                 self._topology = None
-
-
-def command(client: Client, *args: Any) -> Any:
-    """One command through the client, its reply as connect() leaves it (raw for stream commands).
-
-    redis-py's execute_command is untyped; this is the one place that says so.
-    """
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]

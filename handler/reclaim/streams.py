@@ -18,12 +18,13 @@ from collections.abc import Callable
 import redis
 from redis.cluster import RedisCluster
 
-from handler.connect import Client, RedisConnection, unavailable
-from handler.cycle import CycleSummary, ReclaimCycle, never
 from handler.errors import StreamOrGroupMissingError
 from handler.keys import hash_tag_of
+from handler.reclaim.cycle import CycleSummary, ReclaimCycle, never
+from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
-from handler.sweep import Limits
+from handler.transport.client import Client
+from handler.transport.connect import RedisConnection, unavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import redis
 
-from handler.connect import Client, command
 from handler.keys import StreamKeys
+from handler.transport.client import Client, command
 
 SAMPLE_PER_CONSUMER = 1000
 SEARCH_INDEX = "tweets-index"

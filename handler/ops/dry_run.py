@@ -11,9 +11,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from handler.connect import Client, command
 from handler.keys import StreamKeys
-from handler.plan import (
+from handler.reclaim.rules import (
     DeadLetter,
     DeadLetterReason,
     claimable_ids,
@@ -23,6 +22,7 @@ from handler.plan import (
     walk_segments,
 )
 from handler.settings import MonitorSettings
+from handler.transport.client import Client, command
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handler.connect import Client
+from handler.transport.client import Client
 
 # KEYS: stream. ARGV: group, idle threshold in ms, 1 to only report, then names never to remove.
 PRUNE_LUA = """

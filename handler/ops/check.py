@@ -16,13 +16,14 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from handler.connect import Client, command, connect, server_holding
 from handler.errors import MonitorError
 from handler.keys import StreamKeys
-from handler.plan import parse_pending_count
+from handler.reclaim.rules import parse_pending_count
+from handler.reclaim.streams import find_streams
 from handler.settings import MonitorSettings
-from handler.streams import find_streams
-from handler.topology import server_address
+from handler.transport.client import Client, command, server_holding
+from handler.transport.connect import connect
+from handler.transport.topology import server_address
 
 # Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
 NEEDED_COMMANDS = [

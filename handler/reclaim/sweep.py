@@ -19,11 +19,11 @@ from functools import partial
 from typing import Any
 
 from handler.keys import StreamKeys
-from handler.page import WAIT_FOR_REPLICA_MS, PageCounts, PageSettings, handle_page
-from handler.plan import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
+from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageCounts, PageSettings, handle_page
+from handler.reclaim.rules import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
 from handler.settings import MonitorSettings
-from handler.topology import Topology
-from handler.wire import Channel, pack
+from handler.transport.topology import Topology
+from handler.transport.wire import Channel, pack
 
 log = logging.getLogger(__name__)
 

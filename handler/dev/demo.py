@@ -18,16 +18,16 @@ from typing import Any
 
 import redis
 
-from handler.connect import command
-from handler.console import progress
-from handler.dead_letter import split_dead_letter
-from handler.local_redis import (
+from handler.dev.local_redis import (
     LocalRedis,
     environment_for,
     free_port,
     packaged_redis_server,
     packaged_search_module,
 )
+from handler.ops.console import progress
+from handler.reclaim.dead_letter import split_dead_letter
+from handler.transport.client import command
 
 STREAM, GROUP, MONITOR = "tweets_stream", "redisearch_app_group", "monitoring_app"
 MIN_IDLE_SEC = 1

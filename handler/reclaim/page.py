@@ -20,9 +20,9 @@ from functools import partial
 
 import redis
 
-from handler.dead_letter import MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
 from handler.keys import StreamKeys
-from handler.plan import (
+from handler.reclaim.dead_letter import MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.reclaim.rules import (
     DeadLetter,
     DeadLetterReason,
     PendingRow,
@@ -30,8 +30,8 @@ from handler.plan import (
     decide,
     is_permanent_write_error,
 )
-from handler.topology import Node, Topology
-from handler.wire import Channel, Wire, pack, pack_hsets
+from handler.transport.topology import Node, Topology
+from handler.transport.wire import Channel, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import ConnectionPool
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-if TYPE_CHECKING:
-    from handler.connect import Client
+from handler.transport.client import Client
 
 
 @dataclass(eq=False)  # compared by identity: one Node per server in a snapshot

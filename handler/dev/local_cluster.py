@@ -16,8 +16,8 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from handler.connect import RawStreamCluster
-from handler.local_redis import LocalRedis, LocalRedisError, free_ports
+from handler.dev.local_redis import LocalRedis, LocalRedisError, free_ports
+from handler.transport.connect import RawStreamCluster
 
 READY_TIMEOUT_SEC = 30.0
 

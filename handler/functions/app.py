@@ -18,14 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handler.connect import RedisConnection
-from handler.cycle import CycleSummary
-from handler.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.errors import MonitorError, RedisUnavailableError
+from handler.functions.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.logs import capture_logs
 from handler.metrics import Metrics
+from handler.reclaim.cycle import CycleSummary
+from handler.reclaim.streams import StreamsCycle
 from handler.settings import MonitorSettings
-from handler.streams import StreamsCycle
+from handler.transport.connect import RedisConnection
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from handler.connect import Client, command
-from handler.dead_letter import METADATA_FIELD_COUNT, REPLAY_LUA, split_dead_letter
 from handler.keys import StreamKeys
+from handler.reclaim.dead_letter import METADATA_FIELD_COUNT, REPLAY_LUA, split_dead_letter
+from handler.transport.client import Client, command
 
 REPLAY_BATCH = 100  # dead letters moved per atomic script call
 

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from handler.dead_letter_tools import DeadLetterEntry
-from handler.dry_run import DryRunReport
-from handler.status import GroupStatus
+from handler.ops.dead_letters import DeadLetterEntry
+from handler.ops.dry_run import DryRunReport
+from handler.ops.status import GroupStatus
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

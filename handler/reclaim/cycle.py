@@ -14,15 +14,16 @@ from typing import Any
 
 import redis
 
-from handler.connect import Client, RedisConnection, command, unavailable
-from handler.consumers import prune_idle_consumers
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
 from handler.keys import StreamKeys
-from handler.lease import Lease, holder_identity
-from handler.page import CLUSTER_CHANGED
-from handler.plan import START, parse_pending_count
+from handler.reclaim.consumers import prune_idle_consumers
+from handler.reclaim.lease import Lease, holder_identity
+from handler.reclaim.page import CLUSTER_CHANGED
+from handler.reclaim.rules import START, parse_pending_count
+from handler.reclaim.sweep import Limits, Sweep
 from handler.settings import MonitorSettings
-from handler.sweep import Limits, Sweep
+from handler.transport.client import Client, command
+from handler.transport.connect import RedisConnection, unavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 
-from handler.connect import Client
+from handler.transport.client import Client
 
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
