@@ -20,8 +20,8 @@ import redis
 from handler.errors import MonitorError, SettingsError
 from handler.keys import StreamKeys
 from handler.logs import configure_logging
-from handler.reclaim.cycle import CycleSummary
 from handler.reclaim.streams import StreamsCycle
+from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings, load_settings, split_host_port
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, connect
@@ -153,7 +153,7 @@ def reclaim(client: Client, settings: MonitorSettings, args: argparse.Namespace)
 def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
-    from handler.metrics import Metrics
+    from handler.metrics import CycleFailure, Metrics
     from handler.runner import function_schedule, run_on_schedule, schedule_zone
 
     stop = threading.Event()
@@ -171,7 +171,7 @@ def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> 
             summary = cycle.run(stop.is_set)
         except MonitorError as exc:
             log.error("reclaim cycle failed: %s", exc)
-            metrics.observe_failure("error")
+            metrics.observe_failure(CycleFailure.ERROR)
             return None
         metrics.observe(summary, settings.STREAM_NAME)
         return summary

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
+from enum import StrEnum
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -17,14 +19,20 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from handler.keys import StreamKeys
-from handler.reclaim.cycle import CycleSummary
 from handler.reclaim.streams import StreamFinder
+from handler.reclaim.summary import CycleSummary, count_names
 from handler.settings import MonitorSettings
 from handler.transport.client import command
 from handler.transport.connect import RedisConnection
 
 log = logging.getLogger(__name__)
-ENTRY_COUNTS = ("claimed", "processed", "deleted", "dead_lettered", "failed")
+
+
+class CycleFailure(StrEnum):
+    """The `outcome` of a cycle that ended in an error rather than a StopReason."""
+
+    REDIS_UNAVAILABLE = "redis-unavailable"  # unreachable, timing out or refusing authentication (HTTP 503)
+    ERROR = "error"  # anything else (HTTP 500, exit code 1)
 
 
 class _GroupGauges(Collector):
@@ -73,7 +81,7 @@ class Metrics:
                 ["stream"],
                 registry=self.registry,
             )
-            for name in ENTRY_COUNTS
+            for name in count_names()
         }
         self.cycles = Counter(
             "tweets_monitor_cycles",
@@ -95,10 +103,10 @@ class Metrics:
         """Counts by stream: `stream` names the one stream of a single-stream summary."""
         by_stream = summary.streams or ({} if summary.skipped else {stream: summary})
         for name, counted in by_stream.items():
-            for kind in ENTRY_COUNTS:
-                self.entries[kind].labels(stream=name).inc(getattr(counted, kind))
-        self.cycles.labels(outcome=summary.stopped_by).inc()
+            for kind, count in asdict(counted.counts).items():
+                self.entries[kind].labels(stream=name).inc(count)
+        self.cycles.labels(outcome=summary.stopped_by.value).inc()
         self.duration.observe(summary.duration_ms / 1000)
 
-    def observe_failure(self, kind: str) -> None:
-        self.cycles.labels(outcome=kind).inc()
+    def observe_failure(self, failure: CycleFailure) -> None:
+        self.cycles.labels(outcome=failure.value).inc()

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from handler.reclaim.cycle import CycleSummary
+from handler.reclaim.summary import CycleSummary
 
 log = logging.getLogger(__name__)
 FUNCTION_JSON = Path(__file__).resolve().parent.parent / "monitor" / "function.json"

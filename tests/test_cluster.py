@@ -69,7 +69,11 @@ def test_a_cycle_on_a_cluster_writes_each_tweet_on_its_own_node(
     assert isinstance(client, RedisCluster)
     summary = ReclaimCycle(client, cluster_settings(redis_cluster)).run()
     client.close()
-    assert (3000, len(backlog.bad), 0) == (summary.processed, summary.dead_lettered, summary.failed)
+    assert (3000, len(backlog.bad), 0) == (
+        summary.counts.processed,
+        summary.counts.dead_lettered,
+        summary.counts.failed,
+    )
     spread = tweets_per_master(redis_cluster)
     assert 3000 == sum(spread)
     assert all(count > 500 for count in spread), spread  # about a third on each master

@@ -10,8 +10,9 @@ import redis
 
 from handler.dev.local_redis import LocalRedis
 from handler.keys import StreamKeys
-from handler.reclaim.cycle import CycleSummary, ReclaimCycle
+from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.reclaim.summary import CycleSummary
 from handler.transport.client import Client
 from handler.transport.connect import connect
 from tests import pipeline
@@ -83,7 +84,7 @@ def test_an_empty_pending_list_is_answered_after_one_xpending(world: World) -> N
     with recorded_commands(world.client) as commands:
         summary = cycle.run()
     assert [[b"XPENDING", world.stream.encode(), world.group.encode()]] == commands
-    assert (0, 0, 0) == (summary.pending, summary.claimed, summary.processed)
+    assert (0, 0, 0) == (summary.pending, summary.counts.claimed, summary.counts.processed)
 
 
 # 2. Bounded pages that walk the whole pending list.
@@ -95,7 +96,12 @@ def test_pages_are_bounded_and_walk_the_whole_list(world: World) -> None:
     ranges = [args for args in named(commands, b"XPENDING") if len(args) > 3]
     assert [b"10"] * 4 == [args[5] for args in ranges]  # COUNT is the page size, never the whole list
     assert all(len(args) - 5 <= 10 for args in named(commands, b"XCLAIM"))
-    assert (35, 35, 35, 4) == (summary.pending, summary.claimed, summary.processed, summary.pages)
+    assert (35, 35, 35, 4) == (
+        summary.pending,
+        summary.counts.claimed,
+        summary.counts.processed,
+        summary.pages,
+    )
     assert set() == world.pending()
 
 
@@ -104,7 +110,7 @@ def test_entries_not_idle_long_enough_stay_with_their_owner(world: World) -> Non
     stale = world.abandon([tweet(n) for n in range(5)], consumer="consumer-crashed")
     live = world.abandon([tweet(n) for n in range(5, 10)], consumer="consumer-live", aged=False)
     summary = world.run()
-    assert (10, 5, 5) == (summary.pending, summary.claimed, summary.processed)
+    assert (10, 5, 5) == (summary.pending, summary.counts.claimed, summary.counts.processed)
     assert set(live) == pending_ids_of(world.client, world.stream, world.group, "consumer-live")
     assert all(row[3] == 1 for row in pending_rows(world.client, world.stream, world.group))
     assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in range(5)} == tweet_keys(world.client)
@@ -120,7 +126,7 @@ def test_tweets_are_written_byte_exact_and_merged_like_the_processors_hset(world
     world.client.hset(b"tweet:1394000000000000002", b"retweets", b"7")  # written earlier, kept by HSET
     world.abandon([binary, repeated, big])
     summary = world.run()
-    assert (3, 3, 0) == (summary.processed, summary.claimed, summary.failed)
+    assert (3, 3, 0) == (summary.counts.processed, summary.counts.claimed, summary.counts.failed)
     assert expected_hash(binary) == hash_fields(world.client, b"tweet:1394000000000000001")
     assert {**expected_hash(repeated), b"retweets": b"7"} == hash_fields(
         world.client, b"tweet:1394000000000000002"
@@ -145,12 +151,12 @@ def test_an_entry_whose_write_fails_is_not_acknowledged(world: World) -> None:
         failed = world.run()
     finally:
         world.client.config_set("maxmemory", 0)
-    assert (4, 0, 4) == (failed.claimed, failed.processed, failed.failed)
+    assert (4, 0, 4) == (failed.counts.claimed, failed.counts.processed, failed.counts.failed)
     assert set(ids) == pending_ids_of(world.client, world.stream, world.group, "monitoring_app")
     assert set() == tweet_keys(world.client)
     age(world.client, world.stream, world.group, "monitoring_app", ids, IDLE_ENOUGH_MS)
     retried = world.run()
-    assert (4, 0) == (retried.processed, retried.failed)
+    assert (4, 0) == (retried.counts.processed, retried.counts.failed)
     assert set() == world.pending()
 
 
@@ -160,19 +166,19 @@ def test_deleted_entries_are_acknowledged_and_counted_never_confused_with_fresh_
     fresh = world.abandon([tweet(n) for n in range(6, 8)], consumer="consumer-live", aged=False)
     world.client.xdel(world.stream, ids[1], ids[4], fresh[0])  # fresh[0]: deleted but not idle
     summary = world.run()
-    assert (4, 2) == (summary.processed, summary.deleted)
+    assert (4, 2) == (summary.counts.processed, summary.counts.deleted)
     assert set(fresh) == world.pending()  # the live processor still owns both of its entries
     assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in (0, 2, 3, 5)} == tweet_keys(world.client)
     assert [] == dead_letters(world.client, world.keys.dead_letter)
     follow_up = world.run()
-    assert (2, 0, 0) == (follow_up.pending, follow_up.claimed, follow_up.deleted)
+    assert (2, 0, 0) == (follow_up.pending, follow_up.counts.claimed, follow_up.counts.deleted)
 
 
 def test_a_page_of_only_deleted_entries_is_cleared(world: World) -> None:
     ids = world.abandon([tweet(n) for n in range(3)])
     world.client.xdel(world.stream, *ids)
     summary = world.run()
-    assert (3, 0, 3) == (summary.pending, summary.processed, summary.deleted)
+    assert (3, 0, 3) == (summary.pending, summary.counts.processed, summary.counts.deleted)
     assert set() == world.pending()
 
 
@@ -182,7 +188,7 @@ def test_entries_without_a_usable_id_are_never_written_to_a_tweet_key(world: Wor
     empty_id = tweet(1, id="")
     ids = world.abandon([no_id, empty_id, tweet(2)])
     summary = world.run()
-    assert (1, 2) == (summary.processed, summary.dead_lettered)
+    assert (1, 2) == (summary.counts.processed, summary.counts.dead_lettered)
     assert {b"tweet:1394000000000000002"} == tweet_keys(world.client)
     letters = dead_letters(world.client, world.keys.dead_letter)
     assert [(b"missing-id", ids[0], no_id), (b"missing-id", ids[1], empty_id)] == [
@@ -197,7 +203,7 @@ def test_an_entry_delivered_more_than_max_deliveries_is_dead_lettered(world: Wor
     set_deliveries(world.client, world.stream, world.group, PROCESSOR, [ids[1]], 10)
     age(world.client, world.stream, world.group, PROCESSOR, ids, IDLE_ENOUGH_MS)
     summary = world.run(MAX_DELIVERIES=10)
-    assert (2, 1) == (summary.processed, summary.dead_lettered)
+    assert (2, 1) == (summary.counts.processed, summary.counts.dead_lettered)
     ((meta, original),) = dead_letters(world.client, world.keys.dead_letter)
     assert tweet(1) == original
     assert (b"max-deliveries", b"11", ids[0]) == (
@@ -213,7 +219,7 @@ def test_max_deliveries_zero_turns_the_rule_off(world: World) -> None:
     ids = world.abandon([tweet(1)])
     set_deliveries(world.client, world.stream, world.group, PROCESSOR, ids, 500)
     age(world.client, world.stream, world.group, PROCESSOR, ids, IDLE_ENOUGH_MS)
-    assert 1 == world.run(MAX_DELIVERIES=0).processed
+    assert 1 == world.run(MAX_DELIVERIES=0).counts.processed
 
 
 def test_a_write_that_can_never_succeed_is_dead_lettered_with_the_error(world: World) -> None:
@@ -221,7 +227,7 @@ def test_a_write_that_can_never_succeed_is_dead_lettered_with_the_error(world: W
     dup = [*tweet(1), b"text", b"second text"]
     ids = world.abandon([dup, tweet(2)])
     summary = world.run()
-    assert (1, 1, 0) == (summary.processed, summary.dead_lettered, summary.failed)
+    assert (1, 1, 0) == (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed)
     ((meta, original),) = dead_letters(world.client, world.keys.dead_letter)
     assert dup == original  # every original field, repeated names and order included
     assert b"write-failed" == meta[b"dlq:reason"]
@@ -304,15 +310,15 @@ def test_the_message_cap_stops_an_invocation_and_the_next_continues_after_it(wor
     ids = world.abandon([tweet(n) for n in range(30)])
     blocked = blocked_from_the_first_ten_tweets(world)
     first = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5, **blocked)
-    assert (10, 10, "cap") == (first.claimed, first.failed, first.stopped_by)
+    assert (10, 10, "cap") == (first.counts.claimed, first.counts.failed, first.stopped_by)
     age(world.client, world.stream, world.group, "monitoring_app", ids[:10], IDLE_ENOUGH_MS)
     second = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5, **blocked)
     # Without the cursor the failing head would take the whole cap every time and the tail would starve.
-    assert 10 == second.processed
+    assert 10 == second.counts.processed
     assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in range(10, 20)} == tweet_keys(world.client)
     third = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
     fourth = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
-    assert 20 == third.processed + fourth.processed
+    assert 20 == third.counts.processed + fourth.counts.processed
     assert set() == world.pending()
     assert 30 == len(tweet_keys(world.client))
 
@@ -320,10 +326,10 @@ def test_the_message_cap_stops_an_invocation_and_the_next_continues_after_it(wor
 def test_the_time_budget_stops_claiming_new_pages(world: World) -> None:
     world.abandon([tweet(n) for n in range(25)])
     first = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
-    assert (1, 10, "budget") == (first.pages, first.processed, first.stopped_by)
+    assert (1, 10, "budget") == (first.pages, first.counts.processed, first.stopped_by)
     second = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
     third = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
-    assert (10, 5) == (second.processed, third.processed)
+    assert (10, 5) == (second.counts.processed, third.counts.processed)
     assert set() == world.pending()
 
 
@@ -333,7 +339,7 @@ def test_a_walk_that_started_mid_list_wraps_around_to_the_head(world: World) -> 
     world.run(CYCLE_MAX_MESSAGES=5, RECLAIM_PAGE_SIZE=5, **blocked)  # 0-4 fail and stay pending
     age(world.client, world.stream, world.group, "monitoring_app", ids[:5], IDLE_ENOUGH_MS)
     summary = world.run(RECLAIM_PAGE_SIZE=5)  # starts at 5, reaches the end, wraps to 0-4
-    assert (20, "end") == (summary.processed, summary.stopped_by)
+    assert (20, "end") == (summary.counts.processed, summary.stopped_by)
     assert set() == world.pending()
 
 

@@ -61,9 +61,9 @@ def test_a_cycle_skips_while_another_holds_the_lease_and_releases_its_own(
         skipped.stopped_by,
         skipped.skipped,
     )
-    assert (3, 0) == (skipped.pending, skipped.claimed)
+    assert (3, 0) == (skipped.pending, skipped.counts.claimed)
     client8.delete(cycle.keys.lease)
-    assert 3 == cycle.run().processed
+    assert 3 == cycle.run().counts.processed
     assert 0 == client8.exists(cycle.keys.lease)  # released on exit
 
 
@@ -88,7 +88,7 @@ def test_a_long_cycle_keeps_its_lease_alive(
     summary = cycle.run()
     done.set()
     watcher.join()
-    assert 60_000 == summary.processed
+    assert 60_000 == summary.counts.processed
     assert summary.duration_ms > 1000  # longer than the TTL: it only held on by renewing
     held = [ttl for ttl in ttls if ttl != -2]  # -2: no key (before the start, after the release)
     assert all(0 < ttl <= 1000 for ttl in held)  # always with an expiry, never past the TTL

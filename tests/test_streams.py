@@ -72,12 +72,12 @@ def test_a_pattern_sweeps_every_shard_in_one_invocation(redis_8: LocalRedis, cli
     client8.xadd("unrelated_stream", {"a": "b"})  # matches the pattern below, has no such group
     settings = settings_for(redis_8.address, "*tweets_stream*,*unrelated*")
     first = StreamsCycle(RedisConnection(settings, connect(settings)), settings).run()
-    assert 1550 == first.processed
+    assert 1550 == first.counts.processed
     assert first.streams is not None
     # Every shard and the unrelated stream, but not the shards' own dead-letter streams, which the
     # pattern matches too.
     assert sorted([*SHARDS, "unrelated_stream"]) == sorted(first.streams)
-    assert [300, 50, 0, 1200] == [first.streams[name].processed for name in SHARDS]
+    assert [300, 50, 0, 1200] == [first.streams[name].counts.processed for name in SHARDS]
     assert "empty" == first.streams["tweets_stream:2"].stopped_by
     assert f"no group '{GROUP}'" == first.streams["unrelated_stream"].skipped
     assert written(client8, produced)
@@ -93,7 +93,7 @@ def test_the_time_budget_is_shared_fairly(redis_8: LocalRedis, client8: redis.Re
     for _ in range(2):
         summary = cycle.run()
         assert summary.streams is not None
-        done = [summary.streams[name].processed for name in SHARDS[:3]]
+        done = [summary.streams[name].counts.processed for name in SHARDS[:3]]
         assert min(done) > 0 and max(done) < 2 * sum(done) / 3, done  # no shard starved, none took it all
         assert "budget" == summary.stopped_by
     assert summary.duration_ms < 2000  # the shares add up to one budget (0.5 s), not three
@@ -162,7 +162,7 @@ def test_shards_spread_over_a_cluster_are_all_swept(
     assert len(masters) > 1  # the shards live on different nodes: SCAN must visit each
     settings = settings_for(redis_cluster.address, "tweets_stream:*")
     summary = StreamsCycle(RedisConnection(settings), settings).run()
-    assert 2000 == summary.processed
+    assert 2000 == summary.counts.processed
     assert written(cluster_client, produced)
     done = subprocess.run([sys.executable, "-m", "handler", "reclaim"], cwd=APP_ROOT, capture_output=True,
                           text=True, timeout=60, env=environment_for(

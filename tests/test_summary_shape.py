@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
-from handler.reclaim.cycle import CycleSummary
 from handler.reclaim.streams import StreamsCycle
+from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings
 from handler.transport.connect import RedisConnection
 from tests.pipeline import abandon, command, create_group, set_deliveries, tweet

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.functions.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.logs import capture_logs
-from handler.metrics import Metrics
-from handler.reclaim.cycle import CycleSummary
+from handler.metrics import CycleFailure, Metrics
 from handler.reclaim.streams import StreamsCycle
+from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings
 from handler.transport.connect import RedisConnection
 
@@ -95,7 +95,7 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
         if timer.IsPastDue:
             log.info("the timer is past due; running one cycle now")
         if not one_cycle_at_a_time.acquire(blocking=False):
-            busy = CycleSummary(stopped_by="skipped", skipped="a cycle is already running here")
+            busy = CycleSummary.skipped_because("a cycle is already running here")
             log.info(busy.log_line())
             metrics.observe(busy, settings.STREAM_NAME)
             return busy
@@ -103,13 +103,13 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
             cycle: StreamsCycle = request.app.state.cycle
             summary: CycleSummary = await run_in_threadpool(cycle.run, stop_requested.is_set)
         except RedisUnavailableError as exc:
-            metrics.observe_failure("redis-unavailable")
+            metrics.observe_failure(CycleFailure.REDIS_UNAVAILABLE)
             raise _InvocationError(503, str(exc)) from exc
         except MonitorError as exc:
-            metrics.observe_failure("error")
+            metrics.observe_failure(CycleFailure.ERROR)
             raise _InvocationError(500, str(exc)) from exc
         except Exception as exc:
-            metrics.observe_failure("error")
+            metrics.observe_failure(CycleFailure.ERROR)
             log.exception("unexpected failure of the reclaim cycle")
             raise _InvocationError(500, f"unexpected failure of the reclaim cycle: {exc!r}") from exc
         finally:

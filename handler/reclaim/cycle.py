@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import redis
 
@@ -20,6 +18,7 @@ from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.lease import Lease, holder_identity
 from handler.reclaim.page import CLUSTER_CHANGED
 from handler.reclaim.rules import START, parse_pending_count
+from handler.reclaim.summary import CycleSummary, StopReason
 from handler.reclaim.sweep import Limits, Sweep
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
@@ -28,37 +27,6 @@ from handler.transport.connect import RedisConnection, unavailable
 log = logging.getLogger(__name__)
 
 CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
-
-
-@dataclass(frozen=True)
-class CycleSummary:
-    """The counts of one cycle: the same keys in ReturnValue, the CLI's JSON and the cycle's log line."""
-
-    pending: int = 0  # pending entries in the group before the cycle
-    claimed: int = 0  # entries this cycle took over with XCLAIM
-    processed: int = 0  # written to tweet:<id> and acknowledged
-    deleted: int = 0  # pending but gone from the stream: acknowledged, nothing to write
-    dead_lettered: int = 0  # moved to the dead-letter stream
-    failed: int = 0  # claimed but left pending after a retryable error; a later cycle tries again
-    duration_ms: int = 0
-    pages: int = 0
-    stopped_by: str = "empty"  # empty | end | budget | cap | signal | lease-lost | skipped
-    skipped: str | None = None  # why the cycle did not run at all, when it did not
-    # With several streams (STREAM_NAME lists them): each stream's own summary, by name; the fields above
-    # are then their totals.
-    streams: dict[str, CycleSummary] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        document = asdict(self)
-        if self.streams is None:
-            del document["streams"]
-        else:
-            document["streams"] = {name: summary.as_dict() for name, summary in self.streams.items()}
-        return document
-
-    def log_line(self, stream: str | None = None) -> str:
-        counts = " ".join(f"{k}={v}" for k, v in self.as_dict().items() if v is not None and k != "streams")
-        return f"reclaim cycle of {stream}: {counts}" if stream else f"reclaim cycle: {counts}"
 
 
 def never() -> bool:
@@ -142,7 +110,7 @@ class ReclaimCycle:
         if holder is not None:
             log.info("another monitor is sweeping the group; lease held by %s", holder)
             return CycleSummary(
-                pending=pending, duration_ms=_ms_since(started), stopped_by="skipped",
+                pending=pending, duration_ms=_ms_since(started), stopped_by=StopReason.SKIPPED,
                 skipped=f"lease held by {holder}",
             )  # fmt: skip
         try:
@@ -150,20 +118,15 @@ class ReclaimCycle:
             topology = self._connection.topology()
             sweep = Sweep(topology, self._settings, keys, should_stop, started, lease.keep, limits)
             stopped_by, next_start = sweep.walk(cursor)
-            if sweep.counts.moved:
+            if sweep.cluster_changed:
                 self._refresh_topology()
             self._save_cursor(client, next_start)
             self._prune_idle_consumers(client)
         finally:
             _release_quietly(lease)
-        counts = sweep.counts
         return CycleSummary(
             pending=pending,
-            claimed=counts.claimed,
-            processed=counts.processed,
-            deleted=counts.deleted,
-            dead_lettered=counts.dead_lettered,
-            failed=counts.failed,
+            counts=sweep.counts,
             duration_ms=_ms_since(started),
             pages=sweep.pages,
             stopped_by=stopped_by,

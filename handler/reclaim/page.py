@@ -30,6 +30,7 @@ from handler.reclaim.rules import (
     decide,
     is_permanent_write_error,
 )
+from handler.reclaim.summary import Counts
 from handler.transport.topology import Node, Topology
 from handler.transport.wire import Channel, Wire, pack, pack_hsets
 
@@ -37,24 +38,6 @@ log = logging.getLogger(__name__)
 
 WAIT_FOR_REPLICA_MS = 1000  # at most; and at most half the socket timeout, so WAIT never times the socket out
 CLUSTER_CHANGED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
-
-
-@dataclass
-class PageCounts:
-    claimed: int = 0
-    processed: int = 0
-    deleted: int = 0
-    dead_lettered: int = 0
-    failed: int = 0
-    moved: bool = False  # a node answered MOVED/ASK/CLUSTERDOWN: the slot map needs reading again
-
-    def add(self, other: PageCounts) -> None:
-        self.claimed += other.claimed
-        self.processed += other.processed
-        self.deleted += other.deleted
-        self.dead_lettered += other.dead_lettered
-        self.failed += other.failed
-        self.moved = self.moved or other.moved
 
 
 @dataclass(frozen=True)
@@ -74,12 +57,18 @@ class _Outcome:
 
 
 @dataclass(frozen=True)
+class PageResult:
+    counts: Counts
+    cluster_changed: bool  # a node answered MOVED/ASK/CLUSTERDOWN/TRYAGAIN: read the slot map again
+
+
+@dataclass(frozen=True)
 class _Claim:
     entries: list[tuple[bytes, list[bytes]]]  # (entry id, fields) of what XCLAIM returned
     deleted: int  # asked for, but gone from the stream: acknowledged
 
 
-def handle_page(channel: Channel, rows: list[PendingRow], config: PageSettings) -> PageCounts:
+def handle_page(channel: Channel, rows: list[PendingRow], config: PageSettings) -> PageResult:
     """Claim, write, acknowledge and dead-letter one page of XPENDING rows; returns its counts.
 
     Two steps, each retried on fresh connections (and, on a cluster, a fresh slot map) after a
@@ -89,13 +78,13 @@ def handle_page(channel: Channel, rows: list[PendingRow], config: PageSettings) 
     """
     ids = claimable_ids(rows, config.min_idle_ms)
     if not ids:
-        return PageCounts()
+        return PageResult(Counts(), cluster_changed=False)
     claim = channel.run(partial(_claim, ids=ids, config=config))
     deliveries = {row.entry_id: row.deliveries for row in rows}
-    counts = channel.run(partial(_finish, claim=claim, deliveries=deliveries, config=config))
+    counts, cluster_changed = channel.run(partial(_finish, claim=claim, deliveries=deliveries, config=config))
     counts.claimed = len(claim.entries)
     counts.deleted += claim.deleted
-    return counts
+    return PageResult(counts, cluster_changed)
 
 
 def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
@@ -117,10 +106,10 @@ def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
 
 def _finish(
     channel: Channel, claim: _Claim, deliveries: dict[bytes, int], config: PageSettings
-) -> PageCounts:
+) -> tuple[Counts, bool]:
     """Write the claimed tweets, acknowledge them and dead-letter the rest; safe to repeat as a whole."""
     stream_node = config.topology.node_of(config.keys.stream)
-    counts = PageCounts()
+    counts = Counts()
     outcome = _Outcome()
     writes: list[tuple[bytes, bytes, list[bytes]]] = []  # (entry id, tweet key, fields)
     for entry_id, fields in claim.entries:
@@ -129,9 +118,9 @@ def _finish(
             writes.append((entry_id, decision, fields))
         else:
             outcome.dead.append((entry_id, decision))
-    _write(channel, config, stream_node, writes, outcome, counts)
+    cluster_changed = _write(channel, config, stream_node, writes, outcome, counts)
     _acknowledge_and_dead_letter(channel.wire(stream_node.pool), config, outcome, deliveries, counts)
-    return counts
+    return counts, cluster_changed
 
 
 def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -> int:
@@ -171,12 +160,13 @@ def _write(
     stream_node: Node,
     writes: list[tuple[bytes, bytes, list[bytes]]],
     outcome: _Outcome,
-    counts: PageCounts,
-) -> None:
+    counts: Counts,
+) -> bool:
     """One HSET per entry, sent to every node at once; only writes that succeeded (and, on a cluster node
-    with replicas, reached one) are acknowledged later."""
+    with replicas, reached one) are acknowledged later. True when a node said the cluster changed."""
+    cluster_changed = False
     if not writes:
-        return
+        return cluster_changed
     topology, wait_ms = config.topology, config.wait_for_replica_ms
     by_node: dict[Node, list[int]] = {}
     for index, (_, key, _) in enumerate(writes):
@@ -205,8 +195,9 @@ def _write(
                 outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, message)))
                 continue
             counts.failed += 1
-            counts.moved = counts.moved or message.startswith(CLUSTER_CHANGED)
+            cluster_changed = cluster_changed or message.startswith(CLUSTER_CHANGED)
             log.warning("writing %r failed, left pending for a later cycle: %s", key, message)
+    return cluster_changed
 
 
 def _reached_a_replica(node: Node, reply: object, wait_ms: int) -> bool:
@@ -224,7 +215,7 @@ def _acknowledge_and_dead_letter(
     config: PageSettings,
     outcome: _Outcome,
     deliveries: dict[bytes, int],
-    counts: PageCounts,
+    counts: Counts,
 ) -> None:
     keys = config.keys
     commands = []

@@ -20,7 +20,8 @@ from redis.cluster import RedisCluster
 
 from handler.errors import StreamOrGroupMissingError
 from handler.keys import hash_tag_of
-from handler.reclaim.cycle import CycleSummary, ReclaimCycle, never
+from handler.reclaim.cycle import ReclaimCycle, never
+from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
 from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
 from handler.transport.client import Client
@@ -34,9 +35,6 @@ SCAN_COUNT = 1000
 RESCAN_AFTER_SEC = 60.0
 MIN_SLICE_SEC = 0.01  # below this a stream's turn would end before its first page
 DEAD_LETTER_SUFFIX = ":dead-letter"
-# When streams stop for different reasons, the summary reports the first of these that any stream gave.
-STOP_PRECEDENCE = ("signal", "budget", "cap", "lease-lost", "end", "empty", "skipped")
-COUNTED = ("pending", "claimed", "processed", "deleted", "dead_lettered", "failed", "pages")
 
 
 class StreamFinder:
@@ -115,13 +113,11 @@ class StreamsCycle:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise unavailable(self._settings, exc) from exc
         if not names:
-            summary = CycleSummary(
-                stopped_by="skipped", skipped=f"no stream matches '{self._settings.STREAM_NAME}'"
-            )
+            summary = CycleSummary.skipped_because(f"no stream matches '{self._settings.STREAM_NAME}'")
             log.warning(summary.log_line())
             return summary
         summaries = self._sweep(names, should_stop, started)
-        summary = _total(summaries, started)
+        summary = total(summaries, round((time.monotonic() - started) * 1000))
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})
         return summary
 
@@ -141,11 +137,13 @@ class StreamsCycle:
             round_left = deadline - time.monotonic()
             slice_sec = round_left / len(active)
             if should_stop() or slice_sec < MIN_SLICE_SEC or messages_left <= 0:
-                reason = "signal" if should_stop() else "cap" if messages_left <= 0 else "budget"
+                reason = (
+                    StopReason.SIGNAL if should_stop()
+                    else StopReason.CAP if messages_left <= 0
+                    else StopReason.BUDGET
+                )  # fmt: skip
                 for name in active:
-                    summaries.setdefault(
-                        name, CycleSummary(stopped_by=reason, skipped=f"not reached: {reason}")
-                    )
+                    summaries.setdefault(name, CycleSummary.skipped_because(f"not reached: {reason}", reason))
                 break
             progress = 0
             for name in list(active):
@@ -154,11 +152,12 @@ class StreamsCycle:
                 summary = self._run_one(name, should_stop, limits, failures) if time_left > 0 else None
                 if summary is None:
                     continue
-                summaries[name] = _merged(summaries.get(name), summary)
-                handled = summary.claimed + summary.deleted
+                earlier = summaries.get(name)
+                summaries[name] = earlier.merged_with(summary) if earlier else summary
+                handled = summary.counts.handled
                 messages_left -= handled
                 progress += handled
-                if summary.stopped_by not in ("budget", "cap", "lease-lost"):
+                if summary.stopped_by not in WORK_LEFT:
                     active.remove(name)  # done for this invocation: empty, ended, skipped or signalled
             if not progress:
                 break  # nothing moved in a whole round: the rest waits for the next invocation
@@ -174,11 +173,9 @@ class StreamsCycle:
         except StreamOrGroupMissingError as exc:
             if name in self._settings.stream_names:
                 failures.append(f"{name}: {exc}")
-                return CycleSummary(stopped_by="skipped", skipped=str(exc))
+                return CycleSummary.skipped_because(str(exc))
             # Found by a pattern: a stream of another pipeline, without our group.
-            return CycleSummary(
-                stopped_by="skipped", skipped=f"no group '{self._settings.STREAM_CONSUMER_GROUP_NAME}'"
-            )
+            return CycleSummary.skipped_because(f"no group '{self._settings.STREAM_CONSUMER_GROUP_NAME}'")
 
     def _cycle(self, name: str) -> ReclaimCycle:
         cycle = self._cycles.get(name)
@@ -192,29 +189,3 @@ def _rotated(names: list[str], turn: int) -> list[str]:
         return names
     start = turn % len(names)
     return names[start:] + names[:start]
-
-
-def _merged(earlier: CycleSummary | None, later: CycleSummary) -> CycleSummary:
-    """One stream's summary over several rounds: counts added, the pending count from before the first."""
-    if earlier is None:
-        return later
-    counts = {name: getattr(earlier, name) + getattr(later, name) for name in COUNTED if name != "pending"}
-    return CycleSummary(
-        pending=earlier.pending,
-        **counts,
-        duration_ms=earlier.duration_ms + later.duration_ms,
-        stopped_by=later.stopped_by,
-        skipped=later.skipped,
-    )
-
-
-def _total(summaries: dict[str, CycleSummary], started: float) -> CycleSummary:
-    counts = {name: sum(getattr(s, name) for s in summaries.values()) for name in COUNTED}
-    reasons = {s.stopped_by for s in summaries.values()}
-    stopped_by = next((reason for reason in STOP_PRECEDENCE if reason in reasons), "empty")
-    return CycleSummary(
-        **counts,
-        duration_ms=round((time.monotonic() - started) * 1000),
-        stopped_by=stopped_by,
-        streams=summaries,
-    )

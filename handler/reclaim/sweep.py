@@ -19,8 +19,9 @@ from functools import partial
 from typing import Any
 
 from handler.keys import StreamKeys
-from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageCounts, PageSettings, handle_page
+from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
 from handler.reclaim.rules import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
+from handler.reclaim.summary import Counts, StopReason
 from handler.settings import MonitorSettings
 from handler.transport.topology import Topology
 from handler.transport.wire import Channel, pack
@@ -83,13 +84,14 @@ class Sweep:
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._unclaimed: list[bytes] = []
-        self.counts = PageCounts()
+        self.counts = Counts()
+        self.cluster_changed = False  # a node answered MOVED/ASK/…: the cycle reads the slot map again
         self.pages = 0
         # The longest a page has taken from claim to acknowledgement: no page is claimed unless it can
         # finish before the deadline, so an invocation does not overrun its budget.
         self._page_seconds = 0.0
 
-    def walk(self, cursor: bytes | None) -> tuple[str, bytes]:
+    def walk(self, cursor: bytes | None) -> tuple[StopReason, bytes]:
         """Walk and process pages; returns why it stopped and where the next invocation should start."""
         workers = [threading.Thread(target=self._work, name=f"page-worker-{n}") for n in range(PAGE_WORKERS)]
         for worker in workers:
@@ -100,7 +102,7 @@ class Sweep:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_SEC)
         try:
-            stopped_by, next_start = self._dispatch(channel, cursor)
+            stopped = self._dispatch(channel, cursor)
         finally:
             sys.setswitchinterval(switch_interval)
             for _ in workers:
@@ -108,18 +110,22 @@ class Sweep:
             for worker in workers:
                 worker.join()
             channel.close()
-        if self._errors:
+        if self._errors or stopped is None:
             raise self._errors[0]
+        stopped_by, next_start = stopped
         if self._unclaimed:  # pages handed out but refused after the budget or a signal
             next_start = min(self._unclaimed, key=_order)
         return stopped_by, next_start
 
-    def _dispatch(self, channel: Channel, cursor: bytes | None) -> tuple[str, bytes]:
+    def _dispatch(self, channel: Channel, cursor: bytes | None) -> tuple[StopReason, bytes] | None:
+        """Hand pages out until a reason to stop; None when a page worker failed (walk raises its error)."""
         settings, keys = self._settings, self._keys
         rows_handed_out = 0
         for segment_start, segment_end in walk_segments(cursor):
             start = segment_start
             while True:
+                if self._errors:
+                    return None
                 reason = self._reason_to_stop(rows_handed_out)
                 if reason:
                     return reason, start
@@ -136,23 +142,21 @@ class Sweep:
                 if len(rows) < count:
                     break  # the end of this segment
                 start = next_id(rows[-1].entry_id)
-        return "end", START
+        return StopReason.END, START
 
-    def _reason_to_stop(self, rows_handed_out: int) -> str | None:
+    def _reason_to_stop(self, rows_handed_out: int) -> StopReason | None:
         if self.pages == 0:
             return None  # every invocation handles at least one page
-        if self._errors:
-            return "error"
         if self._should_stop():
-            return "signal"
+            return StopReason.SIGNAL
         if not self._keep_lease():
             self._lease_lost = True
             log.warning("the lease passed to another monitor; this cycle stops claiming")
-            return "lease-lost"
+            return StopReason.LEASE_LOST
         if rows_handed_out >= self._max_messages:
-            return "cap"
+            return StopReason.CAP
         if self._out_of_time():
-            return "budget"
+            return StopReason.BUDGET
         return None
 
     def _out_of_time(self) -> bool:
@@ -182,9 +186,10 @@ class Sweep:
                         self._unclaimed.append(page.start)
                     continue
                 began = time.monotonic()
-                counts = handle_page(channel, page.rows, self._config)  # retries inside, step by step
+                result = handle_page(channel, page.rows, self._config)  # retries inside, step by step
                 with self._lock:
-                    self.counts.add(counts)
+                    self.counts += result.counts
+                    self.cluster_changed = self.cluster_changed or result.cluster_changed
                     self._page_seconds = max(self._page_seconds, time.monotonic() - began)
         except BaseException as exc:
             with self._lock:
