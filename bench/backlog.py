@@ -8,21 +8,15 @@ from typing import Any
 
 import redis
 
-STREAM, GROUP, CRASHED, MONITOR = (
-    "tweets_stream",
-    "redisearch_app_group",
-    "consumer-crashed",
-    "monitoring_app",
-)
+from handler.dev.samples import GROUP, STREAM, tweet_id
+from handler.reclaim.rules import next_id
+
+CRASHED = "consumer-crashed"
 MIN_IDLE_SEC = 1
 CHUNK = 10_000
 USERS = ["john_doe", "joanna", "priya_s", "arjun", "maria.l", "li_wei"]
 PLACES = ["Mumbai, India", "London, England", "Berlin", "São Paulo, Brasil", "Tokyo", "New Delhi, India"]
 TAGS = ["covid19,Medicine", "", "hello,world", "cov19", "MedTech,Health,covid19", ""]
-
-
-def tweet_id(number: int) -> bytes:
-    return b"%d" % (1_394_000_000_000_000_000 + number)
 
 
 def tweet(number: int) -> list[bytes]:
@@ -74,7 +68,7 @@ def verify(client: redis.Redis, count: int, tweets: Any = None) -> str | None:
     pending = client.execute_command("XPENDING", STREAM, GROUP)[0]  # type: ignore[no-untyped-call]
     if pending:
         return f"{pending} entries still pending"
-    start = "-"
+    start: bytes | str = "-"
     checked = 0
     while True:
         entries = client.execute_command("XRANGE", STREAM, start, "+", "COUNT", CHUNK)  # type: ignore[no-untyped-call]
@@ -87,7 +81,5 @@ def verify(client: redis.Redis, count: int, tweets: Any = None) -> str | None:
             if stored != dict(zip(fields[::2], fields[1::2], strict=True)):
                 return f"tweet:{fields[3].decode()} differs from its message"
         checked += len(entries)
-        last = entries[-1][0].decode()
-        ms, seq = last.split("-")
-        start = f"{ms}-{int(seq) + 1}"
+        start = next_id(entries[-1][0])
     return None if checked == count else f"checked {checked} of {count} tweets"

@@ -19,10 +19,11 @@ from typing import Any
 
 import redis
 
-from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM, abandon, produce, raw_client, verify
+from bench.backlog import MIN_IDLE_SEC, abandon, produce, raw_client, verify
 from bench.reclaim_bench import run_process
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server
+from handler.dev.samples import GROUP, MONITOR, STREAM
 
 
 def monitor_env(node: LocalRedis) -> dict[str, str]:

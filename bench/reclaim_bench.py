@@ -24,16 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM, abandon, produce, raw_client, verify
+from bench.backlog import MIN_IDLE_SEC, abandon, produce, raw_client, verify
 from bench.server_limit import command_stream, replay
 from handler.dev.local_redis import LocalRedis, environment_for, free_port, packaged_redis_server
+from handler.dev.samples import GROUP, MONITOR, STREAM, timer_envelope
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 2000
-ENVELOPE = json.dumps({
-    "Data": {"req": {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None, "IsPastDue": False}},
-    "Metadata": {"sys": {"MethodName": "monitor", "UtcNow": "2026-11-27T12:00:00Z", "RandGuid": "0"}},
-}).encode()  # fmt: skip
+ENVELOPE = json.dumps(timer_envelope()).encode()
 
 
 @dataclass

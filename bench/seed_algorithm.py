@@ -15,7 +15,8 @@ from typing import Any
 
 import redis.asyncio
 
-from bench.backlog import GROUP, MIN_IDLE_SEC, MONITOR, STREAM
+from bench.backlog import MIN_IDLE_SEC
+from handler.dev.samples import GROUP, MONITOR, STREAM
 
 
 async def reclaim(port: int) -> dict[str, Any]:

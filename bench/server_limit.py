@@ -12,7 +12,9 @@ from typing import Any
 import hiredis
 import redis
 
-from bench.backlog import CHUNK, GROUP, MIN_IDLE_SEC, MONITOR, STREAM
+from bench.backlog import CHUNK, MIN_IDLE_SEC
+from handler.dev.samples import GROUP, MONITOR, STREAM
+from handler.reclaim.rules import next_id
 
 pack: Any = hiredis.pack_command
 END_MARKER = b"+PONG\r\n"
@@ -32,8 +34,7 @@ def command_stream(client: redis.Redis, page_size: int) -> list[bytes]:
         parts += [pack((b"HSET", b"tweet:" + fields[3], *fields)) for _, fields in entries]
         parts.append(pack((b"XACK", STREAM, GROUP, *ids)))
         chunks.append(b"".join(parts))
-        ms, seq = ids[-1].split(b"-")
-        start = b"%s-%d" % (ms, int(seq) + 1)
+        start = next_id(ids[-1])
     chunks.append(pack((b"DEL", "{tweets_stream}:cursor:" + GROUP)) + pack((b"PING",)))
     return chunks
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from handler.settings import MonitorSettings
 
 TWEET_KEY_PREFIX = b"tweet:"  # the processor's key: this, then the id field's bytes unchanged
+DEAD_LETTER_SUFFIX = ":dead-letter"  # after the stream's hash tag: {tweets_stream}:dead-letter
 
 
 def hash_tag_of(stream: str) -> str:
@@ -21,6 +22,14 @@ def hash_tag_of(stream: str) -> str:
         if end > start + 1:  # Redis ignores an empty tag "{}"
             return stream
     return "{" + stream + "}"
+
+
+def is_dead_letter_stream(name: str) -> bool:
+    """`{tweets_stream:0}:dead-letter`, the monitor's own stream, which a broad pattern would also match."""
+    if not name.endswith(DEAD_LETTER_SUFFIX):
+        return False
+    source = name.removesuffix(DEAD_LETTER_SUFFIX)
+    return source.startswith("{") and hash_tag_of(source) == source
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class StreamKeys:
             stream=stream,
             group=settings.STREAM_CONSUMER_GROUP_NAME,
             consumer=settings.MONITORING_CONSUMER_NAME,
-            dead_letter=settings.DEAD_LETTER_STREAM or f"{tag}:dead-letter",
+            dead_letter=settings.DEAD_LETTER_STREAM or tag + DEAD_LETTER_SUFFIX,
             cursor=f"{tag}:cursor:{settings.STREAM_CONSUMER_GROUP_NAME}",
             lease=f"{tag}:lease:{settings.STREAM_CONSUMER_GROUP_NAME}",
         )

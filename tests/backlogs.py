@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
 from handler.transport.client import Client
 from tests.host import FunctionsHost
 from tests.pipeline import age, command, crash_after_reading, expected_hash, produce, set_deliveries, tweet
 
-STREAM, GROUP, MONITOR = "tweets_stream", "redisearch_app_group", "monitoring_app"
 DEAD_LETTER = "{tweets_stream}:dead-letter"
+NAMES = PIPELINE_NAMES
 FAST = {"MIN_IDLE_TIME_SEC": "1", "MAX_DELIVERIES": "10", "LEASE_TTL_SEC": "1", "REDIS_TIMEOUT_SEC": "1"}
 
 

@@ -25,27 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from handler.dev.local_redis import free_port
+from handler.dev.samples import timer_envelope
+
+envelope = timer_envelope  # the harness sends what the host sends
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 STARTED: list[subprocess.Popen[bytes]] = []  # every handler the suite started, killed at its end if alive
 READINESS_POLL_SEC = 0.025
 INITIALIZATION_TIMEOUT_SEC = 30.0
 HOST_VERSION = "4.1036.1.23224"
-
-
-def timer(schedule_status: Any = None, is_past_due: bool = False) -> dict[str, Any]:
-    return {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": schedule_status, "IsPastDue": is_past_due}
-
-
-def envelope(timer_value: Any = None, **metadata: Any) -> dict[str, Any]:
-    """The host's invocation request for the `req` timer binding (functions-host.md, section 1)."""
-    sys_metadata = {
-        "MethodName": "monitor",
-        "UtcNow": "2024-11-30T14:43:50.46239Z",
-        "RandGuid": "fa3b2fbc-26ed-4fcb-be75-82db8773b519",
-    }
-    return {"Data": {"req": timer() if timer_value is None else timer_value},
-            "Metadata": {"sys": sys_metadata, **metadata}}  # fmt: skip
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from handler.dev.samples import sample_tweet
 from handler.reclaim.dead_letter import split_dead_letter
 from handler.transport.client import Client
 
@@ -30,14 +31,7 @@ def raw_client(client: Client) -> Client:
 
 def tweet(number: int, **changes: str) -> list[bytes]:
     """A tweet as the producer writes it: fields in alphabetical order, string values."""
-    fields = {
-        "hashtags": "covid19,Medicine" if number % 2 else "",
-        "id": str(1_394_000_000_000_000_000 + number),
-        "location": "Mumbai, India" if number % 3 else "London",
-        "text": f"hello world #{number}",
-        "user": "john" if number % 2 else "maria",
-    }
-    fields.update(changes)
+    fields = {**sample_tweet(number), **changes}
     return [part.encode() for pair in fields.items() for part in pair]
 
 

@@ -13,9 +13,10 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.samples import PIPELINE_NAMES, timer
 from handler.functions.app import MAX_BODY_BYTES
 from tests import pipeline
-from tests.host import FunctionsHost, completed, envelope, failed, timer
+from tests.host import FunctionsHost, completed, envelope, failed
 from tests.pipeline import (
     create_group,
     expected_hash,
@@ -26,11 +27,7 @@ from tests.pipeline import (
 from tests.redis_binaries import BINARIES
 from tests.reliability import audit, record
 
-NAMES = {
-    "STREAM_NAME": "tweets_stream",
-    "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
-    "MONITORING_CONSUMER_NAME": "monitoring_app",
-}
+NAMES = PIPELINE_NAMES
 SUMMARY_KEYS = {"pending", "claimed", "processed", "deleted", "dead_lettered", "failed", "duration_ms"}
 
 

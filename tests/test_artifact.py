@@ -15,6 +15,7 @@ import redis
 
 from deploy.build_artifact import EXECUTABLE, build, size_mb
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.samples import PIPELINE_NAMES
 from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 from tests.redis_binaries import CACHE, ensure_debian_tool
@@ -24,8 +25,7 @@ from tests.tls import Certificates, tls_server
 BULLSEYE = CACHE / "bullseye-root"
 MIRROR = "http://deb.debian.org/debian"
 APP_ROOT_INSIDE = "/home/site/wwwroot"  # where the host keeps the app on Linux
-NAMES = {"STREAM_NAME": "tweets_stream", "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
-         "MONITORING_CONSUMER_NAME": "monitoring_app"}  # fmt: skip
+NAMES = PIPELINE_NAMES
 
 
 @pytest.fixture(scope="session")

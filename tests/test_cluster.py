@@ -17,30 +17,19 @@ from redis.crc import key_slot
 
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.samples import GROUP, MONITOR, STREAM
 from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
 from handler.transport.connect import connect
 from tests import pipeline
 from tests.acl import ACL_RULE
-from tests.backlogs import (
-    DEAD_LETTER,
-    FAST,
-    GROUP,
-    MONITOR,
-    STREAM,
-    Backlog,
-    abandon_backlog,
-    drain,
-    pending_count,
-)
+from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import create_group, expected_hash, tweet
 from tests.redis_binaries import BINARIES
 from tests.reliability import SECURITY_CHECKS, audit, record
 from tests.tls import Certificates
-
-NAMES = {"STREAM_NAME": STREAM, "STREAM_CONSUMER_GROUP_NAME": GROUP, "MONITORING_CONSUMER_NAME": MONITOR}
 
 
 def cluster_settings(cluster: LocalCluster, **overrides: str) -> MonitorSettings:

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
+from handler.dev.samples import tweet_id
 from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
@@ -113,7 +114,7 @@ def test_entries_not_idle_long_enough_stay_with_their_owner(world: World) -> Non
     assert (10, 5, 5) == (summary.pending, summary.counts.claimed, summary.counts.processed)
     assert set(live) == pending_ids_of(world.client, world.stream, world.group, "consumer-live")
     assert all(row[3] == 1 for row in pending_rows(world.client, world.stream, world.group))
-    assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in range(5)} == tweet_keys(world.client)
+    assert {b"tweet:" + tweet_id(n) for n in range(5)} == tweet_keys(world.client)
     assert not set(stale) & world.pending()
 
 
@@ -168,7 +169,7 @@ def test_deleted_entries_are_acknowledged_and_counted_never_confused_with_fresh_
     summary = world.run()
     assert (4, 2) == (summary.counts.processed, summary.counts.deleted)
     assert set(fresh) == world.pending()  # the live processor still owns both of its entries
-    assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in (0, 2, 3, 5)} == tweet_keys(world.client)
+    assert {b"tweet:" + tweet_id(n) for n in (0, 2, 3, 5)} == tweet_keys(world.client)
     assert [] == dead_letters(world.client, world.keys.dead_letter)
     follow_up = world.run()
     assert (2, 0, 0) == (follow_up.pending, follow_up.counts.claimed, follow_up.counts.deleted)
@@ -315,7 +316,7 @@ def test_the_message_cap_stops_an_invocation_and_the_next_continues_after_it(wor
     second = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5, **blocked)
     # Without the cursor the failing head would take the whole cap every time and the tail would starve.
     assert 10 == second.counts.processed
-    assert {b"tweet:%d" % (1_394_000_000_000_000_000 + n) for n in range(10, 20)} == tweet_keys(world.client)
+    assert {b"tweet:" + tweet_id(n) for n in range(10, 20)} == tweet_keys(world.client)
     third = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
     fourth = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
     assert 20 == third.counts.processed + fourth.counts.processed

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.samples import PIPELINE_NAMES
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.entra_id import REDIS_RESOURCE
@@ -40,8 +41,7 @@ IDENTITY_OID = "5f1c2a3e-0000-4000-8000-00000000c0de"
 CLIENT_ID = "7d0b5d0e-1111-4111-8111-0000000000aa"
 HEADER_SECRET = uuid.uuid4().hex
 SIGNING_KEY = uuid.uuid4().hex  # 32 bytes: only Redis checks these tokens here, by exact match
-NAMES = {"STREAM_NAME": "tweets_stream", "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
-         "MONITORING_CONSUMER_NAME": "monitoring_app"}  # fmt: skip
+NAMES = PIPELINE_NAMES
 
 
 @dataclass

@@ -18,18 +18,9 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.samples import GROUP, MONITOR, STREAM
 from tests import pipeline
-from tests.backlogs import (
-    DEAD_LETTER,
-    FAST,
-    GROUP,
-    MONITOR,
-    STREAM,
-    Backlog,
-    abandon_backlog,
-    drain,
-    pending_count,
-)
+from tests.backlogs import DEAD_LETTER, FAST, Backlog, abandon_backlog, drain, pending_count
 from tests.host import FunctionsHost, completed
 from tests.pipeline import (
     command,

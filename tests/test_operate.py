@@ -18,6 +18,7 @@ import redis
 
 from handler.dev.demo import SEARCH_QUERIES
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet_id
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.runner import function_schedule, next_run
 from tests import pipeline
@@ -33,13 +34,8 @@ from tests.pipeline import (
     tweet_keys,
 )
 
-STREAM, GROUP = "tweets_stream", "redisearch_app_group"
 DEAD_LETTER = "{tweets_stream}:dead-letter"
-NAMES = {
-    "STREAM_NAME": STREAM,
-    "STREAM_CONSUMER_GROUP_NAME": GROUP,
-    "MONITORING_CONSUMER_NAME": "monitoring_app",
-}
+NAMES = PIPELINE_NAMES
 
 
 def env_for(server: LocalRedis, **settings: str) -> dict[str, str]:
@@ -367,9 +363,7 @@ def test_search_finds_what_the_monitor_reclaimed(redis_search: LocalRedis) -> No
         control = tweet(number, **values)
         command(client, "HSET", b"tweet:" + control[3], *control)
     name_of = {b"tweet:" + fields[3]: name for name, fields in samples.items()}
-    control_of = {
-        b"tweet:%d" % (1_394_000_000_000_000_000 + n): name for n, name in enumerate(samples, start=101)
-    }
+    control_of = {b"tweet:" + tweet_id(n): name for n, name in enumerate(samples, start=101)}
     assert 7 == len(SEARCH_QUERIES)  # the blog's seven
     for query in SEARCH_QUERIES:
         found: Any = command(client, "FT.SEARCH", "tweets-index", query, "NOCONTENT", "LIMIT", 0, 100)

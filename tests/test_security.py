@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
 from handler.functions.app import create_app
 from handler.settings import MonitorSettings
 from handler.transport.connect import connect
@@ -26,12 +27,7 @@ from tests.pipeline import age, crash_after_reading, create_group, produce, twee
 from tests.reliability import SECURITY_CHECKS
 from tests.tls import Certificates, tls_server
 
-STREAM, GROUP = "tweets_stream", "redisearch_app_group"
-NAMES = {
-    "STREAM_NAME": STREAM,
-    "STREAM_CONSUMER_GROUP_NAME": GROUP,
-    "MONITORING_CONSUMER_NAME": "monitoring_app",
-}
+NAMES = PIPELINE_NAMES
 
 
 def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.samples import GROUP, MONITOR
 from handler.errors import SettingsError, StreamOrGroupMissingError
 from handler.reclaim.streams import StreamFinder, StreamsCycle
 from handler.settings import MonitorSettings
@@ -23,7 +24,6 @@ from handler.transport.connect import RedisConnection, connect
 from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 
-GROUP, MONITOR = "redisearch_app_group", "monitoring_app"
 SHARDS = [f"tweets_stream:{n}" for n in range(4)]
 
 

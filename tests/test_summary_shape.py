@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
+from handler.dev.samples import GROUP, MONITOR
 from handler.reclaim.streams import StreamsCycle
 from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings
@@ -26,7 +27,6 @@ from handler.transport.connect import RedisConnection
 from tests.pipeline import abandon, command, create_group, set_deliveries, tweet
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-GROUP, MONITOR = "redisearch_app_group", "monitoring_app"
 
 
 def _settings(server: LocalRedis, stream_name: str, **overrides: Any) -> MonitorSettings:

@@ -1,10 +1,13 @@
-"""The hot path's own RESP packing must produce exactly what hiredis produces."""
+"""The hot path's wire: its own RESP packing is exactly what hiredis produces, and a redis-py change it
+depends on is reported as what it is."""
 
 from __future__ import annotations
 
 import pytest
+from redis.connection import Connection, ConnectionPool
 
-from handler.transport.wire import pack, pack_hsets
+from handler.dev.local_redis import LocalRedis
+from handler.transport.wire import Channel, pack, pack_hsets
 
 
 @pytest.mark.parametrize(
@@ -20,3 +23,37 @@ def test_pack_hsets_is_the_same_resp_as_hiredis(fields: list[bytes]) -> None:
     writes = [(b"tweet:1", fields), (b"tweet:\xe2\x9c\x93", fields[:2])]
     expected = b"".join(pack((b"HSET", key, *values)) for key, values in writes)
     assert expected == pack_hsets(writes)
+
+
+class _RenamedSocketConnection(Connection):
+    """A connection as a redis-py release that renamed its private socket attribute would hand out."""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[no-untyped-call]
+        self.renamed_sock = self._sock
+        del self._sock
+
+    def can_read(self, timeout: float = 0) -> bool:
+        return False  # nothing unread: the pool's check before handing it out
+
+    def disconnect(self, *args: object) -> None:
+        self._sock = self.__dict__.pop("renamed_sock", None)
+        super().disconnect(*args)  # type: ignore[no-untyped-call]
+
+
+def test_a_redis_py_without_the_private_socket_is_a_programming_error_not_a_retry(
+    redis_8: LocalRedis,
+) -> None:
+    pool = ConnectionPool(port=redis_8.port, connection_class=_RenamedSocketConnection)
+    attempts = []
+
+    def step(channel: Channel) -> None:
+        attempts.append(1)
+        channel.wire(pool)
+
+    try:
+        with pytest.raises(RuntimeError, match="no _sock attribute"):
+            Channel().run(step)
+        assert 1 == len(attempts)  # not retried as if the connection had dropped
+    finally:
+        pool.disconnect()

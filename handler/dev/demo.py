@@ -25,27 +25,12 @@ from handler.dev.local_redis import (
     packaged_redis_server,
     packaged_search_module,
 )
+from handler.dev.samples import GROUP, MONITOR, STREAM, sample_tweet, timer_envelope
 from handler.ops.console import progress
 from handler.reclaim.dead_letter import split_dead_letter
 from handler.transport.client import command
 
-STREAM, GROUP, MONITOR = "tweets_stream", "redisearch_app_group", "monitoring_app"
 MIN_IDLE_SEC = 1
-USERS = ["john", "joanna", "priya", "arjun", "maria", "li"]
-PLACES = ["India", "Mumbai, India", "London", "Berlin", "São Paulo", "Tokyo"]
-TAGS = ["Medicine", "hello,world", "", "MedTech", "covid19,Medicine"]  # the crashed 5th tweets: #covid19
-
-
-def sample_tweet(number: int) -> dict[str, str]:
-    """A tweet as the producer writes it: string values, fields in alphabetical order."""
-    tweet_id = str(1_394_000_000_000_000_000 + number)
-    return {
-        "hashtags": TAGS[number % len(TAGS)],
-        "id": tweet_id,
-        "location": PLACES[number % len(PLACES)],
-        "text": f"hello world, tweet number {number}",
-        "user": USERS[number % len(USERS)],
-    }
 
 
 def _say(text: str = "") -> None:
@@ -119,11 +104,7 @@ def start_handler(server: LocalRedis) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def invoke_timer(port: int) -> dict[str, Any]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    envelope = {
-        "Data": {"req": {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None, "IsPastDue": False}},
-        "Metadata": {"sys": {"MethodName": "monitor", "UtcNow": now, "RandGuid": str(uuid.uuid4())}},
-    }
+    envelope = timer_envelope()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/monitor",
         data=json.dumps(envelope).encode(),

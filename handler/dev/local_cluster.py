@@ -17,6 +17,7 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from handler.dev.local_redis import LocalRedis, LocalRedisError, free_ports
+from handler.transport.client import text
 from handler.transport.connect import RawStreamCluster
 
 READY_TIMEOUT_SEC = 30.0
@@ -116,7 +117,7 @@ class LocalCluster:
     def node_id(self, node: LocalRedis) -> str:
         with self.node_client(node) as client:
             answer = client.execute_command("CLUSTER", "MYID")
-            return answer.decode() if isinstance(answer, bytes) else str(answer)
+            return text(answer)
 
     def _all_know_every_node(self) -> bool:
         for node in self.nodes:

@@ -99,10 +99,6 @@ class LocalRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 

@@ -21,7 +21,7 @@ from handler.keys import StreamKeys
 from handler.reclaim.rules import parse_pending_count
 from handler.reclaim.streams import find_streams
 from handler.settings import MonitorSettings
-from handler.transport.client import Client, command, server_holding
+from handler.transport.client import Client, command, server_holding, text
 from handler.transport.connect import connect
 from handler.transport.topology import server_address
 
@@ -118,7 +118,7 @@ def _whoami(client: Client, settings: MonitorSettings) -> str:
         name = command(client, "ACL", "WHOAMI")
     except redis.exceptions.ResponseError:  # before 6.0.? or not allowed by a least-privilege rule
         return settings.REDIS_USERNAME or "default"
-    return name.decode() if isinstance(name, bytes) else str(name)
+    return text(name)
 
 
 def _at_least(version: str, minimum: tuple[int, int]) -> bool:
@@ -160,7 +160,7 @@ def _permissions(client: Client, keys: StreamKeys, user: str, version: str) -> C
             refused.append(f"{needed[0]} ({exc})")
             continue
         if answer not in (b"OK", "OK", True):
-            refused.append(f"{needed[0]} ({answer.decode() if isinstance(answer, bytes) else answer})")
+            refused.append(f"{needed[0]} ({text(answer)})")
     if refused:
         return Check(
             "permissions", False, "not allowed: " + "; ".join(refused) + " (see the README's ACL rule)"

@@ -8,6 +8,7 @@ from typing import Any
 
 from handler.keys import StreamKeys
 from handler.reclaim.dead_letter import METADATA_FIELD_COUNT, REPLAY_LUA, split_dead_letter
+from handler.reclaim.rules import next_id
 from handler.transport.client import Client, command
 
 REPLAY_BATCH = 100  # dead letters moved per atomic script call
@@ -49,15 +50,14 @@ def show_dead_letter(client: Client, keys: StreamKeys, entry_id: str) -> DeadLet
 
 def all_ids(client: Client, keys: StreamKeys, batch: int = 1000) -> Iterator[list[bytes]]:
     """Every dead letter's ID, a batch at a time, oldest first."""
-    start = "-"
+    start: bytes | str = "-"
     while True:
         entries = command(client, "XRANGE", keys.dead_letter, start, "+", "COUNT", batch)
         if not entries:
             return
         ids = [entry_id for entry_id, _ in entries]
         yield ids
-        ms, _, seq = ids[-1].partition(b"-")
-        start = f"{int(ms)}-{int(seq) + 1}"
+        start = next_id(ids[-1])
 
 
 def replay(

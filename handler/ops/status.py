@@ -12,8 +12,9 @@ from typing import Any
 
 import redis
 
+from handler.errors import StreamOrGroupMissingError
 from handler.keys import StreamKeys
-from handler.transport.client import Client, command
+from handler.transport.client import Client, command, text
 
 SAMPLE_PER_CONSUMER = 1000
 SEARCH_INDEX = "tweets-index"
@@ -49,17 +50,13 @@ class GroupStatus:
 
 
 def _pairs(flat: list[Any]) -> dict[str, Any]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): v
-        for k, v in zip(flat[::2], flat[1::2], strict=False)
-    }
+    return {text(k): v for k, v in zip(flat[::2], flat[1::2], strict=False)}
 
 
 def find_group(client: Client, keys: StreamKeys) -> dict[str, Any] | None:
     """The group's XINFO GROUPS row, None when the stream has no such group (ResponseError: no stream)."""
     for group in client.xinfo_groups(keys.stream):
-        name = group["name"]
-        if (name.decode() if isinstance(name, bytes) else name) == keys.group:
+        if text(group["name"]) == keys.group:
             return dict(group)
     return None
 
@@ -67,12 +64,15 @@ def find_group(client: Client, keys: StreamKeys) -> dict[str, Any] | None:
 def gather_status(client: Client, keys: StreamKeys, dead_letter_maxlen: int) -> GroupStatus:
     group = find_group(client, keys)
     if group is None:
-        raise redis.exceptions.ResponseError(f"NOGROUP no consumer group '{keys.group}' on '{keys.stream}'")
+        raise StreamOrGroupMissingError(
+            f"stream '{keys.stream}' has no consumer group '{keys.group}': create it as the processor does "
+            "(XGROUP CREATE … MKSTREAM)"
+        )
     summary = command(client, "XPENDING", keys.stream, keys.group)
     consumers = []
     idle_empty = []
     for info in client.xinfo_consumers(keys.stream, keys.group):
-        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+        name = text(info["name"])
         status = ConsumerStatus(name, int(info["pending"]), int(info["idle"]))
         if status.pending:
             rows = command(client, "XPENDING", keys.stream, keys.group, "-", "+", SAMPLE_PER_CONSUMER, name)

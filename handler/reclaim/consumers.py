@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handler.transport.client import Client
+from handler.transport.client import Client, text
 
 # KEYS: stream. ARGV: group, idle threshold in ms, 1 to only report, then names never to remove.
 PRUNE_LUA = """
@@ -37,4 +37,4 @@ def prune_idle_consumers(
     """Remove consumers with nothing pending and idle at least idle_sec; returns their names."""
     idle_ms = round(idle_sec * 1000)
     removed: Any = client.eval(PRUNE_LUA, 1, stream, group, idle_ms, "1" if dry_run else "0", *keep)
-    return [name.decode() if isinstance(name, bytes) else str(name) for name in removed]
+    return [text(name) for name in removed]

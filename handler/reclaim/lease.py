@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 
-from handler.transport.client import Client
+from handler.transport.client import Client, text
 
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -54,7 +54,7 @@ class Lease:
             self._renewed_at = time.monotonic()
             return None
         current = self._client.get(self._key)
-        return current.decode(errors="replace") if isinstance(current, bytes) else "unknown (just expired)"
+        return "unknown (just expired)" if current is None else text(current)
 
     def go_without(self) -> None:
         """Sweep without a lease (Redis refused to store one): keep() says yes, release() does nothing."""

@@ -19,12 +19,12 @@ import redis
 from redis.cluster import RedisCluster
 
 from handler.errors import StreamOrGroupMissingError
-from handler.keys import hash_tag_of
+from handler.keys import is_dead_letter_stream
 from handler.reclaim.cycle import ReclaimCycle, never
 from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
 from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
-from handler.transport.client import Client
+from handler.transport.client import Client, text
 from handler.transport.connect import RedisConnection, unavailable
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ SCAN_COUNT = 1000
 # again at most this often, so a new shard is picked up within a minute.
 RESCAN_AFTER_SEC = 60.0
 MIN_SLICE_SEC = 0.01  # below this a stream's turn would end before its first page
-DEAD_LETTER_SUFFIX = ":dead-letter"
 
 
 class StreamFinder:
@@ -75,18 +74,10 @@ def _scan(client: Client, pattern: str) -> set[str]:
     names: set[str] = set()
     for node in nodes:
         for key in node.scan_iter(match=pattern, count=SCAN_COUNT, _type="stream"):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            if not _is_a_dead_letter_stream(name):
+            name = text(key)
+            if not is_dead_letter_stream(name):
                 names.add(name)
     return names
-
-
-def _is_a_dead_letter_stream(name: str) -> bool:
-    """`{tweets_stream:0}:dead-letter` is a stream a broad pattern would match: never swept as a source."""
-    if not name.endswith(DEAD_LETTER_SUFFIX):
-        return False
-    source = name.removesuffix(DEAD_LETTER_SUFFIX)
-    return source.startswith("{") and hash_tag_of(source) == source
 
 
 class StreamsCycle:

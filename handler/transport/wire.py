@@ -61,8 +61,16 @@ class Wire:
         # The pool hands out a connected, authenticated connection; its socket is private to redis-py, but
         # reading and writing it directly is what makes the hot path lean. Every reply asked for is read
         # before the connection goes back to the pool, so redis-py finds it in the state it left it.
-        sock = getattr(self._connection, "_sock", None)
-        if sock is None:
+        if not hasattr(self._connection, "_sock"):
+            # A redis-py release that renamed its private socket: a programming error to fix here, not a
+            # connection error to retry (which would answer every invocation with a 503 for ever).
+            pool.release(self._connection)
+            raise RuntimeError(
+                f"redis-py {redis.__version__}'s Connection has no _sock attribute: "
+                "handler/transport/wire.py needs updating for this redis-py release"
+            )
+        sock: socket.socket | None = getattr(self._connection, "_sock")  # noqa: B009  (private, untyped)
+        if sock is None:  # disconnected since the pool handed it out: a connection error like any other
             raise redis.exceptions.ConnectionError("the pooled connection has no socket")
         self._sock: socket.socket = sock
         self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
