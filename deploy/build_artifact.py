@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import os
 import platform
 import py_compile
 import re
@@ -23,10 +24,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+APP_LOCK = ROOT / "requirements" / "app.lock"  # what goes into app/, written by ./scripts/lock
 PYTHON_VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
 LOADER = "ld-linux-x86-64.so.2"
 EXECUTABLE = "tweets-monitor"
@@ -43,6 +44,8 @@ LAUNCHER = """#!/bin/sh
 here=$(cd "$(dirname "$0")" && pwd)
 runtime="$here/runtime"
 export PYTHONHOME="$runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+# `run` reads monitor/function.json from the app root: this folder, unless the Functions host names one.
+export TWEETS_MONITOR_APP_ROOT="$here"
 # TLS: the image's CA bundle (kept current by the platform), else the one certifi ships in app/.
 if [ -z "${{SSL_CERT_FILE:-}}" ]; then
     for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt \\
@@ -75,7 +78,10 @@ def build(out: Path) -> Path:
     runtime, app = out / "runtime", out / "app"
     _copy_interpreter(runtime)
     _install_dependencies(app)
-    shutil.copytree(ROOT / "handler", app / "handler", ignore=shutil.ignore_patterns("__pycache__"))
+    if installed_versions(app) != locked_versions():
+        raise BuildError(f"app/ does not hold exactly what {APP_LOCK.relative_to(ROOT)} pins")
+    # handler/dev (the demo and throwaway servers) is never deployed.
+    shutil.copytree(ROOT / "handler", app / "handler", ignore=_not_deployed)
     _bundle_shared_libraries(runtime, [runtime, app])
     # Compiled ahead, with hashes rather than mtimes (a zip deploy changes mtimes): a faster cold start.
     for folder in (runtime / "lib" / PYTHON_VERSION, app):
@@ -94,6 +100,39 @@ def _copy_interpreter(runtime: Path) -> None:
     shutil.copytree(stdlib, runtime / "lib" / PYTHON_VERSION, ignore=_left_out)
 
 
+def _not_deployed(folder: str, names: list[str]) -> set[str]:
+    left_out = {"__pycache__"}
+    if Path(folder) == ROOT / "handler":
+        left_out.add("dev")
+    return left_out & set(names)
+
+
+def locked_versions(lock: Path = APP_LOCK) -> dict[str, str]:
+    """{normalized distribution name: version} pinned by a lock file."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if match:
+            pins[normalized(match.group(1))] = match.group(2)
+    return pins
+
+
+def installed_versions(app: Path) -> dict[str, str]:
+    """{normalized distribution name: version} of what pip installed into `app`, read from its dist-info."""
+    found = {}
+    for dist_info in app.glob("*.dist-info"):
+        metadata = (dist_info / "METADATA").read_text(errors="replace")
+        name = re.search(r"^Name: (.+)$", metadata, re.M)
+        version = re.search(r"^Version: (.+)$", metadata, re.M)
+        if name and version:
+            found[normalized(name.group(1).strip())] = version.group(1).strip()
+    return found
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _left_out(folder: str, names: list[str]) -> set[str]:
     if folder.endswith("lib-dynload"):
         return {name for name in names if name.startswith(DYNLOAD_LEFT_OUT)}
@@ -101,11 +140,11 @@ def _left_out(folder: str, names: list[str]) -> set[str]:
 
 
 def _install_dependencies(app: Path) -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    # certifi: the CA bundle of last resort, for an image without one (see LAUNCHER).
+    """Exactly the pins (and hashes) of requirements/app.lock, nothing resolved afresh; certifi among them is
+    the CA bundle of last resort, for an image without one (see LAUNCHER)."""
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-         "--only-binary=:all:", "--target", str(app), *project["dependencies"], "certifi"],
+         "--require-hashes", "--no-deps", "--only-binary=:all:", "--target", str(app), "-r", str(APP_LOCK)],
         check=True,
     )  # fmt: skip
     for junk in app.glob("bin"):
@@ -161,6 +200,12 @@ def _write_function_app(out: Path) -> None:
     (out / ".funcignore").write_text(FUNCIGNORE)
 
 
+def bundled_runtime() -> str:
+    """The interpreter's and the C library's versions the folder carries: they come from the build machine."""
+    libc = os.confstr("CS_GNU_LIBC_VERSION") or "unknown C library"
+    return f"Python {platform.python_version()}, {libc}"
+
+
 def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
@@ -174,7 +219,9 @@ def main() -> int:
     except BuildError as exc:
         print(f"build-artifact: {exc}", file=sys.stderr)
         return 2
-    print(f"built {out} ({size_mb(out):.1f} MB); publish it with:")
+    print(f"built {out} ({size_mb(out):.1f} MB)")
+    print(f"bundled from this machine: {bundled_runtime()}")
+    print("publish it with:")
     print(f"  cd {out} && func azure functionapp publish <function-app-name>")
     return 0
 

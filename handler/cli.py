@@ -82,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from handler.dev.demo import run_demo
-
-        return run_demo(args.tweets)
+        return demo(args.tweets)
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -116,6 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if client is not None:
             client.close()
+
+
+def demo(tweets: int) -> int:
+    """The walkthrough behind ./scripts/demo; handler/dev is left out of the deployed app."""
+    try:
+        from handler.dev.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("handler.dev", "handler.dev.demo"):
+            raise
+        print(
+            "tweets-monitor: the demo is not part of the deployed app (it starts a throwaway Redis); run "
+            "./scripts/demo from a checkout of the repository",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_SETTINGS
+    return run_demo(tweets)
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:
@@ -156,6 +170,7 @@ def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> 
     from handler.metrics import CycleFailure, Metrics
     from handler.runner import function_schedule, run_on_schedule, schedule_zone
 
+    schedule = None if args.once else args.schedule or function_schedule()  # SettingsError: exit 2
     stop = threading.Event()
     _stop_on_signals(stop)
     connection = RedisConnection(settings, client)
@@ -176,9 +191,8 @@ def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> 
         metrics.observe(summary, settings.STREAM_NAME)
         return summary
 
-    if args.once:
+    if schedule is None:
         return EXIT_OK if one_cycle() is not None else EXIT_FAILED
-    schedule = args.schedule or function_schedule()
     log.info("running on schedule %r (%s)", schedule, settings.WEBSITE_TIME_ZONE or "UTC")
     run_on_schedule(schedule, schedule_zone(settings.WEBSITE_TIME_ZONE), one_cycle, stop)
     return EXIT_OK

@@ -10,27 +10,46 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from handler.errors import SettingsError
 from handler.reclaim.summary import CycleSummary
 
 log = logging.getLogger(__name__)
-FUNCTION_JSON = Path(__file__).resolve().parent.parent / "monitor" / "function.json"
-DEFAULT_SCHEDULE = "*/20 * * * * *"
+# Where the app's files are: the Functions host sets FUNCTIONS_APP_ROOT_PATH; the deployed folder's launcher
+# exports its own folder as TWEETS_MONITOR_APP_ROOT (deploy/build_artifact.py); else the working directory.
+APP_ROOT_VARIABLES = ("FUNCTIONS_APP_ROOT_PATH", "TWEETS_MONITOR_APP_ROOT")
+FUNCTION_JSON = Path("monitor") / "function.json"
 
 
-def function_schedule(path: Path = FUNCTION_JSON) -> str:
-    """The timer's schedule from monitor/function.json (the seed's every-20-seconds when it is absent)."""
-    if not path.exists():
-        return DEFAULT_SCHEDULE
-    bindings = json.loads(path.read_text())["bindings"]
-    return str(next(b["schedule"] for b in bindings if b.get("type") == "timerTrigger"))
+def app_root(environ: Mapping[str, str] = os.environ) -> Path:
+    for name in APP_ROOT_VARIABLES:
+        if environ.get(name):
+            return Path(environ[name])
+    return Path.cwd()
+
+
+def function_schedule(root: Path | None = None) -> str:
+    """The timer's schedule from <app root>/monitor/function.json, the same file the host reads; there is no
+    second copy of it here. SettingsError when the file is missing or has no timer."""
+    path = (root or app_root()) / FUNCTION_JSON
+    try:
+        bindings = json.loads(path.read_text())["bindings"]
+        return str(next(b["schedule"] for b in bindings if b.get("type") == "timerTrigger"))
+    except FileNotFoundError:
+        raise SettingsError(
+            f"{path} does not exist: run from the app root (or set FUNCTIONS_APP_ROOT_PATH), or give "
+            "--schedule"
+        ) from None
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise SettingsError(f"{path} has no timerTrigger binding with a schedule ({exc!r})") from None
 
 
 def schedule_zone(website_time_zone: str) -> tzinfo:

@@ -1,5 +1,6 @@
-# Shared by the scripts: a virtualenv in .venv with the project and the given extra (if any).
-# Needs only Python 3.11+ and the package registries.
+# Shared by the scripts: a virtualenv in .venv with the project, installed at the exact pins (and hashes) of
+# requirements/dev.lock, or requirements/app.lock when the argument is empty (what the deployed app carries).
+# Needs only Python 3.11+ and the package registries. ./scripts/lock writes the lock files.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,5 +11,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${1:+[$1]}"
+lock=requirements/dev.lock
+if [ -z "${1:-}" ]; then
+    lock=requirements/app.lock
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+"${pip[@]}" --require-hashes --only-binary=:all: -r "$lock"
+"${pip[@]}" --no-deps -e .

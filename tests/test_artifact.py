@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from deploy.build_artifact import EXECUTABLE, build, size_mb
-from handler.dev.local_redis import LocalRedis, environment_for
+from deploy.build_artifact import EXECUTABLE, build, installed_versions, locked_versions, size_mb
+from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
 from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
@@ -151,3 +152,54 @@ def test_without_a_system_ca_bundle_the_launcher_uses_certifis(bullseye_root: Pa
                             text=True, timeout=60, env=clean)  # fmt: skip
     assert 0 == traced.returncode, traced.stderr
     assert f"export SSL_CERT_FILE={APP_ROOT_INSIDE}/app/certifi/cacert.pem" in traced.stderr
+
+
+def test_the_artifact_holds_exactly_the_locked_dependencies_and_no_dev_tools(artifact: Path) -> None:
+    app = artifact / "app"
+    assert locked_versions() == installed_versions(app)
+    assert not (app / "handler" / "dev").exists()
+    for package in ("reclaim", "transport", "functions", "ops"):
+        assert (app / "handler" / package / "__init__.py").exists(), package
+
+
+def test_the_demo_in_the_artifact_exits_2_saying_it_is_not_deployed(
+    bullseye_root: Path, installed: Path
+) -> None:
+    done = subprocess.run(
+        ["chroot", str(bullseye_root), "/bin/sh", "-c", f"{APP_ROOT_INSIDE}/{EXECUTABLE} demo"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert 2 == done.returncode, done.stderr
+    assert "the demo is not part of the deployed app" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_in_the_artifact_reads_the_timer_from_its_own_folder(
+    bullseye_root: Path, installed: Path, redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    """Started from another working directory, `run` finds monitor/function.json beside the launcher (the
+    package sits under app/), and without it exits 2 naming where it looked: no second copy of the
+    schedule."""
+    create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+    env = environment_for(
+        redis_8, MIN_IDLE_TIME_SEC="10", METRICS_ADDRESS=f"127.0.0.1:{free_port()}", **NAMES
+    )
+    env.pop("PYTHONPATH", None)
+    env.pop("FUNCTIONS_APP_ROOT_PATH", None)
+    run = ["chroot", str(bullseye_root), "/bin/sh", "-c", f"cd / && exec {APP_ROOT_INSIDE}/{EXECUTABLE} run"]
+    schedule = json.loads((installed / "monitor" / "function.json").read_text())["bindings"][0]["schedule"]
+    process = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while "running on schedule" not in line and time.monotonic() < deadline:
+            line = process.stderr.readline()
+        assert f"running on schedule {schedule!r}" in line
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)  # reads the rest and closes the pipe
+    (installed / "monitor" / "function.json").unlink()
+    done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert 2 == done.returncode, done.stderr
+    assert f"{APP_ROOT_INSIDE}/monitor/function.json does not exist" in done.stderr

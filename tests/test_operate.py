@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,7 @@ from handler.dev.demo import SEARCH_QUERIES
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet_id
 from handler.reclaim.consumers import prune_idle_consumers
-from handler.runner import function_schedule, next_run
+from handler.runner import APP_ROOT_VARIABLES, app_root, function_schedule, next_run
 from tests import pipeline
 from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import (
@@ -264,10 +265,29 @@ def test_the_schedule_follows_website_time_zone() -> None:
     assert datetime(2026, 11, 27, 14, 0, tzinfo=UTC) == due.astimezone(UTC)
 
 
-def test_run_uses_function_json_schedule() -> None:
+def test_run_uses_function_json_schedule_from_the_app_root() -> None:
     assert json.loads((APP_ROOT / "monitor" / "function.json").read_text())["bindings"][0]["schedule"] == (
-        function_schedule()
+        function_schedule(APP_ROOT)
     )
+
+
+@pytest.mark.parametrize("variable", APP_ROOT_VARIABLES)
+def test_the_app_root_is_named_by_the_host_or_the_launcher(variable: str, tmp_path: Path) -> None:
+    assert tmp_path == app_root({variable: str(tmp_path)})
+    assert Path.cwd() == app_root({})
+
+
+def test_run_without_function_json_exits_2_naming_the_path(
+    redis_8: LocalRedis, group: redis.Redis, tmp_path: Path
+) -> None:
+    """No built-in copy of the schedule: a `run` that cannot find the timer says where it looked."""
+    done = subprocess.run(
+        [sys.executable, "-m", "handler", "run"], env={**env_for(redis_8), "PYTHONPATH": str(APP_ROOT)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert 2 == done.returncode, done.stderr
+    assert str(tmp_path / "monitor" / "function.json") in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_run_once_for_cron(redis_8: LocalRedis, group: redis.Redis) -> None:
