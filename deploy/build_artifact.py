@@ -179,13 +179,16 @@ def _system_libraries(path: Path, inside: Path) -> dict[str, Path]:
     listing = subprocess.run(["ldd", str(path)], capture_output=True, text=True).stdout
     found: dict[str, Path] = {}
     for line in listing.splitlines():
-        match = re.match(r"\s*(\S+)\s+=>\s+(\S+)\s+\(", line) or re.match(r"\s*(/\S+)\s+\(", line)
+        # "libfoo.so.1 => /lib/libfoo.so.1 (0x…)", or the loader's own "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        match = re.match(r"\s*(?P<name>\S+)\s+=>\s+(?P<path>\S+)\s+\(", line) or re.match(
+            r"\s*(?P<name>(?P<path>/\S+))\s+\(", line
+        )
         if not match:
             continue  # linux-vdso and "not a dynamic executable"
-        target = Path(match.group(2) if match.lastindex == 2 else match.group(1))
+        target = Path(match.group("path"))
         if inside in target.resolve().parents or not target.exists():
             continue
-        found[Path(match.group(1)).name] = target
+        found[Path(match.group("name")).name] = target
     return found
 
 

@@ -275,7 +275,10 @@ def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str]
     from handler.ops import console, dead_letters
 
     with console.progress(f"{action}ing dead letters", len(ids)) as bar:
-        advance: Callable[[int], None] = lambda done: bar.advance(bar.task_ids[0], done)  # noqa: E731
+
+        def advance(moved: int) -> None:
+            bar.advance(bar.task_ids[0], moved)
+
         if action == "replay":
             done = dead_letters.replay(client, keys, ids, advance)
         else:

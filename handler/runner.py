@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # exports its own folder as TWEETS_MONITOR_APP_ROOT (deploy/build_artifact.py); else the working directory.
 APP_ROOT_VARIABLES = ("FUNCTIONS_APP_ROOT_PATH", "TWEETS_MONITOR_APP_ROOT")
 FUNCTION_JSON = Path("monitor") / "function.json"
+NCRONTAB_FIELDS, CRON_FIELDS = 6, 5  # NCRONTAB puts seconds first; a 5-field cron line starts at minute 0
 
 
 def app_root(environ: Mapping[str, str] = os.environ) -> Path:
@@ -59,9 +60,9 @@ def schedule_zone(website_time_zone: str) -> tzinfo:
 def next_run(schedule: str, after: datetime) -> datetime:
     """The next occurrence strictly after `after` (an aware datetime) of an NCRONTAB schedule."""
     fields = schedule.split()
-    if len(fields) not in (5, 6):
+    if len(fields) not in (CRON_FIELDS, NCRONTAB_FIELDS):
         raise ValueError(f"{schedule!r} is not an NCRONTAB schedule (6 fields, seconds first; or 5)")
-    expression = schedule if len(fields) == 6 else "0 " + schedule
+    expression = schedule if len(fields) == NCRONTAB_FIELDS else "0 " + schedule
     result: datetime = croniter(expression, after, second_at_beginning=True).get_next(datetime)
     return result
 

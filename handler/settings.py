@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from handler.errors import SettingsError
 
 DEFAULT_REDIS_PORT = 6379
+MAX_PORT = 65_535
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -190,7 +191,7 @@ def split_host_port(value: str) -> tuple[str, int]:
             raise ValueError("the port after ':' is empty")
     if not port_text:
         return host, DEFAULT_REDIS_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65_535:
+    if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
         raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)
 

@@ -31,6 +31,8 @@ from handler.reclaim.dead_letter import split_dead_letter
 from handler.transport.client import command
 
 MIN_IDLE_SEC = 1
+CRASHED_EVERY = 5  # the processor crashed before acknowledging every 5th tweet (the #covid19 ones)
+SHOWN = 3  # search hits shown per query
 
 
 def _say(text: str = "") -> None:
@@ -64,7 +66,7 @@ def set_up_pipeline(client: redis.Redis, tweets: int) -> None:
     read: Any = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=tweets + 4)
     processed = 0
     for position, (entry_id, fields) in enumerate(read[0][1]):
-        if position % 5 == 4 or position >= tweets:
+        if position % CRASHED_EVERY == CRASHED_EVERY - 1 or position >= tweets:
             continue  # the processor crashed before acknowledging these
         client.hset(b"tweet:" + fields[b"id"], mapping=fields)
         client.xack(STREAM, GROUP, entry_id)
@@ -160,7 +162,7 @@ def show_search(client: redis.Redis, reclaimed: set[bytes]) -> None:
         everything = ("LIMIT", 0, client.dbsize())
         found = command(client, "FT.SEARCH", "tweets-index", query, "NOCONTENT", *everything)
         ours = sorted(key.decode() for key in found[1:] if key in reclaimed)
-        shown = ", ".join(ours[:3]) + (", …" if len(ours) > 3 else "")
+        shown = ", ".join(ours[:SHOWN]) + (", …" if len(ours) > SHOWN else "")
         _say(f"   FT.SEARCH tweets-index {query!r}: {found[0]} found, {len(ours)} reclaimed ({shown})")
 
 

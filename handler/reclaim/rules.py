@@ -37,7 +37,8 @@ class DeadLetter(NamedTuple):
 def parse_pending_count(reply: Sequence[object]) -> int:
     """XPENDING summary: [count, smallest id, greatest id, [[consumer, count], ...]]."""
     count = reply[0]
-    assert isinstance(count, int)
+    if not isinstance(count, int):
+        raise TypeError(f"XPENDING's summary did not start with a count: {reply!r:.200}")
     return count
 
 

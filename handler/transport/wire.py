@@ -27,8 +27,10 @@ pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 
 
 _CRLF = b"\r\n"
-_BULK_PREFIX = [b"$%d\r\n" % n for n in range(4096)]  # "$<length>\r\n" for the usual field sizes
-_HSET_HEADER = [b"*%d\r\n$4\r\nHSET\r\n" % (n + 2) for n in range(256)]
+_PREFIXED_SIZES = 4096  # "$<length>\r\n" made ahead for the usual field sizes
+_HEADED_COUNTS = 256  # "*<count>\r\n$4\r\nHSET\r\n" made ahead for the usual number of fields
+_BULK_PREFIX = [b"$%d\r\n" % n for n in range(_PREFIXED_SIZES)]
+_HSET_HEADER = [b"*%d\r\n$4\r\nHSET\r\n" % (n + 2) for n in range(_HEADED_COUNTS)]
 
 
 def pack_hsets(writes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
@@ -42,10 +44,10 @@ def pack_hsets(writes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     append = parts.append
     for key, fields in writes:
         count = len(fields)
-        append(_HSET_HEADER[count] if count < 256 else b"*%d\r\n$4\r\nHSET\r\n" % (count + 2))
+        append(_HSET_HEADER[count] if count < _HEADED_COUNTS else b"*%d\r\n$4\r\nHSET\r\n" % (count + 2))
         for item in (key, *fields):
             size = len(item)
-            append(_BULK_PREFIX[size] if size < 4096 else b"$%d\r\n" % size)
+            append(_BULK_PREFIX[size] if size < _PREFIXED_SIZES else b"$%d\r\n" % size)
             append(item)
             append(_CRLF)
     return b"".join(parts)
