@@ -1,4 +1,5 @@
-"""Benchmark: the project's reclaim cycle against the seed's algorithm and the server's own limit.
+"""Benchmark: the project's reclaim cycle against the original Go monitor's algorithm (re-implemented in
+bench/seed_algorithm.py) and the server's own limit.
 
     ./scripts/bench                      # N = 10,000, 100,000 and 1,000,000; three runs each
     ./scripts/bench --sizes 100000 --repeat 5
@@ -194,13 +195,15 @@ def empty_latency(server: LocalRedis, count: int = 300) -> tuple[float, float]:
 
 
 def report(results: list[Result], sizes: list[int]) -> None:
-    print("\n| N | approach | messages/s (median) | vs seed | vs server limit | peak RSS | process start |")
+    print(
+        "\n| N | approach | messages/s (median) | vs original | vs server limit | peak RSS | process start |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for size in sizes:
         row = {result.approach: result for result in results if result.size == size}
-        seed, limit = row.get("seed algorithm"), row.get("server limit")
+        seed, limit = row.get("original algorithm"), row.get("server limit")
         for result in row.values():
-            vs_seed = f"{result.rate / seed.rate:.1f}x" if seed else "— (seed left out)"
+            vs_seed = f"{result.rate / seed.rate:.1f}x" if seed else "— (original left out)"
             vs_limit = f"{result.rate / limit.rate:.0%}" if limit else "—"
             rss = f"{result.rss_mb:.0f} MB" if result.rss_mb is not None else "—"
             start = f"{result.startup_s:.2f} s" if result.startup_s is not None else "—"
@@ -215,7 +218,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--repeat", type=int, default=5, help="runs per cell below 1,000,000 pending")
     parser.add_argument("--repeat-large", type=int, default=3, help="runs per cell at 1,000,000 and more")
-    parser.add_argument("--seed-max", type=int, default=100_000, help="largest N for the seed's algorithm")
+    parser.add_argument(
+        "--seed-max", type=int, default=100_000, help="largest N for the original Go monitor's algorithm"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     results: list[Result] = []
@@ -233,7 +238,7 @@ def main() -> None:
                 "project (HTTP)": partial(project_http, handler, size),
             }
             if size <= args.seed_max:
-                approaches["seed algorithm"] = partial(seed_algorithm, server, size)
+                approaches["original algorithm"] = partial(seed_algorithm, server, size)
             try:
                 results += measure(
                     server, size, args.repeat if size < 1_000_000 else args.repeat_large, approaches

@@ -1,4 +1,5 @@
-"""The seed's algorithm (the Go monitor), re-implemented faithfully as the benchmark's baseline.
+"""The original Go monitor's algorithm (the program tweets-monitor replaces), re-implemented faithfully as
+the benchmark's baseline.
 
 One XPENDING summary, one XPENDING extended for the whole list, one XCLAIM of all IDs, then one concurrent
 task per claimed message doing HSET then XACK, over a pool of 20 connections (go-redis's 10 per CPU on a

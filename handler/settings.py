@@ -1,6 +1,7 @@
 """Every setting of the monitor, read once from the environment and validated.
 
-Names and meanings follow the Go monitor (the seed) where it had them; durations carry their unit (_SEC).
+Names and meanings follow the original Go monitor (the program this one replaces) where it had them;
+durations carry their unit (_SEC).
 """
 
 from __future__ import annotations

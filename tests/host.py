@@ -1,5 +1,5 @@
 """A stand-in for the Azure Functions host (which cannot be installed here), playing its side of the
-custom-handler protocol as functions-host.md documents it:
+custom-handler protocol as Azure Functions' custom-handler documentation describes it:
 
 - starts the handler with host.json's arguments in the app root, with FUNCTIONS_CUSTOMHANDLER_PORT and the
   app settings in its environment, and polls `GET /` every 25 ms for up to 30 s (any answer means ready);

@@ -74,7 +74,7 @@ def test_the_readiness_probe_is_answered_at_once(host: FunctionsHost) -> None:
 ENVELOPES = {
     # What `*/20 * * * * *` always sends: the schedule monitor is off, so ScheduleStatus is null.
     "scheduled": envelope(),
-    # The verbatim example (a) of functions-host.md, with its binding renamed to this app's `req`.
+    # The timer request of Azure Functions' custom-handler documentation, its binding renamed to `req`.
     "func-start-go-example": json.loads(
         '{"Data":{"req":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":{"Last":"0001-01-01T00:00:00",'
         '"Next":"2024-11-30T14:45:51+00:00","LastUpdated":"2024-11-30T14:43:50.403838+00:00"},'

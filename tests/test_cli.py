@@ -158,5 +158,5 @@ def test_the_demo_reclaims_the_crashed_processors_tweets() -> None:
     assert "XPENDING tweets_stream redisearch_app_group: 0 pending" in done.stdout
     for reason in ("missing-id", "max-deliveries", "write-failed"):
         assert f"reason={reason}" in done.stdout
-    # With the search module (a test dependency) the demo ends with the blog's searches.
+    # With the search module (a test dependency) the demo ends with the pipeline's example searches.
     assert "FT.SEARCH tweets-index '@hashtags:{cov*}': 4 found, 4 reclaimed" in done.stdout

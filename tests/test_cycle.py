@@ -1,4 +1,5 @@
-"""The reclaim cycle's numbered rules (issue 2), each pinned against real Redis 6.0, 6.2 and 8.2."""
+"""The reclaim cycle's numbered rules (the README's "What one cycle does"), each pinned against real Redis
+6.0, 6.2 and 8.2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults injected for real (issue 3): SIGKILL mid-cycle, Redis killed and restarted, connections cut
+"""Faults injected for real: SIGKILL mid-cycle, Redis killed and restarted, connections cut
 mid-pipeline and stalled, several monitors at once with one frozen mid-page. Afterwards nothing is lost,
 nothing is written wrong, and no dead letter is duplicated."""
 

@@ -1,4 +1,4 @@
-"""Operating the monitor (issue 5): status, metrics, JSON logs, dead-letter tools and retention, the
+"""Operating the monitor: status, metrics, JSON logs, dead-letter tools and retention, the
 standalone runner, reclaim --dry-run, check, dead-consumer cleanup."""
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ def test_run_cycles_on_schedule_serves_metrics_and_exits_0_on_sigterm(
 
 
 def test_search_finds_what_the_monitor_reclaimed(redis_search: LocalRedis) -> None:
-    """The blog's seven FT.SEARCH queries find the reclaimed tweets exactly as they find the processor's."""
+    """The pipeline's seven example FT.SEARCH queries find the reclaimed tweets like the processor's."""
     client = redis_search.client()
     client.flushall()
     command(
@@ -384,7 +384,7 @@ def test_search_finds_what_the_monitor_reclaimed(redis_search: LocalRedis) -> No
         command(client, "HSET", b"tweet:" + control[3], *control)
     name_of = {b"tweet:" + fields[3]: name for name, fields in samples.items()}
     control_of = {b"tweet:" + tweet_id(n): name for n, name in enumerate(samples, start=101)}
-    assert 7 == len(SEARCH_QUERIES)  # the blog's seven
+    assert 7 == len(SEARCH_QUERIES)  # the pipeline's seven
     for query in SEARCH_QUERIES:
         found: Any = command(client, "FT.SEARCH", "tweets-index", query, "NOCONTENT", "LIMIT", 0, 100)
         reclaimed = {name_of[key] for key in found[1:] if key in name_of}

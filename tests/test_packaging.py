@@ -5,6 +5,7 @@ which holds the app's pins unchanged). The artifact's own check is in tests/test
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,8 +22,13 @@ SUBPACKAGES = [
 
 
 def test_the_wheel_contains_every_subpackage(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ and *.egg-info behind in the folder it builds.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "handler", source / "handler", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("tweets_monitor-*.whl")

@@ -1,4 +1,4 @@
-"""Security (issue 3): loopback only, only the host's routes, secrets never in any output, a least-privilege
+"""Security: loopback only, only the host's routes, secrets never in any output, a least-privilege
 ACL user, and TLS against real TLS servers (Debian's redis-server 7.0.15): 1.2-only and 1.3-only servers
 work, a certificate for another host name and an untrusted CA are refused with a clear error."""
 

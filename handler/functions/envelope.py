@@ -1,4 +1,5 @@
-"""The Functions host's invocation request and the answer it expects (functions-host.md, 1 and 2)."""
+"""The Functions host's invocation request and the answer it expects, as Azure Functions' custom-handler
+documentation describes them (the request's Data and Metadata; the answer's Outputs, Logs, ReturnValue)."""
 
 from __future__ import annotations
 

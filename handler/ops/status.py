@@ -1,4 +1,4 @@
-"""The group at a glance: the blog's XPENDING view made useful (`python -m handler status`).
+"""The group at a glance: the XPENDING view an operator would type by hand, made useful (`status`).
 
 Fast on a pending list of millions: XPENDING's summary gives the per-consumer counts; each consumer's oldest
 idle time and highest delivery count are read from a sample, its SAMPLE_PER_CONSUMER oldest pending entries
