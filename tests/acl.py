@@ -1,4 +1,4 @@
-"""The least-privilege ACL rule the README documents, as the tests apply it."""
+"""The least-privilege ACL rule docs/security.md documents, as the tests apply it."""
 
 # The commands the monitor sends (XADD, PEXPIRE and XRANGE also run inside its Lua scripts) and the keys it
 # touches. `-@all` first: nothing else is allowed. On a cluster, redis-py reads the command table (COMMAND)

@@ -123,8 +123,8 @@ def test_a_least_privilege_acl_user_is_enough(redis_8: LocalRedis, client8: redi
         assert 19 == len(tweet_keys(client8))
     finally:
         client8.execute_command("ACL", "DELUSER", "monitor")  # type: ignore[no-untyped-call]
-    readme = (APP_ROOT / "README.md").read_text()
-    assert ACL_RULE.format(password="<password>") in readme  # the documented rule is the tested one
+    documented = (APP_ROOT / "docs" / "security.md").read_text()
+    assert ACL_RULE.format(password="<password>") in documented  # the documented rule is the tested one
     SECURITY_CHECKS.append("ACL: a user limited to the documented commands and keys runs a full cycle")
 
 
