@@ -1,0 +1,293 @@
+"""No entry lost: each way a reviewer found to lose, misplace or wrongly dead-letter an entry, reproduced
+against real servers.
+
+1. The dead-letter move writes before it acknowledges: an entry too big for one Lua call, a dead-letter key
+   of the wrong type, or Redis out of memory leave the entry pending (or dead-lettered whole), never gone.
+2. A connection with replies still unread is closed, never handed back to the pool.
+3. Two entries for one tweet in different pages end as HSET(older) then HSET(later) would leave them.
+4. The monitor's own refused attempts give their delivery back, so an outage does not dead-letter tweets.
+5. Dead letters are kept unless a cap is set, and every trim is counted and said.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.connection import ConnectionPool
+
+from handler.dev.local_redis import LocalRedis, environment_for
+from handler.keys import StreamKeys
+from handler.metrics import Metrics
+from handler.ops.dead_letters import list_dead_letters, show_dead_letter
+from handler.ops.status import gather_status
+from handler.reclaim.streams import StreamsCycle
+from handler.transport.connect import RedisConnection
+from handler.transport.wire import Channel, pack
+from tests.conftest import settings_for
+from tests.host import APP_ROOT
+from tests.pipeline import age, expected_hash, hash_fields, set_deliveries, tweet, tweet_keys
+from tests.redis_binaries import BINARIES
+from tests.test_cycle import PROCESSOR, World
+
+BIG_PAIRS = 5_000  # with the nine metadata pairs, past the ~8,000 values one Lua unpack() can pass
+
+
+@pytest.fixture
+def world(any_redis: LocalRedis, client: redis.Redis, names: dict[str, str]) -> Iterator[World]:
+    created = World(any_redis, client, names)
+    yield created
+    for monitor_client in created.monitor_clients:
+        monitor_client.close()
+
+
+@pytest.fixture
+def world8(redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]) -> Iterator[World]:
+    created = World(redis_8, client8, names)
+    yield created
+    for monitor_client in created.monitor_clients:
+        monitor_client.close()
+
+
+def big_tweet(number: int) -> list[bytes]:
+    fields = tweet(number)
+    for index in range(BIG_PAIRS):
+        fields += [b"field-%05d" % index, b"value %d" % index]
+    return fields
+
+
+def poison(world: World, entries: list[list[bytes]], deliveries: int = 20) -> list[bytes]:
+    """Entries a crashed processor left behind, delivered more often than MAX_DELIVERIES (10)."""
+    ids = world.abandon(entries)
+    set_deliveries(world.client, world.stream, world.group, PROCESSOR, ids, deliveries)
+    age(world.client, world.stream, world.group, PROCESSOR, ids, 60_000)
+    return ids
+
+
+def cli(world: World, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = environment_for(world.server, **world.names, MIN_IDLE_TIME_SEC="10", **settings)
+    return subprocess.run(
+        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+# 1. The dead-letter move.
+def test_an_entry_too_big_for_one_lua_call_is_dead_lettered_whole(world: World) -> None:
+    big = big_tweet(1)
+    (big_id, _) = poison(world, [big, tweet(2)])
+    summary = world.run(MAX_DELIVERIES=10)
+    assert (2, 2, 0) == (summary.counts.claimed, summary.counts.dead_lettered, summary.counts.failed)
+    assert set() == world.pending()
+    letters = list_dead_letters(world.client, world.keys, 10, newest_first=False)
+    assert [big_id, world.client.xrange(world.stream)[1][0]] == [
+        letter.metadata[b"dlq:original-id"] for letter in letters
+    ]
+    shown = show_dead_letter(world.client, world.keys, letters[0].entry_id.decode())
+    assert shown is not None
+    assert big == shown.original  # every field, in order
+
+
+def test_a_big_dead_letter_is_shown_and_replayed_exactly(world8: World) -> None:
+    world = world8
+    big = [*big_tweet(1), b"text", b"a repeated name, kept in place"]
+    poison(world, [big])
+    assert 1 == world.run(MAX_DELIVERIES=10).counts.dead_lettered
+    (letter,) = list_dead_letters(world.client, world.keys, 10, newest_first=False)
+    shown = cli(world, "dead-letter", "show", letter.entry_id.decode(), "--json")
+    assert 0 == shown.returncode, shown.stderr
+    assert len(big) // 2 == json.loads(shown.stdout)["fields"]
+    replayed = cli(world, "dead-letter", "replay", "--all")
+    assert 0 == replayed.returncode, replayed.stderr
+    assert "replayed 1 of 1" in replayed.stdout
+    entries: Any = world.client.execute_command("XRANGE", world.stream, "-", "+")  # type: ignore[no-untyped-call]
+    assert big == [part for pair in entries[-1][1].items() for part in pair] or big == list(entries[-1][1])
+    assert [] == list_dead_letters(world.client, world.keys, 10, newest_first=False)
+    assert 0 == world.client.dbsize() - len(world.client.keys(world.stream + "*")) - len(
+        world.client.keys("{" + world.stream + "}*")
+    )  # no key left behind by the dead letter's parts
+
+
+def test_a_dead_letter_key_of_the_wrong_type_leaves_the_entry_pending(world: World) -> None:
+    world.client.set(world.keys.dead_letter, b"not a stream")
+    ids = poison(world, [[b"text", b"no id here"], tweet(2)])
+    summary = world.run()
+    assert (1, 0, 1) == (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed)
+    assert {ids[0]} == world.pending()  # still there for a later cycle, never lost
+
+
+def test_check_names_a_dead_letter_key_of_the_wrong_type(world8: World) -> None:
+    world8.client.set(world8.keys.dead_letter, b"not a stream")
+    done = cli(world8, "check")
+    assert 1 == done.returncode
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert world8.keys.dead_letter in line
+    assert "string" in line
+
+
+@pytest.fixture
+def out_of_memory(client8: redis.Redis) -> Iterator[None]:
+    """Redis refuses every write that needs memory (maxmemory reached, noeviction)."""
+    client8.config_set("maxmemory-policy", "noeviction")
+    client8.config_set("maxmemory", 1)
+    yield
+    client8.config_set("maxmemory", 0)
+
+
+def test_a_dead_letter_refused_for_memory_leaves_the_entry_pending_and_says_why(
+    world8: World, out_of_memory: None
+) -> None:
+    world = world8
+    ids = poison(world, [[b"text", b"no id here"]])  # made before Redis ran out of memory
+    settings = settings_for(world.server, world.names)
+    connection = RedisConnection(settings)
+    metrics = Metrics()
+    try:
+        summary = StreamsCycle(connection, settings).run()
+        metrics.observe(summary, world.stream)
+    finally:
+        connection.close()
+    assert (0, 1) == (summary.counts.dead_lettered, summary.counts.failed)
+    assert set(ids) == world.pending()
+    refusals = metrics.registry.get_sample_value(
+        "tweets_monitor_refused_entries_total",
+        {"stream": world.stream, "step": "dead-letter", "reason": "OOM"},
+    )
+    assert 1 == refusals
+    status = gather_status(world.client, world.keys, dead_letter_warn_at=10_000)
+    assert any("OOM" in warning for warning in status.warnings), status.warnings
+
+
+# 2. A connection with replies outstanding is never reused.
+@pytest.fixture
+def second_server() -> Iterator[LocalRedis]:
+    server = LocalRedis(BINARIES["8.2"](), extra_args=["--enable-debug-command", "yes"])  # DEBUG SLEEP
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def test_a_connection_with_unread_replies_is_closed_not_returned_to_the_pool(
+    redis_8: LocalRedis, second_server: LocalRedis
+) -> None:
+    """One node's connection fails while another node's replies are still on their way (as on a cluster):
+    the second connection must not go back to the pool, or a later command reads the stale replies."""
+    failing, slow = ConnectionPool(port=redis_8.port), ConnectionPool(port=second_server.port)
+    attempts: list[int] = []
+
+    def step(channel: Channel) -> None:
+        attempts.append(1)
+        if len(attempts) > 1:
+            return
+        waiting = channel.wire(slow)
+        waiting.send(pack((b"DEBUG", b"SLEEP", b"0.5")) + pack((b"ECHO", b"stale")))
+        broken = channel.wire(failing)
+        (own_id,) = broken.call([pack((b"CLIENT", b"ID"))], 1)
+        broken.send(pack((b"CLIENT", b"KILL", b"ID", own_id, b"SKIPME", b"no")))
+        broken.read(2)  # ":1", then the server closes it: a connection error, `waiting`'s replies unread
+
+    try:
+        Channel().run(step)
+        assert 2 == len(attempts)  # retried once, on fresh connections
+        fresh = Channel()
+        try:
+            (reply,) = fresh.wire(slow).call([pack((b"ECHO", b"fresh"))], 1)
+        finally:
+            fresh.close()
+        assert b"fresh" == reply
+    finally:
+        failing.disconnect()
+        slow.disconnect()
+
+
+# 3. The later entry wins.
+@pytest.mark.parametrize("run", range(5))
+def test_the_later_of_two_entries_for_one_tweet_wins_across_pages(world8: World, run: int) -> None:
+    world = world8
+    older = tweet(1, text="older " + "x" * 2_000_000, location="only in the older")
+    later = [b"id", tweet(1)[3], b"text", b"later", b"user", b"later user"]
+    world.abandon([older, *[tweet(n) for n in range(2, 6)], later])
+    summary = world.run(RECLAIM_PAGE_SIZE=1)
+    assert 6 == summary.counts.processed
+    expected = {**expected_hash(older), **expected_hash(later)}
+    assert expected == hash_fields(world.client, b"tweet:" + tweet(1)[3])
+
+
+# 4. Refused attempts do not spend the delivery budget.
+def test_an_outage_of_refused_writes_does_not_dead_letter_valid_tweets(world: World) -> None:
+    """A user without +hset for six cycles (MAX_DELIVERIES=3), then fixed: every tweet is written."""
+    user = "monitor-" + world.stream[-10:]
+    world.client.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-hset"]
+    )  # fmt: skip
+    try:
+        world.abandon([tweet(n) for n in range(5)])
+        for _ in range(6):
+            refused = world.run(
+                REDIS_USERNAME=user, REDIS_PASSWORD="pw", MAX_DELIVERIES=3, MIN_IDLE_TIME_SEC=0
+            )
+            assert (5, 0, 5) == (
+                refused.counts.claimed, refused.counts.dead_lettered, refused.counts.failed
+            )  # fmt: skip
+        world.client.acl_setuser(user, commands=["+hset"])
+        fixed = world.run(REDIS_USERNAME=user, REDIS_PASSWORD="pw", MAX_DELIVERIES=3, MIN_IDLE_TIME_SEC=0)
+    finally:
+        world.client.acl_deluser(user)
+    assert (5, 0) == (fixed.counts.processed, fixed.counts.dead_lettered)
+    assert 5 == len(tweet_keys(world.client))
+
+
+# 5. Dead letters are never evicted silently.
+def test_dead_letters_are_kept_by_default(world8: World) -> None:
+    world = world8
+    count = 120_000
+    pipe = world.client.pipeline(transaction=False)
+    for n in range(count):
+        pipe.xadd(world.stream, {b"text": b"no id %d" % n})
+    pipe.execute()
+    world.client.execute_command(  # type: ignore[no-untyped-call]
+        "XREADGROUP", "GROUP", world.group, PROCESSOR, "COUNT", count, "STREAMS", world.stream, ">"
+    )
+    ids = [entry_id for entry_id, _ in world.client.xrange(world.stream)]
+    age(world.client, world.stream, world.group, PROCESSOR, ids, 60_000)
+    total = 0
+    for _ in range(10):
+        summary = world.run(CYCLE_TIME_BUDGET_SEC=60)
+        total += summary.counts.dead_lettered
+        if not world.pending():
+            break
+    assert (count, count) == (total, world.client.xlen(world.keys.dead_letter))
+
+
+def test_every_trim_of_capped_dead_letters_is_counted_and_said(
+    world8: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = world8
+    poison(world, [[b"text", b"no id", b"n", b"%d" % n] for n in range(600)])
+    settings = settings_for(world.server, world.names, DEAD_LETTER_MAXLEN=100)
+    connection = RedisConnection(settings)
+    metrics = Metrics()
+    try:
+        summary = StreamsCycle(connection, settings).run()
+        metrics.observe(summary, world.stream)
+    finally:
+        connection.close()
+    left = world.client.xlen(world.keys.dead_letter)
+    trimmed = metrics.registry.get_sample_value(
+        "tweets_monitor_dead_letters_trimmed_total", {"stream": world.stream}
+    )
+    assert 600 == summary.counts.dead_lettered
+    assert 600 - left == trimmed
+    assert any(f"trimmed {600 - left:,} dead letters" in message for message in caplog.messages)
+
+
+def test_status_warns_from_dead_letter_warn_at(world8: World) -> None:
+    poison(world8, [[b"text", b"no id", b"n", b"%d" % n] for n in range(30)])
+    world8.run()
+    status = gather_status(world8.client, StreamKeys(**vars(world8.keys)), dead_letter_warn_at=20)
+    assert any("30 dead letters" in warning for warning in status.warnings), status.warnings
