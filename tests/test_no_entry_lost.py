@@ -185,10 +185,10 @@ def test_a_connection_with_unread_replies_is_closed_not_returned_to_the_pool(
         if len(attempts) > 1:
             return
         waiting = channel.wire(slow)
-        waiting.send(pack((b"DEBUG", b"SLEEP", b"0.5")) + pack((b"ECHO", b"stale")))
+        waiting.send(pack((b"DEBUG", b"SLEEP", b"0.5")) + pack((b"ECHO", b"stale")), 2)
         broken = channel.wire(failing)
         (own_id,) = broken.call([pack((b"CLIENT", b"ID"))], 1)
-        broken.send(pack((b"CLIENT", b"KILL", b"ID", own_id, b"SKIPME", b"no")))
+        broken.send(pack((b"CLIENT", b"KILL", b"ID", own_id, b"SKIPME", b"no")), 1)
         broken.read(2)  # ":1", then the server closes it: a connection error, `waiting`'s replies unread
 
     try:

@@ -177,7 +177,7 @@ def _write(
         # The stream's own node replicates the HSETs before the XACK that follows them, in order.
         wait = node is not stream_node and node.replicas > 0
         data = pack_hsets((writes[i][1], writes[i][2]) for i in indices)
-        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data)
+        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data, len(indices) + wait)
         batches.append((node, indices, wire, wait))
     for node, indices, wire, wait in batches:
         results = wire.read(len(indices) + wait)

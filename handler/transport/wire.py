@@ -79,13 +79,19 @@ class Wire:
         self._buffer = bytearray(RECV_BYTES)  # received into in place: no new bytes object per read
         self._view = memoryview(self._buffer)
         self._healthy = True
+        # Replies asked for and not read yet. The invariant: a connection goes back to the pool only with
+        # none outstanding. Otherwise the next user of the connection (another page, another node's step
+        # after a failure elsewhere) would read this exchange's replies as its own.
+        self._unread = 0
 
     def call(self, commands: Iterable[bytes], count: int) -> list[Any]:
         """Write packed commands in one go and read their `count` replies."""
-        self.send(b"".join(commands))
+        self.send(b"".join(commands), count)
         return self.read(count)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, replies: int) -> None:
+        """Write packed commands that will answer with `replies` replies (read them with read())."""
+        self._unread += replies
         try:
             self._sock.sendall(data)
         except BaseException as exc:
@@ -93,6 +99,7 @@ class Wire:
 
     def read(self, count: int) -> list[Any]:
         replies: list[Any] = []
+        self._unread -= count
         gets, feed, recv_into, buffer = self._reader.gets, self._reader.feed, self._sock.recv_into, self._view
         try:
             while len(replies) < count:
@@ -118,7 +125,7 @@ class Wire:
         return exc
 
     def close(self) -> None:
-        if not self._healthy:
+        if not self._healthy or self._unread:
             self._connection.disconnect()  # type: ignore[no-untyped-call]
         self._pool.release(self._connection)
 
