@@ -204,7 +204,7 @@ def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) 
 
     keys = StreamKeys.from_settings(settings)
     with console.progress("reading the group", None):
-        result = gather_status(client, keys, settings.DEAD_LETTER_MAXLEN)
+        result = gather_status(client, keys, settings.DEAD_LETTER_MAXLEN, settings.DEAD_LETTER_WARN_AT)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -249,7 +249,7 @@ def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namesp
         log.error("name the dead letters to %s, or give --all", args.action)
         return EXIT_BAD_SETTINGS
     ids: list[bytes | str] = list(args.ids) or [
-        i for batch in dead_letters.all_ids(client, keys) for i in batch
+        i for batch in dead_letters.all_ids(client, keys, heads_only=True) for i in batch
     ]
     if args.dry_run:
         print(f"would {args.action} {len(ids):,} dead letters from {keys.dead_letter}")

@@ -40,6 +40,7 @@ class StreamKeys:
     dead_letter: str
     cursor: str
     lease: str
+    last_refusal: str
 
     @classmethod
     def from_settings(cls, settings: MonitorSettings, stream: str | None = None) -> StreamKeys:
@@ -53,4 +54,5 @@ class StreamKeys:
             dead_letter=settings.DEAD_LETTER_STREAM or tag + DEAD_LETTER_SUFFIX,
             cursor=f"{tag}:cursor:{settings.STREAM_CONSUMER_GROUP_NAME}",
             lease=f"{tag}:lease:{settings.STREAM_CONSUMER_GROUP_NAME}",
+            last_refusal=f"{tag}:last-refusal:{settings.STREAM_CONSUMER_GROUP_NAME}",
         )

@@ -83,6 +83,19 @@ class Metrics:
             )
             for name in count_names()
         }
+        self.refused = Counter(
+            "tweets_monitor_refused_entries",
+            "Attempts Redis refused for a passing reason (the entry stays pending, its delivery given back), "
+            "by step (write, dead-letter) and reason (OOM, READONLY, NOPERM, NOREPLICAS, WRONGTYPE…)",
+            ["stream", "step", "reason"],
+            registry=self.registry,
+        )
+        self.trimmed = Counter(
+            "tweets_monitor_dead_letters_trimmed",
+            "Dead-letter entries trimmed away by DEAD_LETTER_MAXLEN",
+            ["stream"],
+            registry=self.registry,
+        )
         self.cycles = Counter(
             "tweets_monitor_cycles",
             "Reclaim cycles by outcome (stopped_by, or the error)",
@@ -105,6 +118,10 @@ class Metrics:
         for name, counted in by_stream.items():
             for kind, count in asdict(counted.counts).items():
                 self.entries[kind].labels(stream=name).inc(count)
+            for (step, reason), refused in counted.alerts.refused.items():
+                self.refused.labels(stream=name, step=step, reason=reason).inc(refused)
+            if counted.alerts.dead_letters_trimmed:
+                self.trimmed.labels(stream=name).inc(counted.alerts.dead_letters_trimmed)
         self.cycles.labels(outcome=summary.stopped_by.value).inc()
         self.duration.observe(summary.duration_ms / 1000)
 

@@ -48,7 +48,8 @@ class MonitorSettings(BaseSettings):
     MIN_IDLE_TIME_SEC: Annotated[int, Field(ge=0)]
     MAX_DELIVERIES: Annotated[int, Field(ge=0)] = 10
     DEAD_LETTER_STREAM: str = ""
-    DEAD_LETTER_MAXLEN: Annotated[int, Field(ge=0)] = 100_000
+    DEAD_LETTER_MAXLEN: Annotated[int, Field(ge=0)] = 0  # keep every dead letter until someone deals with it
+    DEAD_LETTER_WARN_AT: Annotated[int, Field(ge=1)] = 10_000
 
     RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0

@@ -13,7 +13,13 @@ from handler.dev.local_redis import LocalRedis
 from handler.dev.samples import tweet_id
 from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
-from handler.reclaim.dead_letter import METADATA_FIELDS, MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.reclaim.dead_letter import (
+    METADATA_FIELDS,
+    MOVE_TO_DEAD_LETTER_LUA,
+    MoveOutcome,
+    move_arguments,
+    parse_move_reply,
+)
 from handler.reclaim.summary import CycleSummary
 from handler.transport.client import Client
 from handler.transport.connect import connect
@@ -261,8 +267,9 @@ class TestTheDeadLetterMoveIsAtomic:
     def move(self, world: World, entry_id: bytes, consumer: str = "monitoring_app") -> int:
         script = world.client.register_script(MOVE_TO_DEAD_LETTER_LUA)
         keys = world.keys
-        args = [world.group, consumer, entry_id, "missing-id", 1, 0, "test", 0]
-        return int(script(keys=[keys.stream, keys.dead_letter], args=args))  # type: ignore[arg-type]
+        args = move_arguments(world.group, consumer, entry_id, "missing-id", 1, 0, "test", 0)
+        reply = script(keys=[keys.stream, keys.dead_letter], args=list(args))  # type: ignore[arg-type]
+        return parse_move_reply(reply)[0]
 
     def claim(self, world: World, ids: list[bytes]) -> None:
         world.client.xclaim(world.stream, world.group, "monitoring_app", 0, list[Any](ids))

@@ -30,12 +30,17 @@ NEEDED_COMMANDS = [
     ("XPENDING", "{stream}", "{group}"),
     ("XPENDING", "{stream}", "{group}", "-", "+", "1"),
     ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1"),
+    ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1", "IDLE", "0", "RETRYCOUNT", "1", "JUSTID"),
+    ("HSETNX", "tweet:1", "id", "1"),
     ("XACK", "{stream}", "{group}", "0-1"),
     ("XRANGE", "{stream}", "-", "+", "COUNT", "1"),
     ("HSET", "tweet:1", "id", "1"),
     ("EVAL", "return 0", "2", "{stream}", "{dead_letter}"),
     ("XADD", "{dead_letter}", "*", "f", "v"),
+    ("XLEN", "{dead_letter}"),
+    ("TYPE", "{dead_letter}"),
     ("GET", "{cursor}"),
+    ("SET", "{last_refusal}", "x", "PX", "1000"),
     ("SET", "{lease}", "x", "PX", "1000", "NX"),
     ("PEXPIRE", "{lease}", "1000"),
     ("DEL", "{cursor}"),
@@ -110,6 +115,7 @@ def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
     for stream in streams:
         keys = StreamKeys.from_settings(settings, stream)
         yield _stream_and_group(client, keys)
+        yield _dead_letter_stream(client, keys)
         yield _permissions(server_holding(client, stream), keys, who, version)
 
 
@@ -141,9 +147,26 @@ def _stream_and_group(client: Client, keys: StreamKeys) -> Check:
     return Check("stream and group", True, detail)
 
 
+def _dead_letter_stream(client: Client, keys: StreamKeys) -> Check:
+    """A dead-letter key of another type refuses every dead letter: they would stay pending for ever."""
+    try:
+        kind = text(command(client, "TYPE", keys.dead_letter))
+    except redis.exceptions.ResponseError as exc:
+        return Check("dead-letter stream", False, f"cannot read the type of '{keys.dead_letter}': {exc}")
+    if kind in ("stream", "none"):
+        what = "exists" if kind == "stream" else "will be made by the first dead letter"
+        return Check("dead-letter stream", True, f"'{keys.dead_letter}' {what}")
+    return Check(
+        "dead-letter stream", False,
+        f"'{keys.dead_letter}' holds a {kind}, not a stream: every dead letter is refused and its entry "
+        "stays pending; rename or delete that key, or set DEAD_LETTER_STREAM",
+    )  # fmt: skip
+
+
 def _permissions(client: Client, keys: StreamKeys, user: str, version: str) -> Check:
     values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
-              "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease}  # fmt: skip
+              "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease,
+              "last_refusal": keys.last_refusal}  # fmt: skip
     if not _at_least(version, (7, 0)):
         return _permissions_before_dryrun(client, user)
     refused = []

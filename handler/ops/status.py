@@ -18,7 +18,7 @@ from handler.transport.client import Client, command, text
 
 SAMPLE_PER_CONSUMER = 1000
 SEARCH_INDEX = "tweets-index"
-DEAD_LETTER_WARNING_RATIO = 0.9
+DEAD_LETTER_WARNING_RATIO = 0.9  # of DEAD_LETTER_MAXLEN, when a cap is set
 
 
 @dataclass
@@ -42,6 +42,7 @@ class GroupStatus:
     dead_letter_maxlen: int
     lag: int | None  # entries not yet delivered to the group (Redis 7.0+), None where unknown
     search_documents: int | None  # documents in tweets-index, None without the search module or index
+    last_refusal: str | None = None  # the monitor's latest refused attempt (kept for a day), if any
     sample_per_consumer: int = SAMPLE_PER_CONSUMER
     warnings: list[str] = field(default_factory=list)
 
@@ -61,7 +62,9 @@ def find_group(client: Client, keys: StreamKeys) -> dict[str, Any] | None:
     return None
 
 
-def gather_status(client: Client, keys: StreamKeys, dead_letter_maxlen: int) -> GroupStatus:
+def gather_status(
+    client: Client, keys: StreamKeys, dead_letter_maxlen: int = 0, dead_letter_warn_at: int = 10_000
+) -> GroupStatus:
     group = find_group(client, keys)
     if group is None:
         raise StreamOrGroupMissingError(
@@ -82,7 +85,14 @@ def gather_status(client: Client, keys: StreamKeys, dead_letter_maxlen: int) -> 
         else:
             idle_empty.append(name)
     consumers.sort(key=lambda c: -c.pending)
-    dead = int(client.xlen(keys.dead_letter))
+    warnings: list[str] = []
+    dead_letter_kind = text(client.type(keys.dead_letter))
+    dead = int(client.xlen(keys.dead_letter)) if dead_letter_kind == "stream" else 0
+    if dead_letter_kind not in ("stream", "none"):
+        warnings.append(
+            f"'{keys.dead_letter}' holds a {dead_letter_kind}, not a stream: no entry can be dead-lettered "
+            "(they stay pending); rename or delete that key"
+        )
     lag = group.get("lag")
     result = GroupStatus(
         stream=keys.stream,
@@ -95,13 +105,42 @@ def gather_status(client: Client, keys: StreamKeys, dead_letter_maxlen: int) -> 
         dead_letter_maxlen=dead_letter_maxlen,
         lag=int(lag) if lag is not None else None,
         search_documents=_search_documents(client),
+        last_refusal=_text_or_none(client.get(keys.last_refusal)),
+        warnings=warnings,
     )
+    warnings += _memory_warnings(client)
+    if result.last_refusal:
+        warnings.append(f"the monitor's last refused attempt: {result.last_refusal}")
+    if dead >= dead_letter_warn_at:
+        warnings.append(
+            f"the dead-letter stream holds {dead:,} dead letters (DEAD_LETTER_WARN_AT="
+            f"{dead_letter_warn_at:,}): look at them with `dead-letter list`, then replay or purge them"
+        )
     if dead_letter_maxlen and dead >= DEAD_LETTER_WARNING_RATIO * dead_letter_maxlen:
         result.warnings.append(
             f"the dead-letter stream holds {dead:,} of at most about {dead_letter_maxlen:,} entries "
             "(DEAD_LETTER_MAXLEN): the oldest are being trimmed; replay or purge them"
         )
     return result
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else text(value)
+
+
+def _memory_warnings(client: Client) -> list[str]:
+    """Redis at its memory limit with nothing to evict refuses every write that needs memory (OOM)."""
+    try:
+        memory = dict(client.info("memory"))
+    except redis.exceptions.ResponseError:  # INFO not allowed for this user
+        return []
+    limit, used = int(memory.get("maxmemory", 0)), int(memory.get("used_memory", 0))
+    if limit and used >= limit and str(memory.get("maxmemory_policy", "")) == "noeviction":
+        return [
+            f"Redis is out of memory ({used:,} of maxmemory {limit:,} bytes, noeviction): it refuses "
+            "writes (OOM), so reclaimed entries stay pending until memory is freed"
+        ]
+    return []
 
 
 def _search_documents(client: Client) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import redis
 
@@ -18,7 +19,7 @@ from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.lease import Lease, holder_identity
 from handler.reclaim.page import CLUSTER_CHANGED
 from handler.reclaim.rules import START, parse_pending_count
-from handler.reclaim.summary import CycleSummary, StopReason
+from handler.reclaim.summary import Alerts, CycleSummary, StopReason
 from handler.reclaim.sweep import Limits, Sweep
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
@@ -27,6 +28,7 @@ from handler.transport.connect import RedisConnection, unavailable
 log = logging.getLogger(__name__)
 
 CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
+LAST_REFUSAL_TTL_MS = 24 * 3600 * 1000
 
 
 def never() -> bool:
@@ -124,13 +126,33 @@ class ReclaimCycle:
             self._prune_idle_consumers(client)
         finally:
             _release_quietly(lease)
+        self._report(client, sweep.alerts)
         return CycleSummary(
             pending=pending,
             counts=sweep.counts,
+            alerts=sweep.alerts,
             duration_ms=_ms_since(started),
             pages=sweep.pages,
             stopped_by=stopped_by,
         )
+
+    def _report(self, client: Client, alerts: Alerts) -> None:
+        """Say what an operator must hear about: trimmed dead letters, and the last refused attempt, which
+        is also kept (best effort: Redis may be refusing writes) where `status` shows it."""
+        if alerts.dead_letters_trimmed:
+            log.warning(
+                "DEAD_LETTER_MAXLEN=%d: trimmed %s dead letters from %s; they are gone",
+                self._settings.DEAD_LETTER_MAXLEN, f"{alerts.dead_letters_trimmed:,}", self._keys.dead_letter,
+            )  # fmt: skip
+        if not alerts.refused:
+            return
+        refused = ", ".join(f"{count} {step} {reason}" for (step, reason), count in alerts.refused.items())
+        log.warning("refused attempts, left pending with their deliveries given back: %s", refused)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            client.set(self._keys.last_refusal, f"{stamp} {alerts.last_refusal}", px=LAST_REFUSAL_TTL_MS)
+        except redis.exceptions.RedisError as exc:
+            log.debug("could not keep the last refusal for `status`: %s", exc)
 
     def _prune_idle_consumers(self, client: Client) -> None:
         """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending."""

@@ -2,13 +2,16 @@
 
 Every command here is safe to repeat after a lost reply: a repeated XCLAIM finds the entries no longer idle
 and returns nothing (they stay pending under this consumer and come back after min-idle); HSET of the same
-fields, WAIT and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter script checks ownership
-and pending state before it changes anything. So a page is retried step by step: the claim, then the
-writes and acknowledgements with the claimed entries in hand.
+fields, HSETNX, WAIT and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter and give-back
+scripts check ownership and pending state before they change anything. So a page is retried step by step:
+the claim, then the writes and acknowledgements with the claimed entries in hand.
 
 On a cluster the tweet hashes live on other nodes than the stream. Each node's writes go out as one batch,
 all nodes at once, and a node that has replicas is asked to WAIT for one of them before the entries are
 acknowledged on the stream's node: otherwise a failover could keep the acknowledgement and lose the tweet.
+
+Writes of one tweet in different pages reach Redis in stream order (write_order.py); a write or dead letter
+refused for a passing reason leaves its entry pending with its delivery given back (give_back.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from functools import partial
 import redis
 
 from handler.keys import StreamKeys
-from handler.reclaim.dead_letter import MOVE_TO_DEAD_LETTER_LUA, MoveOutcome
+from handler.reclaim.dead_letter import MOVE_TO_DEAD_LETTER_LUA, MoveOutcome, move_arguments, parse_move_reply
+from handler.reclaim.give_back import give_back_command
 from handler.reclaim.rules import (
     DeadLetter,
     DeadLetterReason,
@@ -29,8 +33,10 @@ from handler.reclaim.rules import (
     claimable_ids,
     decide,
     is_permanent_write_error,
+    refusal_reason,
 )
-from handler.reclaim.summary import Counts
+from handler.reclaim.summary import Alerts, Counts
+from handler.reclaim.write_order import Ticket, WriteOrder
 from handler.transport.topology import Node, Topology
 from handler.transport.wire import Channel, Wire, pack, pack_hsets
 
@@ -50,15 +56,29 @@ class PageSettings:
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
 
 
+@dataclass(frozen=True)
+class _Write:
+    entry_id: bytes
+    key: bytes  # tweet:<id>
+    fields: list[bytes]
+
+
 @dataclass
 class _Outcome:
+    """What one attempt at a page's second step decided, entry by entry."""
+
     written: list[bytes] = field(default_factory=list)
     dead: list[tuple[bytes, DeadLetter]] = field(default_factory=list)
+    refused: list[bytes] = field(default_factory=list)  # left pending: their delivery is given back
+    counts: Counts = field(default_factory=Counts)
+    alerts: Alerts = field(default_factory=Alerts)
+    cluster_changed: bool = False  # a node answered MOVED/ASK/CLUSTERDOWN/TRYAGAIN: read the slot map again
 
 
 @dataclass(frozen=True)
 class PageResult:
     counts: Counts
+    alerts: Alerts
     cluster_changed: bool  # a node answered MOVED/ASK/CLUSTERDOWN/TRYAGAIN: read the slot map again
 
 
@@ -68,23 +88,47 @@ class _Claim:
     deleted: int  # asked for, but gone from the stream: acknowledged
 
 
-def handle_page(channel: Channel, rows: list[PendingRow], config: PageSettings) -> PageResult:
+def handle_page(
+    channel: Channel,
+    rows: list[PendingRow],
+    config: PageSettings,
+    order: WriteOrder,
+    turn: int,
+    wrapped: bool,
+) -> PageResult:
     """Claim, write, acknowledge and dead-letter one page of XPENDING rows; returns its counts.
 
     Two steps, each retried on fresh connections (and, on a cluster, a fresh slot map) after a
     connection error: claiming, then writing and acknowledging what was claimed. The second step is
     retried with the entries in hand, because claiming them again would return nothing: they are no
     longer idle, and would only come back to a later cycle with one more delivery counted.
+    `turn` is the page's place in the order pages were handed out (write_order.py).
     """
     ids = claimable_ids(rows, config.min_idle_ms)
-    if not ids:
-        return PageResult(Counts(), cluster_changed=False)
-    claim = channel.run(partial(_claim, ids=ids, config=config))
+    try:
+        claim = channel.run(partial(_claim, ids=ids, config=config)) if ids else _Claim([], 0)
+    except BaseException:
+        order.give_up_turn(turn)
+        raise
     deliveries = {row.entry_id: row.deliveries for row in rows}
-    counts, cluster_changed = channel.run(partial(_finish, claim=claim, deliveries=deliveries, config=config))
-    counts.claimed = len(claim.entries)
-    counts.deleted += claim.deleted
-    return PageResult(counts, cluster_changed)
+    writes: list[_Write] = []
+    dead: list[tuple[bytes, DeadLetter]] = []
+    for entry_id, fields in claim.entries:
+        decision = decide(fields, deliveries[entry_id], config.max_deliveries)
+        if isinstance(decision, bytes):
+            writes.append(_Write(entry_id, decision, fields))
+        else:
+            dead.append((entry_id, decision))
+    ticket = order.register(turn, wrapped, [(write.entry_id, write.key) for write in writes])
+    try:
+        outcome = channel.run(
+            partial(_finish, writes=writes, dead=dead, ticket=ticket, deliveries=deliveries, config=config)
+        )
+    finally:
+        order.done(ticket)
+    outcome.counts.claimed = len(claim.entries)
+    outcome.counts.deleted += claim.deleted
+    return PageResult(outcome.counts, outcome.alerts, outcome.cluster_changed)
 
 
 def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
@@ -105,22 +149,24 @@ def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
 
 
 def _finish(
-    channel: Channel, claim: _Claim, deliveries: dict[bytes, int], config: PageSettings
-) -> tuple[Counts, bool]:
-    """Write the claimed tweets, acknowledge them and dead-letter the rest; safe to repeat as a whole."""
+    channel: Channel,
+    writes: list[_Write],
+    dead: list[tuple[bytes, DeadLetter]],
+    ticket: Ticket,
+    deliveries: dict[bytes, int],
+    config: PageSettings,
+) -> _Outcome:
+    """Write the claimed tweets, acknowledge them, dead-letter the rest, and give the deliveries of refused
+    attempts back; safe to repeat as a whole."""
     stream_node = config.topology.node_of(config.keys.stream)
-    counts = Counts()
-    outcome = _Outcome()
-    writes: list[tuple[bytes, bytes, list[bytes]]] = []  # (entry id, tweet key, fields)
-    for entry_id, fields in claim.entries:
-        decision = decide(fields, deliveries[entry_id], config.max_deliveries)
-        if isinstance(decision, bytes):
-            writes.append((entry_id, decision, fields))
-        else:
-            outcome.dead.append((entry_id, decision))
-    cluster_changed = _write(channel, config, stream_node, writes, outcome, counts)
-    _acknowledge_and_dead_letter(channel.wire(stream_node.pool), config, outcome, deliveries, counts)
-    return counts, cluster_changed
+    outcome = _Outcome(dead=list(dead))
+    ticket.wait_for_older_writes()
+    _write(channel, config, stream_node, writes, ticket.fill_in_only, outcome)
+    stream_wire = channel.wire(stream_node.pool)
+    _acknowledge_and_dead_letter(stream_wire, config, outcome, deliveries)
+    if outcome.refused:
+        _give_back(stream_wire, config, outcome.refused, deliveries)
+    return outcome
 
 
 def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -> int:
@@ -158,46 +204,70 @@ def _write(
     channel: Channel,
     config: PageSettings,
     stream_node: Node,
-    writes: list[tuple[bytes, bytes, list[bytes]]],
+    writes: list[_Write],
+    fill_in_only: set[int],
     outcome: _Outcome,
-    counts: Counts,
-) -> bool:
-    """One HSET per entry, sent to every node at once; only writes that succeeded (and, on a cluster node
-    with replicas, reached one) are acknowledged later. True when a node said the cluster changed."""
-    cluster_changed = False
+) -> None:
+    """One HSET per entry (HSETNX per field for an entry older than one already written), sent to every
+    node at once; only writes that succeeded (and, on a cluster node with replicas, reached one) are
+    acknowledged later."""
     if not writes:
-        return cluster_changed
+        return
     topology, wait_ms = config.topology, config.wait_for_replica_ms
     by_node: dict[Node, list[int]] = {}
-    for index, (_, key, _) in enumerate(writes):
-        by_node.setdefault(topology.node_of(key), []).append(index)
-    batches: list[tuple[Node, list[int], Wire, bool]] = []
+    for index, write in enumerate(writes):
+        by_node.setdefault(topology.node_of(write.key), []).append(index)
+    batches: list[tuple[Node, list[int], list[int], Wire, bool]] = []
     for node, indices in by_node.items():
         wire = channel.wire(node.pool)
         # The stream's own node replicates the HSETs before the XACK that follows them, in order.
         wait = node is not stream_node and node.replicas > 0
-        data = pack_hsets((writes[i][1], writes[i][2]) for i in indices)
-        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data, len(indices) + wait)
-        batches.append((node, indices, wire, wait))
-    for node, indices, wire, wait in batches:
-        results = wire.read(len(indices) + wait)
+        data, replies = _pack_writes([writes[i] for i in indices], [i in fill_in_only for i in indices])
+        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data, sum(replies) + wait)
+        batches.append((node, indices, replies, wire, wait))
+    for node, indices, replies, wire, wait in batches:
+        results = wire.read(sum(replies) + wait)
         copied = _reached_a_replica(node, results.pop(), wait_ms) if wait else True
-        for index, result in zip(indices, results, strict=True):
-            entry_id, key, _ = writes[index]
-            if not isinstance(result, Exception):
-                if copied:
-                    outcome.written.append(entry_id)
-                else:
-                    counts.failed += 1
-                continue
-            message = str(result)
-            if is_permanent_write_error(message):
-                outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, message)))
-                continue
-            counts.failed += 1
-            cluster_changed = cluster_changed or message.startswith(CLUSTER_CHANGED)
-            log.warning("writing %r failed, left pending for a later cycle: %s", key, message)
-    return cluster_changed
+        position = 0
+        for index, count in zip(indices, replies, strict=True):
+            write, answers = writes[index], results[position : position + count]
+            position += count
+            error = next((answer for answer in answers if isinstance(answer, Exception)), None)
+            if error is None and copied:
+                outcome.written.append(write.entry_id)
+            elif error is None:
+                _refuse(outcome, write.entry_id, "write", "NOREPLICAS", f"{node.name}: no replica confirmed")
+            elif is_permanent_write_error(str(error)):
+                outcome.dead.append((write.entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, str(error))))
+            else:
+                message = str(error)
+                outcome.cluster_changed = outcome.cluster_changed or message.startswith(CLUSTER_CHANGED)
+                _refuse(outcome, write.entry_id, "write", refusal_reason(message), message)
+                log.warning("writing %r was refused, left pending for a later cycle: %s", write.key, message)
+
+
+def _pack_writes(writes: list[_Write], fill_in_only: list[bool]) -> tuple[bytes, list[int]]:
+    """The RESP of a node's writes in stream order, and how many replies each write gets."""
+    if not any(fill_in_only):
+        return pack_hsets((write.key, write.fields) for write in writes), [1] * len(writes)
+    parts: list[bytes] = []
+    replies: list[int] = []
+    for write, fill_in in zip(writes, fill_in_only, strict=True):
+        if fill_in:
+            # Repeated names: the later value is what HSET would have left, so it is the one filled in.
+            latest = dict(zip(write.fields[0::2], write.fields[1::2], strict=True))
+            parts += [pack((b"HSETNX", write.key, name, value)) for name, value in latest.items()]
+            replies.append(len(latest))
+        else:
+            parts.append(pack_hsets([(write.key, write.fields)]))
+            replies.append(1)
+    return b"".join(parts), replies
+
+
+def _refuse(outcome: _Outcome, entry_id: bytes, step: str, reason: str, message: str) -> None:
+    outcome.counts.failed += 1
+    outcome.refused.append(entry_id)
+    outcome.alerts.refuse(step, reason, message)
 
 
 def _reached_a_replica(node: Node, reply: object, wait_ms: int) -> bool:
@@ -211,11 +281,7 @@ def _reached_a_replica(node: Node, reply: object, wait_ms: int) -> bool:
 
 
 def _acknowledge_and_dead_letter(
-    wire: Wire,
-    config: PageSettings,
-    outcome: _Outcome,
-    deliveries: dict[bytes, int],
-    counts: Counts,
+    wire: Wire, config: PageSettings, outcome: _Outcome, deliveries: dict[bytes, int]
 ) -> None:
     keys = config.keys
     commands = []
@@ -223,19 +289,12 @@ def _acknowledge_and_dead_letter(
         commands.append(pack((b"XACK", keys.stream, keys.group, *outcome.written)))
     now_ms = int(time.time() * 1000)
     for entry_id, letter in outcome.dead:
-        script_keys = (2, keys.stream, keys.dead_letter)
-        args = (keys.group, keys.consumer, entry_id, letter.reason.value, deliveries[entry_id], now_ms)
+        arguments = move_arguments(
+            keys.group, keys.consumer, entry_id, letter.reason.value, deliveries[entry_id], now_ms,
+            letter.detail, config.dead_letter_maxlen,
+        )  # fmt: skip
         commands.append(
-            pack(
-                (
-                    b"EVAL",
-                    MOVE_TO_DEAD_LETTER_LUA,
-                    *script_keys,
-                    *args,
-                    letter.detail,
-                    config.dead_letter_maxlen,
-                )
-            )
+            pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))
         )
     if not commands:
         return
@@ -244,16 +303,28 @@ def _acknowledge_and_dead_letter(
         ack_result = results.pop(0)
         if isinstance(ack_result, Exception):
             raise ack_result
-        counts.processed += len(outcome.written)
+        outcome.counts.processed += len(outcome.written)
     for (entry_id, letter), result in zip(outcome.dead, results, strict=True):
         if isinstance(result, Exception):
-            counts.failed += 1
-            log.warning("dead-lettering %r failed, left pending: %s", entry_id, result)
-        elif result == MoveOutcome.DEAD_LETTERED:
-            counts.dead_lettered += 1
+            message = str(result)
+            _refuse(outcome, entry_id, "dead-letter", refusal_reason(message), message)
+            log.warning("dead-lettering %s was refused, left pending: %s", entry_id.decode(), message)
+            continue
+        moved, trimmed = parse_move_reply(result)
+        outcome.alerts.dead_letters_trimmed += trimmed
+        if moved == MoveOutcome.DEAD_LETTERED:
+            outcome.counts.dead_lettered += 1
             log.warning("dead-lettered %s (%s): %s", entry_id.decode(), letter.reason.value, letter.detail)
-        elif result == MoveOutcome.DELETED:
-            counts.deleted += 1
+        elif moved == MoveOutcome.DELETED:
+            outcome.counts.deleted += 1
+
+
+def _give_back(wire: Wire, config: PageSettings, refused: list[bytes], deliveries: dict[bytes, int]) -> None:
+    """Refused attempts do not spend the delivery budget (give_back.py); if Redis refuses this too (it is
+    read-only, say), the deliveries stay counted and the next cycle tries again."""
+    (reply,) = wire.call([give_back_command(config.keys, ((i, deliveries[i]) for i in refused))], 1)
+    if isinstance(reply, Exception):
+        log.warning("could not give the deliveries of %d refused entries back: %s", len(refused), reply)
 
 
 def _raise_first_error(replies: list[object]) -> None:

@@ -8,6 +8,7 @@ pages, stopped_by, skipped, and streams with several streams (tests/golden/ pins
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -58,6 +59,27 @@ class Counts:
         return self.claimed + self.deleted
 
 
+@dataclass
+class Alerts:
+    """What an operator should hear about beside the counts: refused attempts by step and reason, and dead
+    letters trimmed by DEAD_LETTER_MAXLEN. They go to the metrics and the log, not into the summary's JSON."""
+
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)  # (step, reason) -> entries
+    last_refusal: str = ""  # the latest refusal's message, for `status`
+    dead_letters_trimmed: int = 0
+
+    def __add__(self, other: Alerts) -> Alerts:
+        return Alerts(
+            self.refused + other.refused,
+            other.last_refusal or self.last_refusal,
+            self.dead_letters_trimmed + other.dead_letters_trimmed,
+        )
+
+    def refuse(self, step: str, reason: str, message: str) -> None:
+        self.refused[step, reason] += 1
+        self.last_refusal = f"{step}: {message}"
+
+
 def count_names() -> tuple[str, ...]:
     """The five counts' names, in the summary's order (also the metrics' entry counters)."""
     return tuple(item.name for item in fields(Counts))
@@ -76,6 +98,7 @@ class CycleSummary:
     # With several streams (STREAM_NAME lists them): each stream's own summary, by name; the fields above
     # are then their totals.
     streams: dict[str, CycleSummary] | None = None
+    alerts: Alerts = field(default_factory=Alerts)  # not part of the JSON
 
     @classmethod
     def skipped_because(cls, reason: str, stopped_by: StopReason = StopReason.SKIPPED) -> CycleSummary:
@@ -107,15 +130,17 @@ class CycleSummary:
             pages=self.pages + later.pages,
             stopped_by=later.stopped_by,
             skipped=later.skipped,
+            alerts=self.alerts + later.alerts,
         )
 
 
 def total(summaries: dict[str, CycleSummary], duration_ms: int) -> CycleSummary:
     """The invocation's summary over several streams: their totals, the most telling stop reason, and each
     stream's own summary under `streams`."""
-    counts = Counts()
+    counts, alerts = Counts(), Alerts()
     for summary in summaries.values():
         counts += summary.counts
+        alerts += summary.alerts
     reasons = {summary.stopped_by for summary in summaries.values()}
     return CycleSummary(
         pending=sum(summary.pending for summary in summaries.values()),
@@ -124,4 +149,5 @@ def total(summaries: dict[str, CycleSummary], duration_ms: int) -> CycleSummary:
         pages=sum(summary.pages for summary in summaries.values()),
         stopped_by=next((reason for reason in STOP_PRECEDENCE if reason in reasons), StopReason.EMPTY),
         streams=summaries,
+        alerts=alerts,
     )

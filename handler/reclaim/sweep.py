@@ -21,7 +21,8 @@ from typing import Any
 from handler.keys import StreamKeys
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
 from handler.reclaim.rules import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
-from handler.reclaim.summary import Counts, StopReason
+from handler.reclaim.summary import Alerts, Counts, StopReason
+from handler.reclaim.write_order import WriteOrder
 from handler.settings import MonitorSettings
 from handler.transport.topology import Topology
 from handler.transport.wire import Channel, pack
@@ -47,6 +48,8 @@ class Limits:
 @dataclass(frozen=True)
 class _Page:
     index: int
+    turn: int  # its place among the pages handed out (write_order.py)
+    wrapped: bool  # from the walk's second segment, back at the head of the pending list
     start: bytes  # where this page's XPENDING range began: the cursor if it is never claimed
     rows: list[PendingRow]
 
@@ -85,6 +88,9 @@ class Sweep:
         self._errors: list[BaseException] = []
         self._unclaimed: list[bytes] = []
         self.counts = Counts()
+        self.alerts = Alerts()
+        self._order = WriteOrder()
+        self._turns = 0
         self.cluster_changed = False  # a node answered MOVED/ASK/…: the cycle reads the slot map again
         self.pages = 0
         # The longest a page has taken from claim to acknowledgement: no page is claimed unless it can
@@ -121,7 +127,7 @@ class Sweep:
         """Hand pages out until a reason to stop; None when a page worker failed (walk raises its error)."""
         settings, keys = self._settings, self._keys
         rows_handed_out = 0
-        for segment_start, segment_end in walk_segments(cursor):
+        for segment, (segment_start, segment_end) in enumerate(walk_segments(cursor)):
             start = segment_start
             while True:
                 if self._errors:
@@ -136,7 +142,8 @@ class Sweep:
                     raise reply
                 rows = parse_pending_rows(reply)
                 if rows:
-                    self._hand_out(_Page(self.pages, start, rows))
+                    self._hand_out(_Page(self.pages, self._turns, segment > 0, start, rows))
+                    self._turns += 1
                     rows_handed_out += len(rows)
                 self.pages += 1
                 if len(rows) < count:
@@ -184,16 +191,20 @@ class Sweep:
                 if not self._may_claim(page):
                     with self._lock:
                         self._unclaimed.append(page.start)
+                    self._order.give_up_turn(page.turn)
                     continue
                 began = time.monotonic()
-                result = handle_page(channel, page.rows, self._config)  # retries inside, step by step
+                # Retries inside, step by step; the page takes or gives up its turn in the write order.
+                result = handle_page(channel, page.rows, self._config, self._order, page.turn, page.wrapped)
                 with self._lock:
                     self.counts += result.counts
+                    self.alerts += result.alerts
                     self.cluster_changed = self.cluster_changed or result.cluster_changed
                     self._page_seconds = max(self._page_seconds, time.monotonic() - began)
         except BaseException as exc:
             with self._lock:
                 self._errors.append(exc)
+            self._order.abandon()  # no page waits for a turn that will never come
             while self._pages.get() is not None:
                 pass  # keep taking pages so the walker is never blocked
         finally:
