@@ -12,6 +12,7 @@ against real servers.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,18 +22,25 @@ import pytest
 import redis
 from redis.connection import ConnectionPool
 
+from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.samples import GROUP, STREAM
 from handler.metrics import Metrics
 from handler.ops.dead_letters import list_dead_letters, show_dead_letter
 from handler.ops.status import gather_status
+from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.streams import StreamsCycle
-from handler.transport.connect import RedisConnection
+from handler.transport.connect import RedisConnection, connect
 from handler.transport.wire import Channel, pack
+from tests import pipeline
+from tests.backlogs import DEAD_LETTER
 from tests.conftest import settings_for
 from tests.host import APP_ROOT
 from tests.pipeline import (
     age,
     command,
+    create_group,
+    dead_letters,
     expected_hash,
     hash_fields,
     pending_rows,
@@ -42,6 +50,7 @@ from tests.pipeline import (
     tweet_keys,
 )
 from tests.redis_binaries import BINARIES
+from tests.test_cluster import cluster_settings
 from tests.test_cycle import PROCESSOR, World
 
 BIG_PAIRS = 5_000  # with the nine metadata pairs, past the ~8,000 values one Lua unpack() can pass
@@ -300,3 +309,41 @@ def test_status_warns_from_dead_letter_warn_at(world8: World) -> None:
     world8.run()
     status = gather_status(raw_client(world8.client), world8.keys, dead_letter_warn_at=20)
     assert any("30 dead letters" in warning for warning in status.warnings), status.warnings
+
+
+def test_a_write_no_replica_confirmed_is_not_also_dead_lettered() -> None:
+    """At the MAX_DELIVERIES boundary on a cluster: a write reaches its master, but no replica confirms it,
+    so the entry stays pending. Had that attempt spent a delivery, the next cycle would dead-letter a tweet
+    that is already written (both written and dead-lettered); with the delivery given back it is written
+    again and acknowledged."""
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=1) as cluster:
+        client = cluster.client()
+        create_group(client, STREAM, GROUP)
+        entries = [tweet(n) for n in range(60)]
+        ids = pipeline.abandon(client, STREAM, GROUP, entries)
+        set_deliveries(client, STREAM, GROUP, "consumer-crashed", ids, 10)  # = MAX_DELIVERIES: still written
+        age(client, STREAM, GROUP, "consumer-crashed", ids, 60_000)
+        stream_master = cluster.master_of(STREAM)
+        victim = next(node for node in cluster.masters if node is not stream_master)
+        frozen = cluster.replica_of(victim)
+        settings = cluster_settings(cluster, MIN_IDLE_TIME_SEC="0", MAX_DELIVERIES="10")
+        assert frozen.process is not None
+        frozen.process.send_signal(signal.SIGSTOP)
+        try:
+            monitor = connect(settings)
+            first = ReclaimCycle(monitor, settings).run()
+        finally:
+            frozen.process.send_signal(signal.SIGCONT)
+        monitor.close()
+        # About a third of the tweets live on the frozen replica's master.
+        assert first.counts.failed > 5, first
+        assert {10} == {row[3] for row in pending_rows(client, STREAM, GROUP)}  # given back
+        cluster._wait_until(cluster._ready, "the replica to catch up")
+        monitor = connect(settings)
+        second = ReclaimCycle(monitor, settings).run()
+        monitor.close()
+        assert (first.counts.failed, 0) == (second.counts.processed, second.counts.dead_lettered)
+        assert [] == dead_letters(client, DEAD_LETTER)
+        for fields in entries:
+            assert expected_hash(fields) == hash_fields(client, b"tweet:" + fields[3])
+        client.close()
