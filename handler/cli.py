@@ -261,7 +261,7 @@ def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namesp
     ):
         print("nothing purged")
         return EXIT_FAILED
-    return _apply(client, keys, args.action, ids)
+    return _apply(client, keys, args.action, ids, everything=args.all)
 
 
 def _confirm(question: str) -> bool:
@@ -271,7 +271,7 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str]) -> int:
+def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str], everything: bool) -> int:
     from handler.ops import console, dead_letters
 
     with console.progress(f"{action}ing dead letters", len(ids)) as bar:
@@ -282,7 +282,7 @@ def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str]
         if action == "replay":
             done = dead_letters.replay(client, keys, ids, advance)
         else:
-            done = dead_letters.purge(client, keys, ids)
+            done = dead_letters.purge(client, keys, ids, everything=everything)
     print(f"{action}ed {done:,} of {len(ids):,} dead letters")
     return EXIT_OK
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from handler.reclaim.dead_letter import split_dead_letter
+from handler.reclaim.dead_letter import is_part, split_dead_letter
 from handler.transport.client import Client
 from tests.pipeline import command, pending_rows
 
@@ -71,7 +71,11 @@ def audit(
             elif stored != tweets[key]:
                 corrupted += 1
     letters = command(client, "XRANGE", dead_letter, "-", "+")
-    originals = Counter(split_dead_letter(list(fields))[0][b"dlq:original-id"] for _, fields in letters)
+    originals = Counter(
+        split_dead_letter(list(fields))[0][b"dlq:original-id"]
+        for _, fields in letters
+        if not is_part(list(fields))
+    )
     duplicated = sum(count - 1 for count in originals.values() if count > 1)
     missing = len(bad_entry_ids - set(originals))
     wrongly = len(set(originals) - bad_entry_ids)

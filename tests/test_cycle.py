@@ -325,9 +325,9 @@ def test_the_message_cap_stops_an_invocation_and_the_next_continues_after_it(wor
     # Without the cursor the failing head would take the whole cap every time and the tail would starve.
     assert 10 == second.counts.processed
     assert {b"tweet:" + tweet_id(n) for n in range(10, 20)} == tweet_keys(world.client)
-    third = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
-    fourth = world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5)
-    assert 20 == third.counts.processed + fourth.counts.processed
+    # The tail (20-29), then the end of the list; the invocation after that starts from the head again.
+    later = [world.run(CYCLE_MAX_MESSAGES=10, RECLAIM_PAGE_SIZE=5) for _ in range(3)]
+    assert [10, 0, 10] == [summary.counts.processed for summary in later]
     assert set() == world.pending()
     assert 30 == len(tweet_keys(world.client))
 
@@ -342,13 +342,17 @@ def test_the_time_budget_stops_claiming_new_pages(world: World) -> None:
     assert set() == world.pending()
 
 
-def test_a_walk_that_started_mid_list_wraps_around_to_the_head(world: World) -> None:
+def test_a_walk_that_started_mid_list_goes_to_the_end_and_the_next_starts_at_the_head(world: World) -> None:
+    """No wrapping round within one invocation: it meets entries in stream order, so it writes them so."""
     ids = world.abandon([tweet(n) for n in range(20)])
     blocked = blocked_from_the_first_ten_tweets(world)
     world.run(CYCLE_MAX_MESSAGES=5, RECLAIM_PAGE_SIZE=5, **blocked)  # 0-4 fail and stay pending
     age(world.client, world.stream, world.group, "monitoring_app", ids[:5], IDLE_ENOUGH_MS)
-    summary = world.run(RECLAIM_PAGE_SIZE=5)  # starts at 5, reaches the end, wraps to 0-4
-    assert (20, "end") == (summary.counts.processed, summary.stopped_by)
+    summary = world.run(RECLAIM_PAGE_SIZE=5)  # starts at 5 and reaches the end
+    assert (15, "end") == (summary.counts.processed, summary.stopped_by)
+    assert set(ids[:5]) == world.pending()
+    again = world.run(RECLAIM_PAGE_SIZE=5)  # from the head
+    assert (5, "end") == (again.counts.processed, again.stopped_by)
     assert set() == world.pending()
 
 

@@ -15,6 +15,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -127,6 +128,46 @@ def test_a_big_dead_letter_is_shown_and_replayed_exactly(world8: World) -> None:
     assert 0 == world.client.dbsize() - len(world.client.keys(world.stream + "*")) - len(
         world.client.keys("{" + world.stream + "}*")
     )  # no key left behind by the dead letter's parts
+
+
+def test_replay_skips_a_continued_dead_letter_missing_parts_and_goes_on(world8: World) -> None:
+    """A part trimmed or deleted by hand: that dead letter stays for a person; the others go back; and
+    `purge --all` then removes everything, stray parts included."""
+    world = world8
+    poison(world, [big_tweet(1), tweet(2), big_tweet(3)])
+    assert 3 == world.run(MAX_DELIVERIES=10).counts.dead_lettered
+    entries = command(world.client, "XRANGE", world.keys.dead_letter, "-", "+")
+    first_part = next(entry_id for entry_id, fields in entries if fields[0] == b"dlq:part-of")
+    world.client.xdel(world.keys.dead_letter, first_part)
+    replayed = cli(world, "dead-letter", "replay", "--all")
+    assert 0 == replayed.returncode, replayed.stderr
+    assert "replayed 2 of 3" in replayed.stdout
+    assert "not replayed" in replayed.stderr
+    purged = cli(world, "dead-letter", "purge", "--all", "--yes")
+    assert 0 == purged.returncode, purged.stderr
+    assert 0 == world.client.xlen(world.keys.dead_letter)
+
+
+def test_replay_goes_on_while_producers_write_to_the_main_stream(world8: World) -> None:
+    world = world8
+    poison(world, [[b"text", b"no id", b"n", b"%d" % n] for n in range(300)])
+    assert 300 == world.run().counts.dead_lettered
+    stop = threading.Event()
+
+    def produce() -> None:
+        with redis.Redis(port=world.server.port) as producer:
+            while not stop.is_set():
+                producer.xadd(world.stream, {b"id": b"1", b"text": b"busy"})
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        replayed = cli(world, "dead-letter", "replay", "--all")
+    finally:
+        stop.set()
+        producer.join()
+    assert 0 == replayed.returncode, replayed.stderr
+    assert "replayed 300 of 300" in replayed.stdout
 
 
 def test_a_dead_letter_key_of_the_wrong_type_leaves_the_entry_pending(world: World) -> None:

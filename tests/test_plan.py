@@ -14,9 +14,9 @@ from handler.reclaim.rules import (
     is_permanent_write_error,
     next_id,
     parse_pending_rows,
-    previous_id,
+    refusal_reason,
     stream_field,
-    walk_segments,
+    walk_start,
 )
 
 
@@ -54,32 +54,11 @@ def test_next_page_starts_right_after_the_last_row(entry_id: bytes, expected: by
 
 
 @pytest.mark.parametrize(
-    ("entry_id", "expected"),
-    [(b"5-1", b"5-0"), (b"6-0", b"5-%d" % MAX_SEQUENCE), (b"0-1", b"0-0")],
-)
-def test_previous_id(entry_id: bytes, expected: bytes) -> None:
-    assert expected == previous_id(entry_id)
-    assert entry_id == next_id(previous_id(entry_id))
-
-
-def test_0_0_has_no_previous_id() -> None:
-    with pytest.raises(ValueError, match="no predecessor"):
-        previous_id(b"0-0")
-
-
-@pytest.mark.parametrize(
     ("cursor", "expected"),
-    [
-        (None, [(b"-", b"+")]),
-        (b"-", [(b"-", b"+")]),
-        (b"0-0", [(b"-", b"+")]),
-        (b"100-5", [(b"100-5", b"+"), (b"-", b"100-4")]),  # where the last one stopped, then wrap
-    ],
+    [(None, b"-"), (b"-", b"-"), (b"0-0", b"-"), (b"100-5", b"100-5")],  # where the last one stopped
 )
-def test_walk_continues_where_the_last_invocation_stopped(
-    cursor: bytes | None, expected: list[tuple[bytes, bytes]]
-) -> None:
-    assert expected == walk_segments(cursor)
+def test_walk_starts_where_the_last_invocation_stopped(cursor: bytes | None, expected: bytes) -> None:
+    assert expected == walk_start(cursor)
 
 
 @pytest.mark.parametrize(
@@ -141,3 +120,20 @@ def test_parse_pending_rows() -> None:
         PendingRow(b"1-0", b"consumer-a", 15_000, 2),
         PendingRow(b"1-1", b"monitoring_app", 3, 1),
     ] == parse_pending_rows(reply)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
+        ("ERR Error running script (call to f_1): @user_script:25: @user_script: 25: -OOM command not "
+         "allowed when used memory > 'maxmemory'.", "OOM"),  # Redis 6 wraps a script's refusal
+        ("NOPERM this user has no permissions to run the 'hset' command", "NOPERM"),
+        ("ERR ACL failure in script: this user has no permissions to run the 'xlen' command", "NOPERM"),
+        ("READONLY You can't write against a read only replica.", "READONLY"),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE"),
+        ("ERR something else", "ERR"),
+    ],
+)  # fmt: skip
+def test_a_refusal_is_named_by_its_error_code(message: str, expected: str) -> None:
+    assert expected == refusal_reason(message)

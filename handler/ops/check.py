@@ -31,7 +31,6 @@ NEEDED_COMMANDS = [
     ("XPENDING", "{stream}", "{group}", "-", "+", "1"),
     ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1"),
     ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1", "IDLE", "0", "RETRYCOUNT", "1", "JUSTID"),
-    ("HSETNX", "tweet:1", "id", "1"),
     ("XACK", "{stream}", "{group}", "0-1"),
     ("XRANGE", "{stream}", "-", "+", "COUNT", "1"),
     ("HSET", "tweet:1", "id", "1"),

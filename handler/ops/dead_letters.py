@@ -6,6 +6,7 @@ purged together with its parts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,16 +18,17 @@ from handler.keys import StreamKeys
 from handler.reclaim.dead_letter import (
     CONTINUED,
     FIELD_COUNT,
-    INLINE,
+    METADATA_FIELD_COUNT,
     PARTS,
     is_part,
     join_parts,
     split_dead_letter,
 )
 from handler.reclaim.rules import next_id
-from handler.transport.client import Client, command, server_holding, text
+from handler.transport.client import Client, command, server_holding
 
 REPLAY_ATTEMPTS = 100  # a replay that keeps meeting concurrent changes gives up with a message
+log = logging.getLogger(__name__)
 PURGE_BATCH = 1000
 
 
@@ -118,6 +120,44 @@ def all_ids(
         start = next_id(entries[-1][0])
 
 
+# KEYS: dead-letter stream, main stream (same hash slot). ARGV: metadata pair count, then dead-letter IDs.
+# Each inline dead letter goes back to the main stream with its original fields (a new entry, so the group
+# delivers it again) and leaves the dead-letter stream in the same atomic step. The first write (XADD) is the
+# only one Redis can refuse; then nothing has changed. Continued dead letters (too big for a Lua call) are
+# returned for the caller to replay with a transaction.
+REPLAY_LUA = """
+local replayed, continued = 0, {}
+local skip = 2 * tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #entry > 0 and entry[1][2][1] == 'dlq:version' then
+    local fields = entry[1][2]
+    if fields[2] == '1' and #fields > skip then
+      local original = {}
+      for j = skip + 1, #fields do
+        original[#original + 1] = fields[j]
+      end
+      redis.call('XADD', KEYS[2], '*', unpack(original))
+      redis.call('XDEL', KEYS[1], ARGV[i])
+      replayed = replayed + 1
+    elseif fields[2] == '2' then
+      continued[#continued + 1] = ARGV[i]
+    end
+  end
+end
+return {replayed, continued}
+"""
+# Deletes a dead letter and its parts only if the main stream is a stream, so that inside a transaction an
+# XADD refused for the key's type is not followed by the deletion. KEYS: main stream, dead-letter stream.
+DELETE_IF_REPLAYED_LUA = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then
+  return 0
+end
+return redis.call('XDEL', KEYS[2], unpack(ARGV))
+"""
+REPLAY_BATCH = 100  # inline dead letters moved per atomic script call
+
+
 def replay(
     client: Client,
     keys: StreamKeys,
@@ -125,46 +165,59 @@ def replay(
     progress: Callable[[int], None] = lambda done: None,
 ) -> int:
     """Move dead letters back to the main stream, each with exactly its original fields, removed from the
-    dead-letter stream in the same transaction; returns how many moved.
-
-    A transaction rather than a Lua script, because a big entry's fields do not fit one Lua call. WATCH on
-    both streams makes it all-or-nothing against a concurrent replay or purge (which change the dead-letter
-    stream) and a main stream that changes type; a dead letter already replayed is skipped.
-    """
-    node = server_holding(client, keys.dead_letter)  # both streams share one slot, so one node
+    dead-letter stream in the same atomic step; returns how many moved. A dead letter already replayed or
+    purged is skipped; a continued one whose parts are gone is skipped with a warning."""
     moved = 0
-    for entry_id in ids:
-        moved += _replay_one(node, keys, entry_id.encode() if isinstance(entry_id, str) else entry_id)
-        progress(1)
+    for start in range(0, len(ids), REPLAY_BATCH):
+        batch = list(ids[start : start + REPLAY_BATCH])
+        replayed, continued = command(
+            client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT, *batch
+        )
+        moved += int(replayed)
+        for entry_id in continued:
+            moved += _replay_continued(server_holding(client, keys.dead_letter), keys, entry_id)
+        progress(len(batch))
     return moved
 
 
-def _replay_one(node: redis.Redis, keys: StreamKeys, entry_id: bytes) -> int:
+def _replay_continued(node: redis.Redis, keys: StreamKeys, entry_id: bytes) -> int:
+    """A continued dead letter, with a transaction: its fields do not fit one Lua call. WATCH on the
+    dead-letter stream makes it all-or-nothing against a concurrent replay or purge."""
     with node.pipeline(transaction=True) as pipe:
         for _ in range(REPLAY_ATTEMPTS):
             try:
-                pipe.watch(keys.dead_letter, keys.stream)  # type: ignore[no-untyped-call]
+                pipe.watch(keys.dead_letter)  # type: ignore[no-untyped-call]
                 letter = show_dead_letter(pipe, keys, entry_id)  # after WATCH, commands run at once
-                if letter is None or letter.metadata.get(b"dlq:version") not in (INLINE, CONTINUED):
-                    pipe.unwatch()
-                    return 0
-                kind = text(pipe.type(keys.stream))
-                if kind not in ("stream", "none"):
-                    raise MonitorError(f"cannot replay into '{keys.stream}': it holds a {kind}, not a stream")
-                pipe.multi()
-                command(pipe, "XADD", keys.stream, "*", *letter.original)
-                command(pipe, "XDEL", keys.dead_letter, letter.entry_id, *letter.part_ids)
-                pipe.execute()
-                return 1
             except redis.exceptions.WatchError:
                 continue
-            except ValueError as exc:  # a continued dead letter missing parts: left for a person to look at
-                raise MonitorError(f"cannot replay {entry_id.decode()}: {exc}") from exc
+            except ValueError as exc:
+                pipe.unwatch()
+                log.warning(
+                    "dead letter %s not replayed: %s (see `dead-letter show`)", entry_id.decode(), exc
+                )
+                return 0
+            if letter is None:
+                pipe.unwatch()
+                return 0  # replayed or purged meanwhile
+            pipe.multi()
+            command(pipe, "XADD", keys.stream, "*", *letter.original)
+            command(pipe, "EVAL", DELETE_IF_REPLAYED_LUA, 2, keys.stream, keys.dead_letter, letter.entry_id,
+                    *letter.part_ids)  # fmt: skip
+            try:
+                added, _ = pipe.execute(raise_on_error=False)
+            except redis.exceptions.WatchError:
+                continue
+            if isinstance(added, Exception):
+                raise MonitorError(f"cannot replay {entry_id.decode()} into '{keys.stream}': {added}")
+            return 1
     raise MonitorError(f"the dead-letter stream kept changing while replaying {entry_id.decode()}: try again")
 
 
-def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
-    """Delete dead letters for good, each with its parts; returns how many dead letters were removed."""
+def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str], everything: bool = False) -> int:
+    """Delete dead letters for good, each with its parts (with `everything`, every entry of the dead-letter
+    stream, parts left behind by a trim included); returns how many dead letters were removed."""
+    if everything:
+        ids = [entry_id for batch in all_ids(client, keys) for entry_id in batch]
     removed = 0
     for start in range(0, len(ids), PURGE_BATCH):
         batch = list(ids[start : start + PURGE_BATCH])
@@ -174,15 +227,16 @@ def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
         parts: list[bytes] = []
         for found in pipe.execute():
             for head in _heads(found):
+                removed += 1
                 if head.metadata.get(b"dlq:version") == CONTINUED:
                     following = command(
                         client, "XRANGE", keys.dead_letter, next_id(head.entry_id), "+", "COUNT",
                         int(head.metadata[PARTS]),
                     )  # fmt: skip
                     parts += [
-                        i for i, fields in following if is_part(list(fields)) and fields[1] == head.entry_id
+                        part_id
+                        for part_id, fields in following
+                        if is_part(list(fields)) and fields[1] == head.entry_id
                     ]
-        removed += int(client.xdel(keys.dead_letter, *batch))
-        if parts:
-            client.xdel(keys.dead_letter, *parts)
+        client.xdel(keys.dead_letter, *batch, *parts)
     return removed

@@ -13,13 +13,14 @@ from typing import Any
 
 from handler.keys import StreamKeys
 from handler.reclaim.rules import (
+    END,
     DeadLetter,
     DeadLetterReason,
     claimable_ids,
     decide,
     next_id,
     parse_pending_rows,
-    walk_segments,
+    walk_start,
 )
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
@@ -48,20 +49,17 @@ def dry_run(client: Client, settings: MonitorSettings, examples: int = 10) -> Dr
     deadline = time.monotonic() + settings.CYCLE_TIME_BUDGET_SEC
     dead: Counter[str] = Counter()
     cursor: Any = client.get(keys.cursor)
-    for segment_start, segment_end in walk_segments(cursor):
-        start = segment_start
-        while report.pages == 0 or (
-            report.would_claim < settings.CYCLE_MAX_MESSAGES and time.monotonic() < deadline
-        ):
-            count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - report.would_claim)
-            rows = parse_pending_rows(
-                command(client, "XPENDING", keys.stream, keys.group, start, segment_end, count)
-            )
-            report.pages += 1
-            _judge_page(client, keys, settings, rows, report, dead, examples)
-            if len(rows) < count:
-                break
-            start = next_id(rows[-1].entry_id)
+    start = walk_start(cursor)
+    while report.pages == 0 or (
+        report.would_claim < settings.CYCLE_MAX_MESSAGES and time.monotonic() < deadline
+    ):
+        count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - report.would_claim)
+        rows = parse_pending_rows(command(client, "XPENDING", keys.stream, keys.group, start, END, count))
+        report.pages += 1
+        _judge_page(client, keys, settings, rows, report, dead, examples)
+        if len(rows) < count:
+            break
+        start = next_id(rows[-1].entry_id)
     report.would_dead_letter = dict(dead)
     return report
 

@@ -14,7 +14,7 @@ import redis
 
 from handler.errors import StreamOrGroupMissingError
 from handler.keys import StreamKeys
-from handler.transport.client import Client, command, text
+from handler.transport.client import Client, command, server_holding, text
 
 SAMPLE_PER_CONSUMER = 1000
 SEARCH_INDEX = "tweets-index"
@@ -108,7 +108,7 @@ def gather_status(
         last_refusal=_text_or_none(client.get(keys.last_refusal)),
         warnings=warnings,
     )
-    warnings += _memory_warnings(client)
+    warnings += _memory_warnings(server_holding(client, keys.stream))
     if result.last_refusal:
         warnings.append(f"the monitor's last refused attempt: {result.last_refusal}")
     if dead >= dead_letter_warn_at:

@@ -7,8 +7,10 @@ not be written), the entry stays pending and its delivery count is set back to w
 So an outage of any length dead-letters nothing, while an attempt that ends because the monitor died or timed
 out still counts, and an entry that kills the monitor still reaches the dead-letter stream.
 
-Only the consumer that holds the entry gives its delivery back (checked in the same script), so a monitor
-that stalled past min-idle never touches an entry another monitor has claimed since.
+Only while the monitor's consumer name still holds the entry is its delivery given back (checked in the same
+script), so an entry a processor or a monitor under another name has claimed since is never touched.
+Monitors that share MONITORING_CONSUMER_NAME are one consumer to Redis: among them a stalled one may reset
+the count of an entry another has claimed since, which changes a count, never an entry.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every command here is safe to repeat after a lost reply: a repeated XCLAIM finds the entries no longer idle
 and returns nothing (they stay pending under this consumer and come back after min-idle); HSET of the same
-fields, HSETNX, WAIT and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter and give-back
+fields, WAIT and XACK are idempotent; XRANGE and XPENDING only read; the dead-letter and give-back
 scripts check ownership and pending state before they change anything. So a page is retried step by step:
 the claim, then the writes and acknowledgements with the claimed entries in hand.
 
@@ -89,12 +89,7 @@ class _Claim:
 
 
 def handle_page(
-    channel: Channel,
-    rows: list[PendingRow],
-    config: PageSettings,
-    order: WriteOrder,
-    turn: int,
-    wrapped: bool,
+    channel: Channel, rows: list[PendingRow], config: PageSettings, order: WriteOrder, turn: int
 ) -> PageResult:
     """Claim, write, acknowledge and dead-letter one page of XPENDING rows; returns its counts.
 
@@ -119,7 +114,7 @@ def handle_page(
             writes.append(_Write(entry_id, decision, fields))
         else:
             dead.append((entry_id, decision))
-    ticket = order.register(turn, wrapped, [(write.entry_id, write.key) for write in writes])
+    ticket = order.register(turn, [write.key for write in writes])
     try:
         outcome = channel.run(
             partial(_finish, writes=writes, dead=dead, ticket=ticket, deliveries=deliveries, config=config)
@@ -161,7 +156,7 @@ def _finish(
     stream_node = config.topology.node_of(config.keys.stream)
     outcome = _Outcome(dead=list(dead))
     ticket.wait_for_older_writes()
-    _write(channel, config, stream_node, writes, ticket.fill_in_only, outcome)
+    _write(channel, config, stream_node, writes, outcome)
     stream_wire = channel.wire(stream_node.pool)
     _acknowledge_and_dead_letter(stream_wire, config, outcome, deliveries)
     if outcome.refused:
@@ -205,34 +200,30 @@ def _write(
     config: PageSettings,
     stream_node: Node,
     writes: list[_Write],
-    fill_in_only: set[int],
     outcome: _Outcome,
 ) -> None:
-    """One HSET per entry (HSETNX per field for an entry older than one already written), sent to every
-    node at once; only writes that succeeded (and, on a cluster node with replicas, reached one) are
-    acknowledged later."""
+    """One HSET per entry, sent to every node at once; only writes that succeeded (and, on a cluster node
+    with replicas, reached one) are acknowledged later."""
     if not writes:
         return
     topology, wait_ms = config.topology, config.wait_for_replica_ms
     by_node: dict[Node, list[int]] = {}
     for index, write in enumerate(writes):
         by_node.setdefault(topology.node_of(write.key), []).append(index)
-    batches: list[tuple[Node, list[int], list[int], Wire, bool]] = []
+    batches: list[tuple[Node, list[int], Wire, bool]] = []
     for node, indices in by_node.items():
         wire = channel.wire(node.pool)
         # The stream's own node replicates the HSETs before the XACK that follows them, in order.
         wait = node is not stream_node and node.replicas > 0
-        data, replies = _pack_writes([writes[i] for i in indices], [i in fill_in_only for i in indices])
-        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data, sum(replies) + wait)
-        batches.append((node, indices, replies, wire, wait))
-    for node, indices, replies, wire, wait in batches:
-        results = wire.read(sum(replies) + wait)
+        data = pack_hsets((writes[i].key, writes[i].fields) for i in indices)
+        wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data, len(indices) + wait)
+        batches.append((node, indices, wire, wait))
+    for node, indices, wire, wait in batches:
+        results = wire.read(len(indices) + wait)
         copied = _reached_a_replica(node, results.pop(), wait_ms) if wait else True
-        position = 0
-        for index, count in zip(indices, replies, strict=True):
-            write, answers = writes[index], results[position : position + count]
-            position += count
-            error = next((answer for answer in answers if isinstance(answer, Exception)), None)
+        for index, result in zip(indices, results, strict=True):
+            write = writes[index]
+            error = result if isinstance(result, Exception) else None
             if error is None and copied:
                 outcome.written.append(write.entry_id)
             elif error is None:
@@ -244,24 +235,6 @@ def _write(
                 outcome.cluster_changed = outcome.cluster_changed or message.startswith(CLUSTER_CHANGED)
                 _refuse(outcome, write.entry_id, "write", refusal_reason(message), message)
                 log.warning("writing %r was refused, left pending for a later cycle: %s", write.key, message)
-
-
-def _pack_writes(writes: list[_Write], fill_in_only: list[bool]) -> tuple[bytes, list[int]]:
-    """The RESP of a node's writes in stream order, and how many replies each write gets."""
-    if not any(fill_in_only):
-        return pack_hsets((write.key, write.fields) for write in writes), [1] * len(writes)
-    parts: list[bytes] = []
-    replies: list[int] = []
-    for write, fill_in in zip(writes, fill_in_only, strict=True):
-        if fill_in:
-            # Repeated names: the later value is what HSET would have left, so it is the one filled in.
-            latest = dict(zip(write.fields[0::2], write.fields[1::2], strict=True))
-            parts += [pack((b"HSETNX", write.key, name, value)) for name, value in latest.items()]
-            replies.append(len(latest))
-        else:
-            parts.append(pack_hsets([(write.key, write.fields)]))
-            replies.append(1)
-    return b"".join(parts), replies
 
 
 def _refuse(outcome: _Outcome, entry_id: bytes, step: str, reason: str, message: str) -> None:

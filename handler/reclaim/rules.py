@@ -65,21 +65,13 @@ def next_id(entry_id: bytes) -> bytes:
     return b"%d-0" % (ms + 1)
 
 
-def previous_id(entry_id: bytes) -> bytes:
-    """The greatest stream ID before entry_id (entry_id must be above 0-0)."""
-    ms, seq = parse_id(entry_id)
-    if seq > 0:
-        return b"%d-%d" % (ms, seq - 1)
-    if ms == 0:
-        raise ValueError("0-0 has no predecessor")
-    return b"%d-%d" % (ms - 1, MAX_SEQUENCE)
-
-
-def walk_segments(cursor: bytes | None) -> list[tuple[bytes, bytes]]:
-    """ID ranges one invocation walks: from where the last one stopped to the end, then wrap around."""
+def walk_start(cursor: bytes | None) -> bytes:
+    """Where one invocation's walk starts: where the last one stopped, else the head. It walks to the end
+    and never wraps round within an invocation (the next one starts from the head again), so one
+    invocation meets the entries in stream order, and writes them so (write_order.py)."""
     if cursor is None or cursor in (START, b"0-0"):
-        return [(START, END)]
-    return [(cursor, END), (START, previous_id(cursor))]
+        return START
+    return cursor
 
 
 def stream_field(fields: Sequence[bytes], name: bytes) -> bytes | None:
@@ -119,6 +111,8 @@ REFUSAL_CODES = ("OOM", "READONLY", "NOPERM", "LOADING", "MASTERDOWN", "BUSY", "
 
 def refusal_reason(message: str) -> str:
     """The error code of a refused write, for metrics and status: `OOM`, `NOPERM`…, or `ERR` for others."""
+    if "ACL failure" in message or "no permissions" in message:  # a refused command inside a Lua script
+        return "NOPERM"
     for word in message.replace(":", " ").replace("-", " ").split():
         if word in REFUSAL_CODES:
             return word

@@ -20,7 +20,7 @@ from typing import Any
 
 from handler.keys import StreamKeys
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
-from handler.reclaim.rules import START, PendingRow, next_id, parse_id, parse_pending_rows, walk_segments
+from handler.reclaim.rules import END, START, PendingRow, next_id, parse_id, parse_pending_rows, walk_start
 from handler.reclaim.summary import Alerts, Counts, StopReason
 from handler.reclaim.write_order import WriteOrder
 from handler.settings import MonitorSettings
@@ -49,7 +49,6 @@ class Limits:
 class _Page:
     index: int
     turn: int  # its place among the pages handed out (write_order.py)
-    wrapped: bool  # from the walk's second segment, back at the head of the pending list
     start: bytes  # where this page's XPENDING range began: the cursor if it is never claimed
     rows: list[PendingRow]
 
@@ -127,29 +126,27 @@ class Sweep:
         """Hand pages out until a reason to stop; None when a page worker failed (walk raises its error)."""
         settings, keys = self._settings, self._keys
         rows_handed_out = 0
-        for segment, (segment_start, segment_end) in enumerate(walk_segments(cursor)):
-            start = segment_start
-            while True:
-                if self._errors:
-                    return None
-                reason = self._reason_to_stop(rows_handed_out)
-                if reason:
-                    return reason, start
-                count = min(settings.RECLAIM_PAGE_SIZE, self._max_messages - rows_handed_out)
-                command = pack((b"XPENDING", keys.stream, keys.group, start, segment_end, count))
-                (reply,) = channel.run(partial(_call_one, self._topology, keys.stream, command))
-                if isinstance(reply, Exception):
-                    raise reply
-                rows = parse_pending_rows(reply)
-                if rows:
-                    self._hand_out(_Page(self.pages, self._turns, segment > 0, start, rows))
-                    self._turns += 1
-                    rows_handed_out += len(rows)
-                self.pages += 1
-                if len(rows) < count:
-                    break  # the end of this segment
-                start = next_id(rows[-1].entry_id)
-        return StopReason.END, START
+        start = walk_start(cursor)
+        while True:
+            if self._errors:
+                return None
+            reason = self._reason_to_stop(rows_handed_out)
+            if reason:
+                return reason, start
+            count = min(settings.RECLAIM_PAGE_SIZE, self._max_messages - rows_handed_out)
+            command = pack((b"XPENDING", keys.stream, keys.group, start, END, count))
+            (reply,) = channel.run(partial(_call_one, self._topology, keys.stream, command))
+            if isinstance(reply, Exception):
+                raise reply
+            rows = parse_pending_rows(reply)
+            if rows:
+                self._hand_out(_Page(self.pages, self._turns, start, rows))
+                self._turns += 1
+                rows_handed_out += len(rows)
+            self.pages += 1
+            if len(rows) < count:
+                return StopReason.END, START  # the end: the next invocation starts from the head
+            start = next_id(rows[-1].entry_id)
 
     def _reason_to_stop(self, rows_handed_out: int) -> StopReason | None:
         if self.pages == 0:
@@ -195,7 +192,7 @@ class Sweep:
                     continue
                 began = time.monotonic()
                 # Retries inside, step by step; the page takes or gives up its turn in the write order.
-                result = handle_page(channel, page.rows, self._config, self._order, page.turn, page.wrapped)
+                result = handle_page(channel, page.rows, self._config, self._order, page.turn)
                 with self._lock:
                     self.counts += result.counts
                     self.alerts += result.alerts

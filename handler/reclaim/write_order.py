@@ -1,25 +1,21 @@
-"""Writes of one tweet within a sweep land in stream order, although parallel page workers send them.
+"""Writes of one tweet within an invocation land in stream order, although parallel page workers send them.
 
 The processor writes each entry with HSET in stream order, so for two entries of one tweet the later one's
-values win. The sweep hands pages out in stream order, but its workers write them in parallel: without this
-module, an older entry's page that is slower to claim could be written after a later entry's, and win.
+values win. One invocation walks the pending list in stream order (it never wraps round: rules.walk_start)
+and hands pages out in that order, but its workers write them in parallel: without this module, an older
+entry's page that is slower to claim could be written after a later entry's, and win.
 
-The invariant, for every tweet key within one sweep: the hash ends as HSET of its entries in stream order
-would leave it. How:
+The invariant, for every tweet key within one invocation: the hash ends as HSET of its entries in stream
+order would leave it. How:
 
 - Pages register their writes in the order they were handed out (a turnstile): page n registers after
-  page n-1 has registered, or given its turn up.
-- An entry registered after an older entry of the same key (from another page still being written) waits,
-  before it is sent, until that write is done or has failed.
-- An entry older than one registered before it (the walk wrapped round from the end of the pending list
-  to its head, so older entries come last) is written with HSETNX, field by field: it fills in what the
-  later entry did not set and changes nothing the later entry set, which is what HSET(older) then
-  HSET(later) leaves. The later entry may already be written and forgotten, so the first segment's keys
-  are remembered in a fixed-size filter (FILTER_BITS; a false positive only turns an HSET into HSETNXs).
+  page n-1 has registered, or given its turn up. So every entry already registered is older.
+- An entry of a key that an older entry of another page still has in flight waits, before it is sent,
+  until that write is done or has failed.
 
-Entries are forgotten when their page is done, so memory stays at a few pages plus the filter. Known limit:
-with three or more entries of one tweet split across the wrap (two older ones after a later one), the
-older two fill in fields in stream order rather than the newest first.
+Entries are forgotten when their page is done, so memory stays at a few pages. Across invocations the
+order is not kept: an older entry left pending (refused, not idle yet) and written by a later invocation
+wins over a newer one written before it, as it would if the processor itself retried it late.
 """
 
 from __future__ import annotations
@@ -28,26 +24,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from handler.reclaim.rules import parse_id
-
-FILTER_BITS = 1 << 24  # 2 MiB: about 3 % false positives after 500,000 keys
-
 
 @dataclass(eq=False)
-class _Registered:
-    entry_id: bytes
-    turn: int
-    done: threading.Event
-
-
-@dataclass
 class Ticket:
-    """One page's registered writes: which to send as HSETNX, and what to wait for before sending."""
+    """One page's registered writes, and the older writes of the same keys to wait for before sending."""
 
     turn: int
-    fill_in_only: set[int] = field(default_factory=set)  # indices of writes to send as HSETNX
+    keys: list[bytes] = field(default_factory=list)
     waits: list[threading.Event] = field(default_factory=list)
-    entries: list[tuple[bytes, _Registered]] = field(default_factory=list)  # (key, registration)
     done: threading.Event = field(default_factory=threading.Event)
 
     def wait_for_older_writes(self) -> None:
@@ -61,33 +45,31 @@ class WriteOrder:
     def __init__(self) -> None:
         self._turns = threading.Condition()
         self._next_turn = 0
-        self._in_flight: dict[bytes, list[_Registered]] = {}
-        self._first_segment = bytearray(FILTER_BITS // 8)
+        self._in_flight: dict[bytes, list[Ticket]] = {}  # key -> the pages with a write of it in flight
         self._abandoned = False
 
-    def register(self, turn: int, wrapped: bool, writes: Sequence[tuple[bytes, bytes]]) -> Ticket:
-        """Register a page's (entry id, tweet key) writes, in turn; `wrapped` when the page comes from the
-        walk's second segment, back at the head of the pending list."""
+    def register(self, turn: int, writes: Sequence[bytes]) -> Ticket:
+        """Register the tweet keys a page writes, in its turn; call done() with the ticket when written."""
         ticket = Ticket(turn)
         with self._turns:
             self._wait_for_turn(turn)
-            for index, (entry_id, key) in enumerate(writes):
-                registered = _Registered(entry_id, turn, ticket.done)
-                earlier = self._in_flight.setdefault(key, [])
-                if earlier:
-                    self._order_against(index, registered, earlier, ticket)
-                if wrapped:
-                    if self._maybe_in_first_segment(key):
-                        ticket.fill_in_only.add(index)
-                else:
-                    self._remember_first_segment(key)
-                earlier.append(registered)
-                ticket.entries.append((key, registered))
-            self._pass_turn()
+            try:
+                for key in writes:
+                    holders = self._in_flight.setdefault(key, [])
+                    if holders and holders[-1] is ticket:
+                        continue  # a key twice in one page: written in order on one connection
+                    ticket.waits += [older.done for older in holders]  # registered before: older
+                    holders.append(ticket)
+                    ticket.keys.append(key)
+            except BaseException:
+                ticket.done.set()  # nobody may wait on a page that will never write
+                raise
+            finally:
+                self._pass_turn()
         return ticket
 
     def give_up_turn(self, turn: int) -> None:
-        """A page that registers nothing (not claimed, nothing claimable, or failed first) passes its turn."""
+        """A page that registers nothing (not claimed, or failed before its writes) passes its turn."""
         with self._turns:
             self._wait_for_turn(turn)
             self._pass_turn()
@@ -96,8 +78,8 @@ class WriteOrder:
         """The page's writes are done or failed: whoever waits for them may go on."""
         ticket.done.set()
         with self._turns:
-            for key, registered in ticket.entries:
-                remaining = [r for r in self._in_flight.get(key, ()) if r is not registered]
+            for key in ticket.keys:
+                remaining = [other for other in self._in_flight.get(key, ()) if other is not ticket]
                 if remaining:
                     self._in_flight[key] = remaining
                 else:
@@ -109,18 +91,6 @@ class WriteOrder:
             self._abandoned = True
             self._turns.notify_all()
 
-    def _order_against(
-        self, index: int, registered: _Registered, earlier: list[_Registered], ticket: Ticket
-    ) -> None:
-        own = parse_id(registered.entry_id)
-        for other in earlier:
-            if other.turn == registered.turn:
-                continue  # the same page: written in order on one connection
-            if parse_id(other.entry_id) > own:
-                ticket.fill_in_only.add(index)
-            elif not other.done.is_set():
-                ticket.waits.append(other.done)
-
     def _wait_for_turn(self, turn: int) -> None:
         while self._next_turn != turn and not self._abandoned:
             self._turns.wait()
@@ -128,11 +98,3 @@ class WriteOrder:
     def _pass_turn(self) -> None:
         self._next_turn += 1
         self._turns.notify_all()
-
-    def _remember_first_segment(self, key: bytes) -> None:
-        bit = hash(key) % FILTER_BITS
-        self._first_segment[bit >> 3] |= 1 << (bit & 7)
-
-    def _maybe_in_first_segment(self, key: bytes) -> bool:
-        bit = hash(key) % FILTER_BITS
-        return bool(self._first_segment[bit >> 3] & (1 << (bit & 7)))
