@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import redis
 
@@ -56,8 +57,7 @@ class PageSettings:
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
 
 
-@dataclass(frozen=True)
-class _Write:
+class _Write(NamedTuple):  # a tuple: a page makes thousands of them
     entry_id: bytes
     key: bytes  # tweet:<id>
     fields: list[bytes]
@@ -100,8 +100,11 @@ def handle_page(
     `turn` is the page's place in the order pages were handed out (write_order.py).
     """
     ids = claimable_ids(rows, config.min_idle_ms)
+    if not ids:
+        order.give_up_turn(turn)
+        return PageResult(Counts(), Alerts(), cluster_changed=False)
     try:
-        claim = channel.run(partial(_claim, ids=ids, config=config)) if ids else _Claim([], 0)
+        claim = channel.run(partial(_claim, ids=ids, config=config))
     except BaseException:
         order.give_up_turn(turn)
         raise
@@ -114,7 +117,7 @@ def handle_page(
             writes.append(_Write(entry_id, decision, fields))
         else:
             dead.append((entry_id, decision))
-    ticket = order.register(turn, [write.key for write in writes])
+    ticket = order.register(turn, (write.key for write in writes))
     try:
         outcome = channel.run(
             partial(_finish, writes=writes, dead=dead, ticket=ticket, deliveries=deliveries, config=config)
