@@ -24,6 +24,22 @@ def hash_tag_of(stream: str) -> str:
     return "{" + stream + "}"
 
 
+def key_name(raw: bytes) -> str:
+    """A key name read from Redis, as str; bytes that are not UTF-8 survive (surrogateescape), so the name
+    goes back to Redis as the same key."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def raw_name(name: str) -> bytes:
+    """The key's own bytes, for redis-py, whose hiredis packer encodes str strictly as UTF-8."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def display_name(name: str) -> str:
+    """A key name for people, logs, summaries and metric labels: bytes that are not UTF-8 shown as \\xff."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def is_dead_letter_stream(name: str) -> bool:
     """`{tweets_stream:0}:dead-letter`, the monitor's own stream, which a broad pattern would also match."""
     if not name.endswith(DEAD_LETTER_SUFFIX):

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from handler.keys import StreamKeys
+from handler.errors import MonitorError
+from handler.keys import StreamKeys, display_name, raw_name
 from handler.reclaim.streams import StreamFinder
 from handler.reclaim.summary import CycleSummary, count_names
 from handler.settings import MonitorSettings
@@ -44,6 +45,9 @@ class _GroupGauges(Collector):
         self._finder = StreamFinder(settings)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges read from Redis, and `tweets_monitor_redis_up` (0 when Redis could not be read: the
+        scrape still answers, without the gauges read from Redis)."""
+        up = GaugeMetricFamily("tweets_monitor_redis_up", "1 when Redis answered this scrape, else 0")
         labels = ["stream"]
         pending = GaugeMetricFamily(
             "tweets_monitor_pending_entries", "Entries pending in the group", labels=labels
@@ -62,13 +66,17 @@ class _GroupGauges(Collector):
                 keys = StreamKeys.from_settings(self._settings, stream)
                 summary = command(client, "XPENDING", keys.stream, keys.group)
                 oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
-                pending.add_metric([stream], summary[0])
-                idle.add_metric([stream], oldest[0][2] / 1000 if oldest else 0)
-                dead.add_metric([stream], client.xlen(keys.dead_letter))
-        except redis.exceptions.RedisError as exc:
+                label = [display_name(stream)]
+                pending.add_metric(label, summary[0])
+                idle.add_metric(label, oldest[0][2] / 1000 if oldest else 0)
+                dead.add_metric(label, client.xlen(raw_name(keys.dead_letter)))
+        except (redis.exceptions.RedisError, MonitorError) as exc:
             log.warning("metrics: could not read the group's gauges: %s", exc)
+            up.add_metric([], 0)
+            yield up
             return
-        yield from (pending, idle, dead)
+        up.add_metric([], 1)
+        yield from (up, pending, idle, dead)
 
 
 class Metrics:

@@ -63,6 +63,20 @@ class MonitorSettings(BaseSettings):
     METRICS_ADDRESS: str = "127.0.0.1:9464"
     WEBSITE_TIME_ZONE: str = ""
 
+    @field_validator("REDIS_HOST", mode="before")
+    @classmethod
+    def _not_a_connection_string(cls, value: object) -> object:
+        """The Azure portal shows `host:6380,password=<key>,ssl=True,abortConnect=False`; pasted whole, it
+        must be named without echoing anything after the host (the key is there)."""
+        if isinstance(value, str) and ("," in value or "=" in value):
+            host = value.split(",", 1)[0].split("=", 1)[0].strip()
+            raise ValueError(
+                "looks like a connection string as the Azure portal shows it: set REDIS_HOST="
+                f"{host} alone, the access key in REDIS_PASSWORD, and REDIS_TLS=true for ssl=True "
+                "(abortConnect has no equivalent: the monitor always retries)"
+            )
+        return value
+
     @field_validator("REDIS_HOST", "METRICS_ADDRESS")
     @classmethod
     def _host_port_is_well_formed(cls, value: str) -> str:

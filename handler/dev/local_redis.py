@@ -163,8 +163,9 @@ class LocalRedis:
         self.process = None
 
     def cleanup(self) -> None:
+        """Stop the server and remove its directory; a second call does nothing."""
         self.stop()
-        if self._own_directory:
+        if self._own_directory and self.directory.exists():
             for child in sorted(self.directory.rglob("*"), reverse=True):
                 if child.is_dir():
                     child.rmdir()

@@ -192,15 +192,25 @@ def _permissions(client: Client, keys: StreamKeys, user: str, version: str) -> C
     )
 
 
+def _as_list(value: object) -> list[object]:
+    if value is None:
+        return []
+    if isinstance(value, bytes | str):
+        return list(text(value).split())
+    return list(value) if isinstance(value, list | tuple | set) else [value]
+
+
 def _permissions_before_dryrun(client: Client, user: str) -> Check:
     try:
         rules: Any = client.acl_getuser(user) or {}
     except redis.exceptions.ResponseError as exc:
         return Check("permissions", False, f"cannot read the rules of '{user}' on Redis < 7.0: {exc}")
-    commands = str(rules.get("commands", ""))
-    keys = rules.get("keys", [])
-    all_keys = any(k in ("*", b"*", "~*") for k in keys) or "allkeys" in map(str, rules.get("flags", []))
-    if "+@all" in commands and all_keys:
+    # Decided from the flags (redis-py reports `+@all` under categories, not commands): every command and
+    # every key, and no `-` rule taking any back (`+@all -hset` still reports categories ['+@all']).
+    flags = {text(flag) for flag in rules.get("flags", [])}
+    rule_words = [text(word) for field in ("commands", "categories") for word in _as_list(rules.get(field))]
+    taken_back = [word for word in rule_words if word.startswith("-")]
+    if {"allcommands", "allkeys"} <= flags and not taken_back:
         return Check("permissions", True, f"'{user}' may run every command on every key")
     return Check(
         "permissions",

@@ -32,7 +32,7 @@ return removed
 
 
 def prune_idle_consumers(
-    client: Client, stream: str, group: str, idle_sec: float, keep: list[str], dry_run: bool = False
+    client: Client, stream: str | bytes, group: str, idle_sec: float, keep: list[str], dry_run: bool = False
 ) -> list[str]:
     """Remove consumers with nothing pending and idle at least idle_sec; returns their names."""
     idle_ms = round(idle_sec * 1000)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import redis
 
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
-from handler.keys import StreamKeys
+from handler.keys import StreamKeys, display_name, raw_name
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.lease import Lease, holder_identity
 from handler.reclaim.page import CLUSTER_CHANGED
@@ -59,12 +59,19 @@ class ReclaimCycle:
         except redis.exceptions.ResponseError as exc:
             if _cluster_changed(exc):
                 self._refresh_topology()
+            state = transient_state(exc)
+            if state is not None:
+                host, port = self._settings.redis_address
+                raise RedisUnavailableError(
+                    f"Redis at {host}:{port} {TRANSIENT_STATES[state]} ({state}: {exc}); the next invocation "
+                    "tries again"
+                ) from exc
             raise self._explain(exc) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             self._refresh_topology()  # a failover shows first as a node that stops answering
             raise unavailable(self._settings, exc) from exc
         several = self._settings.stream_names != (self._keys.stream,)
-        line = summary.log_line(self._keys.stream if several else None)
+        line = summary.log_line(display_name(self._keys.stream) if several else None)
         log.info(line, extra={"summary": summary.as_dict()})
         return summary
 
@@ -101,7 +108,7 @@ class ReclaimCycle:
         pending = parse_pending_count(command(client, "XPENDING", keys.stream, keys.group))
         if pending == 0:
             return CycleSummary(duration_ms=_ms_since(started))
-        lease = Lease(client, keys.lease, self._holder, self._settings.LEASE_TTL_SEC)
+        lease = Lease(client, raw_name(keys.lease), self._holder, self._settings.LEASE_TTL_SEC)
         try:
             holder = lease.acquire()
         except redis.exceptions.ResponseError as exc:
@@ -116,7 +123,7 @@ class ReclaimCycle:
                 skipped=f"lease held by {holder}",
             )  # fmt: skip
         try:
-            cursor: bytes | None = client.get(keys.cursor)  # type: ignore[assignment]
+            cursor: bytes | None = client.get(raw_name(keys.cursor))  # type: ignore[assignment]
             topology = self._connection.topology()
             sweep = Sweep(topology, self._settings, keys, should_stop, started, lease.keep, limits)
             stopped_by, next_start = sweep.walk(cursor)
@@ -150,7 +157,9 @@ class ReclaimCycle:
         log.warning("refused attempts, left pending with their deliveries given back: %s", refused)
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            client.set(self._keys.last_refusal, f"{stamp} {alerts.last_refusal}", px=LAST_REFUSAL_TTL_MS)
+            client.set(
+                raw_name(self._keys.last_refusal), f"{stamp} {alerts.last_refusal}", px=LAST_REFUSAL_TTL_MS
+            )
         except redis.exceptions.RedisError as exc:
             log.debug("could not keep the last refusal for `status`: %s", exc)
 
@@ -160,7 +169,9 @@ class ReclaimCycle:
         if not idle_sec:
             return
         keys = self._keys
-        removed = prune_idle_consumers(client, keys.stream, keys.group, idle_sec, keep=[keys.consumer])
+        removed = prune_idle_consumers(
+            client, raw_name(keys.stream), keys.group, idle_sec, keep=[keys.consumer]
+        )
         if removed:
             log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
 
@@ -168,11 +179,32 @@ class ReclaimCycle:
         """Remember where the next invocation starts. Only a hint: losing it costs a walk from the head."""
         try:
             if start == START:
-                client.delete(self._keys.cursor)
+                client.delete(raw_name(self._keys.cursor))
             else:
-                client.set(self._keys.cursor, start, px=CURSOR_TTL_MS)
+                client.set(raw_name(self._keys.cursor), start, px=CURSOR_TTL_MS)
         except redis.exceptions.ResponseError as exc:  # e.g. OOM: the cycle's work is done all the same
             log.warning("could not save where the next cycle starts: %s", exc)
+
+
+# Passing server states: like a lost connection, they answer 503 and the next invocation tries again.
+TRANSIENT_STATES = {
+    "LOADING": "is loading its data set after a restart",
+    "READONLY": "is a read-only replica (a failover may be under way)",
+    "MASTERDOWN": "is a replica whose master is down",
+    "BUSY": "is busy running a script",
+}
+
+
+def transient_state(exc: redis.exceptions.RedisError) -> str | None:
+    """LOADING, READONLY, MASTERDOWN or BUSY, whether redis-py parsed the reply (and dropped the code from
+    the message) or the hot path passed it on as it came."""
+    parsed = {redis.exceptions.BusyLoadingError: "LOADING", redis.exceptions.ReadOnlyError: "READONLY",
+              redis.exceptions.MasterDownError: "MASTERDOWN"}  # fmt: skip
+    for kind, state in parsed.items():
+        if isinstance(exc, kind):
+            return state
+    word = str(exc).split(" ", 1)[0]
+    return word if word in TRANSIENT_STATES else None
 
 
 def _cluster_changed(exc: redis.exceptions.ResponseError) -> bool:

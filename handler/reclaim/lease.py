@@ -37,7 +37,7 @@ def holder_identity(consumer: str) -> str:
 
 
 class Lease:
-    def __init__(self, client: Client, key: str, holder: str, ttl_sec: float) -> None:
+    def __init__(self, client: Client, key: str | bytes, holder: str, ttl_sec: float) -> None:
         self._client = client
         self._key = key
         self.holder = holder

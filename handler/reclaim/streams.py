@@ -19,12 +19,12 @@ import redis
 from redis.cluster import RedisCluster
 
 from handler.errors import StreamOrGroupMissingError
-from handler.keys import is_dead_letter_stream
+from handler.keys import display_name, is_dead_letter_stream, key_name
 from handler.reclaim.cycle import ReclaimCycle, never
 from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
 from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
-from handler.transport.client import Client, text
+from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, unavailable
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _scan(client: Client, pattern: str) -> set[str]:
     names: set[str] = set()
     for node in nodes:
         for key in node.scan_iter(match=pattern, count=SCAN_COUNT, _type="stream"):
-            name = text(key)
+            name = key_name(key) if isinstance(key, bytes) else str(key)
             if not is_dead_letter_stream(name):
                 names.add(name)
     return names
@@ -139,6 +139,9 @@ class StreamsCycle:
                 break
             progress = 0
             for name in list(active):
+                if should_stop() or messages_left <= 0:
+                    progress = 1  # the next round's first check names the reason for the streams left
+                    break  # a stream left in the round claims nothing: not even its first page
                 time_left = deadline - time.monotonic()
                 limits = Limits(min(slice_sec, time_left), messages_left)
                 summary = self._run_one(name, should_stop, limits, failures) if time_left > 0 else None
@@ -155,7 +158,7 @@ class StreamsCycle:
                 break  # nothing moved in a whole round: the rest waits for the next invocation
         if failures:
             raise StreamOrGroupMissingError("; ".join(failures))
-        return {name: summaries[name] for name in names if name in summaries}
+        return {display_name(name): summaries[name] for name in names if name in summaries}
 
     def _run_one(
         self, name: str, should_stop: Callable[[], bool], limits: Limits, failures: list[str]

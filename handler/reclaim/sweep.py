@@ -8,6 +8,7 @@ Python, sets the pace; memory stays at a few pages whatever the backlog.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import sys
@@ -89,6 +90,7 @@ class Sweep:
         self.counts = Counts()
         self.alerts = Alerts()
         self._order = WriteOrder()
+        self._first_page_done = threading.Event()
         self._turns = 0
         self.cluster_changed = False  # a node answered MOVED/ASK/…: the cycle reads the slot map again
         self.pages = 0
@@ -98,7 +100,14 @@ class Sweep:
 
     def walk(self, cursor: bytes | None) -> tuple[StopReason, bytes]:
         """Walk and process pages; returns why it stopped and where the next invocation should start."""
-        workers = [threading.Thread(target=self._work, name=f"page-worker-{n}") for n in range(PAGE_WORKERS)]
+        # Each worker runs in a copy of this context, so its log lines carry the invocation's id and reach the
+        # host's Logs like the walker's own.
+        workers = [
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(self._work,), name=f"page-worker-{n}"
+            )
+            for n in range(PAGE_WORKERS)
+        ]
         for worker in workers:
             worker.start()
         channel = Channel(on_reconnect=self._topology.refresh)
@@ -118,8 +127,10 @@ class Sweep:
         if self._errors or stopped is None:
             raise self._errors[0]
         stopped_by, next_start = stopped
-        if self._unclaimed:  # pages handed out but refused after the budget or a signal
+        if self._unclaimed:  # pages handed out but refused after the budget, a signal or the lease
             next_start = min(self._unclaimed, key=_order)
+            if stopped_by == StopReason.END:  # the walk reached the end, but not every page was claimed
+                stopped_by = self._refusal_reason()
         return stopped_by, next_start
 
     def _dispatch(self, channel: Channel, cursor: bytes | None) -> tuple[StopReason, bytes] | None:
@@ -134,6 +145,8 @@ class Sweep:
             if reason:
                 return reason, start
             count = min(settings.RECLAIM_PAGE_SIZE, self._max_messages - rows_handed_out)
+            if count <= 0:
+                return StopReason.CAP, start  # nothing left to hand out, not even a first page
             command = pack((b"XPENDING", keys.stream, keys.group, start, END, count))
             (reply,) = channel.run(partial(_call_one, self._topology, keys.stream, command))
             if isinstance(reply, Exception):
@@ -167,9 +180,17 @@ class Sweep:
         return time.monotonic() + self._page_seconds >= self._deadline
 
     def _may_claim(self, page: _Page) -> bool:
+        """Every invocation claims its first page; the others only once that page's time is known and
+        another page would still finish within the budget."""
+        if page.turn == 0:
+            return not self._lease_lost
+        self._first_page_done.wait()
+        return not (self._lease_lost or self._should_stop() or self._out_of_time())
+
+    def _refusal_reason(self) -> StopReason:
         if self._lease_lost:
-            return False
-        return page.index == 0 or not (self._should_stop() or self._out_of_time())
+            return StopReason.LEASE_LOST
+        return StopReason.SIGNAL if self._should_stop() else StopReason.BUDGET
 
     def _hand_out(self, page: _Page) -> None:
         while not self._errors:
@@ -192,7 +213,11 @@ class Sweep:
                     continue
                 began = time.monotonic()
                 # Retries inside, step by step; the page takes or gives up its turn in the write order.
-                result = handle_page(channel, page.rows, self._config, self._order, page.turn)
+                try:
+                    result = handle_page(channel, page.rows, self._config, self._order, page.turn)
+                finally:
+                    if page.turn == 0:
+                        self._first_page_done.set()
                 with self._lock:
                     self.counts += result.counts
                     self.alerts += result.alerts
@@ -202,6 +227,7 @@ class Sweep:
             with self._lock:
                 self._errors.append(exc)
             self._order.abandon()  # no page waits for a turn that will never come
+            self._first_page_done.set()
             while self._pages.get() is not None:
                 pass  # keep taking pages so the walker is never blocked
         finally:

@@ -14,9 +14,12 @@ Client: TypeAlias = "redis.Redis | RedisCluster"
 def command(client: Client, *args: Any) -> Any:
     """One command through the client, its reply as connect() leaves it (raw for stream commands).
 
-    redis-py's execute_command is untyped; this is the one place that says so.
+    redis-py's execute_command is untyped; this is the one place that says so. Arguments after the command's
+    name that are str go as their own bytes (a key name read from Redis may not be UTF-8: keys.key_name).
     """
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+    name, *rest = args
+    raw = (arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg for arg in rest)
+    return client.execute_command(name, *raw)  # type: ignore[no-untyped-call]
 
 
 def text(value: bytes | str | object) -> str:

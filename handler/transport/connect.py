@@ -59,7 +59,7 @@ class RawStreamCluster(RedisCluster):
         return client
 
 
-def client_options(settings: MonitorSettings) -> dict[str, Any]:
+def client_options(settings: MonitorSettings, credentials: Any = None) -> dict[str, Any]:
     """What every connection needs, to a single node or to each node of a cluster."""
     options: dict[str, Any] = {
         "username": settings.REDIS_USERNAME or None,
@@ -74,32 +74,40 @@ def client_options(settings: MonitorSettings) -> dict[str, Any]:
         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
         "client_name": "tweets-monitor",
         "decode_responses": False,
+        # Key names that are not UTF-8 (read with surrogateescape) are sent back as their own bytes.
+        "encoding_errors": "surrogateescape",
         # RESP2, spoken by every server and proxy the monitor may meet (redis-py 8 would ask for RESP3);
         # the hot path parses replies itself and expects RESP2's shapes.
         "protocol": 2,
     }
     if settings.REDIS_AUTH != "password":
-        from handler.transport.entra_id import credential_provider  # noqa: PLC0415  (only its users pay the import)
-
         del options["username"], options["password"]
-        options["credential_provider"] = credential_provider(settings)
+        options["credential_provider"] = credentials or entra_id_credentials(settings)
     return options
 
 
-def _single_node(settings: MonitorSettings) -> redis.Redis:
+def entra_id_credentials(settings: MonitorSettings) -> Any:
+    """A credential provider for REDIS_AUTH=managed-identity or service-principal. It starts a token-renewal
+    thread on first use: make one per long-lived connection, and stop it when done (stop_credentials)."""
+    from handler.transport.entra_id import credential_provider  # noqa: PLC0415  (only its users pay the import)
+
+    return credential_provider(settings)
+
+
+def _single_node(settings: MonitorSettings, credentials: Any = None) -> redis.Redis:
     host, port = settings.redis_address
-    return redis.Redis(host=host, port=port, **client_options(settings))
+    return redis.Redis(host=host, port=port, **client_options(settings, credentials))
 
 
-def _cluster(settings: MonitorSettings) -> RedisCluster:
+def _cluster(settings: MonitorSettings, credentials: Any = None) -> RedisCluster:
     """A cluster client: REDIS_HOST names any one node; the others come from its slot map."""
     host, port = settings.redis_address
-    return RawStreamCluster(host=host, port=port, **client_options(settings))
+    return RawStreamCluster(host=host, port=port, **client_options(settings, credentials))
 
 
-def is_cluster_node(settings: MonitorSettings) -> bool:
+def is_cluster_node(settings: MonitorSettings, credentials: Any = None) -> bool:
     """`INFO cluster` on the node REDIS_HOST names: cluster_enabled is 1 on a Redis Cluster node."""
-    probe = _single_node(settings)
+    probe = _single_node(settings, credentials)
     try:
         return bool(probe.info("cluster").get("cluster_enabled"))
     except redis.exceptions.NoPermissionError as exc:
@@ -116,13 +124,13 @@ def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableEr
     return RedisUnavailableError(f"Redis at {host}:{port} is unavailable ({type(exc).__name__}: {exc})")
 
 
-def connect(settings: MonitorSettings) -> Client:
+def connect(settings: MonitorSettings, credentials: Any = None) -> Client:
     """The client REDIS_CLUSTER asks for, now; `detect` costs one INFO on the first node. Raises
     RedisUnavailableError when Redis cannot be reached."""
     mode = settings.REDIS_CLUSTER
     try:
-        cluster = mode == "on" or (mode == "detect" and is_cluster_node(settings))
-        client: Client = _cluster(settings) if cluster else _single_node(settings)
+        cluster = mode == "on" or (mode == "detect" and is_cluster_node(settings, credentials))
+        client: Client = _cluster(settings, credentials) if cluster else _single_node(settings, credentials)
     except redis.exceptions.AuthenticationError:
         raise  # reachable, but the credentials are wrong: said as such by the caller
     except RedisClusterException as exc:
@@ -152,12 +160,17 @@ class RedisConnection:
         self._settings = settings
         self._client = client
         self._topology: Topology | None = None
+        self._credentials: Any = None  # the Entra ID credential provider, made once (entra_id_credentials)
         self._lock = threading.Lock()
 
     def client(self) -> Client:
         with self._lock:
             if self._client is None:
-                self._client = connect(self._settings)
+                if self._settings.REDIS_AUTH != "password" and self._credentials is None:
+                    # One provider (and one renewal thread) for this connection's whole life, however
+                    # many times Redis refuses it.
+                    self._credentials = entra_id_credentials(self._settings)
+                self._client = connect(self._settings, self._credentials)
             return self._client
 
     def topology(self) -> Topology:
@@ -179,3 +192,13 @@ class RedisConnection:
                 self._client.close()
                 self._client = None
                 self._topology = None
+            if self._credentials is not None:
+                stop_credentials(self._credentials)
+                self._credentials = None
+
+
+def stop_credentials(credentials: Any) -> None:
+    """Stop an Entra ID provider's token-renewal thread (redis-entraid keeps its token manager private)."""
+    token_manager = getattr(credentials, "_token_mgr", None)
+    if token_manager is not None:
+        token_manager.stop()

@@ -60,7 +60,7 @@ class ClusterSlots:
         self._lock = threading.Lock()
 
     def node_of(self, key: bytes | str) -> Node:
-        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        slot = key_slot(key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key)
         node = self._by_slot[slot]
         if node is None:
             node = self._by_slot[slot] = self._resolve(slot)

@@ -23,7 +23,19 @@ T = TypeVar("T")
 RECV_BYTES = 1 << 20
 RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead server fails the cycle in seconds
 # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length of str, bytes and numbers.
-pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+_pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+NAME_ERRORS = "surrogateescape"  # key names that are not UTF-8 travel as str and back to their own bytes
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    """One command as RESP. A str that is not valid UTF-8 (a stream name read with NAME_ERRORS) goes back
+    to the bytes it was read from; the usual case costs nothing extra."""
+    try:
+        return _pack_command(args)
+    except UnicodeEncodeError:
+        return _pack_command(
+            tuple(arg.encode("utf-8", NAME_ERRORS) if isinstance(arg, str) else arg for arg in args)
+        )
 
 
 _CRLF = b"\r\n"
