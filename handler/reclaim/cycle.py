@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import redis
 
@@ -24,6 +26,7 @@ from handler.reclaim.sweep import Limits, Sweep
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
 from handler.transport.connect import RedisConnection, unavailable
+from handler.transport.retry import RETRIED, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,8 @@ class ReclaimCycle:
                 ) from exc
             raise self._explain(exc) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            self._refresh_topology()  # a failover shows first as a node that stops answering
+            if not isinstance(exc, redis.exceptions.TimeoutError):
+                self._refresh_topology()  # a failover shows first as a node that refuses or drops connections
             raise unavailable(self._settings, exc) from exc
         several = self._settings.stream_names != (self._keys.stream,)
         line = summary.log_line(display_name(self._keys.stream) if several else None)
@@ -105,12 +109,14 @@ class ReclaimCycle:
         started = time.monotonic()
         keys = self._keys
         client = self._connection.client()
-        pending = parse_pending_count(command(client, "XPENDING", keys.stream, keys.group))
+        pending = parse_pending_count(
+            with_retries(lambda: command(client, "XPENDING", keys.stream, keys.group))
+        )
         if pending == 0:
             return CycleSummary(duration_ms=_ms_since(started))
         lease = Lease(client, raw_name(keys.lease), self._holder, self._settings.LEASE_TTL_SEC)
         try:
-            holder = lease.acquire()
+            holder = with_retries(lease.acquire)
         except redis.exceptions.ResponseError as exc:
             # e.g. OOM refuses the SET: the lease only saves duplicate work, so sweep without it.
             log.warning("could not take the sweep lease, sweeping without it: %s", exc)
@@ -123,14 +129,20 @@ class ReclaimCycle:
                 skipped=f"lease held by {holder}",
             )  # fmt: skip
         try:
-            cursor: bytes | None = client.get(raw_name(keys.cursor))  # type: ignore[assignment]
+            cursor: Any = with_retries(lambda: client.get(raw_name(keys.cursor)))
             topology = self._connection.topology()
-            sweep = Sweep(topology, self._settings, keys, should_stop, started, lease.keep, limits)
+            keep_lease = partial(with_retries, lease.keep)
+            sweep = Sweep(topology, self._settings, keys, should_stop, started, keep_lease, limits)
             stopped_by, next_start = sweep.walk(cursor)
             if sweep.cluster_changed:
                 self._refresh_topology()
-            self._save_cursor(client, next_start)
+            with_retries(partial(self._save_cursor, client, next_start))
             self._prune_idle_consumers(client)
+        except RETRIED:
+            # Redis stopped answering: releasing would cost one more timeout, and the lease expires by
+            # itself within its TTL. The invocation answers 503 within three timeouts (retry.py).
+            lease.abandon()
+            raise
         finally:
             _release_quietly(lease)
         self._report(client, sweep.alerts)

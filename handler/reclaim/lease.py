@@ -48,12 +48,17 @@ class Lease:
         self._without = False
 
     def acquire(self) -> str | None:
-        """Take the lease; None when taken, else the current holder's identity."""
+        """Take the lease; None when taken, else the current holder's identity. Safe to repeat: a retry
+        after a lost reply finds its own identity there and holds the lease."""
         if self._client.set(self._key, self.holder, nx=True, px=self._ttl_ms):
             self.held = True
             self._renewed_at = time.monotonic()
             return None
         current = self._client.get(self._key)
+        if current == self.holder.encode():
+            self.held = True
+            self._renewed_at = time.monotonic()
+            return None
         return "unknown (just expired)" if current is None else text(current)
 
     def go_without(self) -> None:
@@ -72,6 +77,10 @@ class Lease:
         self.held = bool(renewed)
         self._renewed_at = time.monotonic()
         return self.held
+
+    def abandon(self) -> None:
+        """Leave the lease to expire by itself (Redis stopped answering)."""
+        self.held = False
 
     def release(self) -> None:
         if self.held:

@@ -120,8 +120,12 @@ def handle_page(
     ticket = order.register(turn, (write.key for write in writes))
     try:
         outcome = channel.run(
-            partial(_finish, writes=writes, dead=dead, ticket=ticket, deliveries=deliveries, config=config)
-        )
+            partial(_finish, writes=writes, dead=dead, ticket=ticket, order=order, deliveries=deliveries,
+                    config=config)
+        )  # fmt: skip
+    except BaseException:
+        order.abandon()  # before done(): a page waiting for this one must not go on to Redis
+        raise
     finally:
         order.done(ticket)
     outcome.counts.claimed = len(claim.entries)
@@ -151,6 +155,7 @@ def _finish(
     writes: list[_Write],
     dead: list[tuple[bytes, DeadLetter]],
     ticket: Ticket,
+    order: WriteOrder,
     deliveries: dict[bytes, int],
     config: PageSettings,
 ) -> _Outcome:
@@ -158,7 +163,7 @@ def _finish(
     attempts back; safe to repeat as a whole."""
     stream_node = config.topology.node_of(config.keys.stream)
     outcome = _Outcome(dead=list(dead))
-    ticket.wait_for_older_writes()
+    order.wait_for_older_writes(ticket)
     _write(channel, config, stream_node, writes, outcome)
     stream_wire = channel.wire(stream_node.pool)
     _acknowledge_and_dead_letter(stream_wire, config, outcome, deliveries)

@@ -23,7 +23,7 @@ from handler.keys import StreamKeys
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
 from handler.reclaim.rules import END, START, PendingRow, next_id, parse_id, parse_pending_rows, walk_start
 from handler.reclaim.summary import Alerts, Counts, StopReason
-from handler.reclaim.write_order import WriteOrder
+from handler.reclaim.write_order import WriteOrder, WriteOrderAbandonedError
 from handler.settings import MonitorSettings
 from handler.transport.topology import Topology
 from handler.transport.wire import Channel, pack
@@ -125,7 +125,10 @@ class Sweep:
                 worker.join()
             channel.close()
         if self._errors or stopped is None:
-            raise self._errors[0]
+            # The error that stopped the sweep, not a page that gave up because of it.
+            raise next(
+                (e for e in self._errors if not isinstance(e, WriteOrderAbandonedError)), self._errors[0]
+            )
         stopped_by, next_start = stopped
         if self._unclaimed:  # pages handed out but refused after the budget, a signal or the lease
             next_start = min(self._unclaimed, key=_order)

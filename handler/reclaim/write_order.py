@@ -25,6 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
+class WriteOrderAbandonedError(RuntimeError):
+    """The sweep stopped on an error while this page waited: it sends nothing (its entries stay pending)."""
+
+
 @dataclass(eq=False)
 class Ticket:
     """One page's registered writes, and the older writes of the same keys to wait for before sending."""
@@ -33,10 +37,6 @@ class Ticket:
     keys: set[bytes] = field(default_factory=set)
     waits: list[threading.Event] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
-
-    def wait_for_older_writes(self) -> None:
-        for event in self.waits:
-            event.wait()
 
 
 class WriteOrder:
@@ -67,6 +67,15 @@ class WriteOrder:
             finally:
                 self._pass_turn()
         return ticket
+
+    def wait_for_older_writes(self, ticket: Ticket) -> None:
+        """Before a page sends its writes. Raises WriteOrderAbandonedError when the sweep stopped meanwhile: a
+        page must not start talking to a Redis that already failed another page (each new attempt could
+        cost another timeout)."""
+        for event in ticket.waits:
+            event.wait()
+        if self._abandoned:
+            raise WriteOrderAbandonedError("the sweep stopped on an error before this page was written")
 
     def give_up_turn(self, turn: int) -> None:
         """A page that registers nothing (not claimed, or failed before its writes) passes its turn."""

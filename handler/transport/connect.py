@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -22,9 +22,6 @@ from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.topology import Topology, topology_of
 
-# Connection errors and timeouts are retried this many times with backoff: every command the cycle sends is
-# safe to repeat (see cycle.py), and the bound keeps a dead server from holding an invocation for long.
-RETRIES = 2
 RAW_REPLY_COMMANDS = ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE")
 
 
@@ -71,7 +68,9 @@ def client_options(settings: MonitorSettings, credentials: Any = None) -> dict[s
         "ssl_ca_certs": settings.REDIS_TLS_CA_FILE or None,
         "socket_timeout": settings.REDIS_TIMEOUT_SEC,
         "socket_connect_timeout": settings.REDIS_TIMEOUT_SEC,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
+        # No retries inside redis-py: the monitor's own policy (retry.py) is the only one, so a silent server
+        # costs at most three timeouts.
+        "retry": Retry(NoBackoff(), 0),
         "client_name": "tweets-monitor",
         "decode_responses": False,
         # Key names that are not UTF-8 (read with surrogateescape) are sent back as their own bytes.

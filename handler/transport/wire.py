@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -18,10 +17,11 @@ import hiredis
 import redis
 from redis.connection import Connection, ConnectionPool
 
+from handler.transport.retry import RETRIED, with_retries
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RECV_BYTES = 1 << 20
-RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead server fails the cycle in seconds
 # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length of str, bytes and numbers.
 _pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 NAME_ERRORS = "surrogateescape"  # key names that are not UTF-8 travel as str and back to their own bytes
@@ -159,20 +159,18 @@ class Channel:
         return wire
 
     def run(self, step: Callable[[Channel], T]) -> T:
-        for delay in (*RETRY_DELAYS_SEC, None):
-            try:
-                return step(self)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                self.close()
-                if delay is None:
-                    raise
-                log.warning("lost the connection to Redis (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay)
-                self._reconnecting()
-        raise AssertionError("unreachable")
+        """step(self), retried on fresh connections by the one retry policy (retry.py)."""
+        try:
+            return with_retries(lambda: step(self), self._reconnecting)
+        except RETRIED:
+            self.close()
+            raise
 
-    def _reconnecting(self) -> None:
-        if self._on_reconnect is None:
+    def _reconnecting(self, error: BaseException) -> None:
+        self.close()
+        # A node that refused or dropped the connection may have failed over: read the slot map again. A
+        # timeout says nothing new, and reading the map from a silent node would cost another timeout.
+        if self._on_reconnect is None or isinstance(error, redis.exceptions.TimeoutError):
             return
         try:
             self._on_reconnect()
