@@ -55,7 +55,11 @@ class FaultyProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the server is down: the client sees its connection closed
+                client.close()
+                continue
             with self._lock:
                 self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
