@@ -50,13 +50,21 @@ class _BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
+MAX_CAPTURED_LINES = 1000  # the host's Logs of one invocation: an outage must not make the answer huge
+
+
 class _CaptureHandler(logging.Handler):
-    """Appends each record of the current invocation to its list (see `capture_logs`)."""
+    """Appends each record of the current invocation to its list (see `capture_logs`), up to
+    MAX_CAPTURED_LINES; then one line says how many more there were (stdout and stderr have them all)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         lines = _captured.get()
-        if lines is not None:
+        if lines is None:
+            return
+        if len(lines) < MAX_CAPTURED_LINES:
             lines.append(f"{record.levelname}: {record.getMessage()}")
+        elif len(lines) == MAX_CAPTURED_LINES:
+            lines.append("WARNING: more log lines of this invocation are on the handler's stdout and stderr")
 
 
 def configure_logging(level: int, *, info_to_stdout: bool, json_lines: bool = False) -> None:

@@ -25,6 +25,7 @@ from handler.reclaim.summary import CycleSummary, count_names
 from handler.settings import MonitorSettings
 from handler.transport.client import command
 from handler.transport.connect import RedisConnection
+from handler.transport.retry import CLUSTER_UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,18 @@ class _GroupGauges(Collector):
             client = self._connection.client()
             for stream in self._finder.find(client):
                 keys = StreamKeys.from_settings(self._settings, stream)
-                summary = command(client, "XPENDING", keys.stream, keys.group)
-                oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
                 label = [display_name(stream)]
+                try:
+                    summary = command(client, "XPENDING", keys.stream, keys.group)
+                    oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
+                    length = client.xlen(raw_name(keys.dead_letter))
+                except redis.exceptions.ResponseError as exc:  # this stream only (NOGROUP, WRONGTYPE…)
+                    log.warning("metrics: could not read %s: %s", label[0], exc)
+                    continue
                 pending.add_metric(label, summary[0])
                 idle.add_metric(label, oldest[0][2] / 1000 if oldest else 0)
-                dead.add_metric(label, client.xlen(raw_name(keys.dead_letter)))
-        except (redis.exceptions.RedisError, MonitorError) as exc:
+                dead.add_metric(label, length)
+        except (redis.exceptions.RedisError, MonitorError, *CLUSTER_UNREACHABLE) as exc:
             log.warning("metrics: could not read the group's gauges: %s", exc)
             up.add_metric([], 0)
             yield up

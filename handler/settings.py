@@ -7,6 +7,7 @@ durations carry their unit (_SEC).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,6 +18,8 @@ from redis.crc import key_slot
 from handler.errors import SettingsError
 
 DEFAULT_REDIS_PORT = 6379
+# A host name or IPv4 address, or [IPv6], with an optional port: the only part of a pasted value echoed back.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 MAX_PORT = 65_535
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -68,11 +71,12 @@ class MonitorSettings(BaseSettings):
     def _not_a_connection_string(cls, value: object) -> object:
         """The Azure portal shows `host:6380,password=<key>,ssl=True,abortConnect=False`; pasted whole, it
         must be named without echoing anything after the host (the key is there)."""
-        if isinstance(value, str) and ("," in value or "=" in value):
-            host = value.split(",", 1)[0].split("=", 1)[0].strip()
+        if isinstance(value, str) and any(mark in value for mark in ",=@/"):
+            host = value.split(",", 1)[0].strip()
+            shown = host if _HOST_PORT.fullmatch(host) else "<host>:<port>"
             raise ValueError(
-                "looks like a connection string as the Azure portal shows it: set REDIS_HOST="
-                f"{host} alone, the access key in REDIS_PASSWORD, and REDIS_TLS=true for ssl=True "
+                "looks like a connection string or a URL: set REDIS_HOST="
+                f"{shown} alone, the access key in REDIS_PASSWORD, and REDIS_TLS=true for ssl=True "
                 "(abortConnect has no equivalent: the monitor always retries)"
             )
         return value
@@ -208,7 +212,9 @@ def split_host_port(value: str) -> tuple[str, int]:
     if not port_text:
         return host, DEFAULT_REDIS_PORT
     if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
-        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+        raise ValueError(
+            "the port is not a number from 1 to 65535"
+        )  # the text is not echoed: keys hide there
     return host, int(port_text)
 
 

@@ -4,6 +4,7 @@ each misleads an operator or the Functions host."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -13,12 +14,15 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import generate_latest
 
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, MONITOR, PIPELINE_NAMES, STREAM
-from handler.errors import RedisUnavailableError
+from handler.errors import RedisUnavailableError, SettingsError
+from handler.logs import MAX_CAPTURED_LINES, capture_logs, configure_logging
+from handler.metrics import Metrics
 from handler.reclaim.streams import StreamsCycle
-from handler.settings import MonitorSettings
+from handler.settings import MonitorSettings, load_settings
 from handler.transport.connect import RedisConnection, connect
 from tests.host import APP_ROOT, FunctionsHost, failed
 from tests.pipeline import (
@@ -310,3 +314,52 @@ def test_refused_entra_id_sign_ins_leave_no_renewal_thread_behind(
     finally:
         connection.close()
         endpoint.stop()
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "mycache.redis.cache.windows.net:6380,password={key},ssl=True,abortConnect=False",
+        "rediss://:{key}@mycache.redis.cache.windows.net:6380/0?ssl_cert_reqs=required",
+        "monitor:{key}@mycache.redis.cache.windows.net:6380",
+    ],
+)
+def test_no_form_of_a_pasted_key_is_echoed(pasted: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the operator reads at start (load_settings' message), for a connection string and two URLs."""
+    key = "Zm9vYmFyc2VjcmV0a2V5MTIzNDU2Nzg5MA=="
+    for name, value in {
+        **PIPELINE_NAMES,
+        "MIN_IDLE_TIME_SEC": "10",
+        "REDIS_HOST": pasted.format(key=key),
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert "REDIS_PASSWORD" in str(refused.value)
+    assert key[:12] not in str(refused.value)
+
+
+def test_metrics_skip_a_stream_of_another_pipeline_and_say_redis_is_up(
+    redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    shard_backlog(client8, [3])
+    client8.xadd("tweets_stream:other", {"a": "b"})  # matched by the pattern, without our group
+    settings = streams_settings(redis_8.address, "tweets_stream:*")
+    metrics = Metrics()
+    connection = RedisConnection(settings)
+    try:
+        metrics.watch_group(connection, settings)
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        connection.close()
+    assert "tweets_monitor_redis_up 1.0" in text
+    assert 'tweets_monitor_pending_entries{stream="tweets_stream:0"} 3.0' in text
+
+
+def test_the_hosts_logs_of_one_invocation_are_capped() -> None:
+    with capture_logs("cap-test") as lines:
+        configure_logging(logging.INFO, info_to_stdout=False)
+        for n in range(MAX_CAPTURED_LINES + 500):
+            logging.getLogger("tests.cap").info("line %d", n)
+    assert MAX_CAPTURED_LINES + 1 == len(lines)
+    assert "more log lines" in lines[-1]

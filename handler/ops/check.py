@@ -17,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from handler.errors import MonitorError
-from handler.keys import StreamKeys
+from handler.keys import StreamKeys, display_name
 from handler.reclaim.rules import parse_pending_count
 from handler.reclaim.streams import find_streams
 from handler.settings import MonitorSettings
@@ -136,28 +136,30 @@ def _at_least(version: str, minimum: tuple[int, int]) -> bool:
 
 def _stream_and_group(client: Client, keys: StreamKeys) -> Check:
     """With XPENDING, which the monitor's own rule allows (XINFO may not be)."""
+    stream = display_name(keys.stream)  # for people: a name that is not UTF-8 shown escaped
     try:
         pending = parse_pending_count(command(client, "XPENDING", keys.stream, keys.group))
     except redis.exceptions.ResponseError as exc:
         if str(exc).startswith("NOGROUP"):
-            return Check("stream and group", False, f"no group '{keys.group}' on stream '{keys.stream}'")
-        return Check("stream and group", False, f"stream '{keys.stream}': {exc}")
-    detail = f"stream '{keys.stream}' has group '{keys.group}' ({pending:,} pending)"
+            return Check("stream and group", False, f"no group '{keys.group}' on stream '{stream}'")
+        return Check("stream and group", False, f"stream '{stream}': {exc}")
+    detail = f"stream '{stream}' has group '{keys.group}' ({pending:,} pending)"
     return Check("stream and group", True, detail)
 
 
 def _dead_letter_stream(client: Client, keys: StreamKeys) -> Check:
     """A dead-letter key of another type refuses every dead letter: they would stay pending for ever."""
+    dead_letter = display_name(keys.dead_letter)  # for people: a name that is not UTF-8 shown escaped
     try:
         kind = text(command(client, "TYPE", keys.dead_letter))
     except redis.exceptions.ResponseError as exc:
-        return Check("dead-letter stream", False, f"cannot read the type of '{keys.dead_letter}': {exc}")
+        return Check("dead-letter stream", False, f"cannot read the type of '{dead_letter}': {exc}")
     if kind in ("stream", "none"):
         what = "exists" if kind == "stream" else "will be made by the first dead letter"
-        return Check("dead-letter stream", True, f"'{keys.dead_letter}' {what}")
+        return Check("dead-letter stream", True, f"'{dead_letter}' {what}")
     return Check(
         "dead-letter stream", False,
-        f"'{keys.dead_letter}' holds a {kind}, not a stream: every dead letter is refused and its entry "
+        f"'{dead_letter}' holds a {kind}, not a stream: every dead letter is refused and its entry "
         "stays pending; rename or delete that key, or set DEAD_LETTER_STREAM",
     )  # fmt: skip
 

@@ -26,7 +26,7 @@ from handler.reclaim.sweep import Limits, Sweep
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
 from handler.transport.connect import RedisConnection, unavailable
-from handler.transport.retry import RETRIED, with_retries
+from handler.transport.retry import CLUSTER_UNREACHABLE, RETRIED, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class ReclaimCycle:
             if _cluster_changed(exc):
                 self._refresh_topology()
             state = transient_state(exc)
+            if state in ("READONLY", "MASTERDOWN"):
+                self._connection.reset()  # after a failover the name may lead elsewhere: connect afresh
             if state is not None:
                 host, port = self._settings.redis_address
                 raise RedisUnavailableError(
@@ -73,6 +75,8 @@ class ReclaimCycle:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             if not isinstance(exc, redis.exceptions.TimeoutError):
                 self._refresh_topology()  # a failover shows first as a node that refuses or drops connections
+            raise unavailable(self._settings, exc) from exc
+        except CLUSTER_UNREACHABLE as exc:  # no node of the cluster answered for its slot map
             raise unavailable(self._settings, exc) from exc
         several = self._settings.stream_names != (self._keys.stream,)
         line = summary.log_line(display_name(self._keys.stream) if several else None)
@@ -102,7 +106,7 @@ class ReclaimCycle:
     def _refresh_topology(self) -> None:
         try:
             self._connection.refresh()
-        except redis.exceptions.RedisError as exc:  # the next cycle's first command tries again
+        except (redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:  # the next cycle tries again
             log.warning("could not read the cluster's slot map again: %s", exc)
 
     def _run(self, should_stop: Callable[[], bool], limits: Limits) -> CycleSummary:
@@ -161,7 +165,8 @@ class ReclaimCycle:
         if alerts.dead_letters_trimmed:
             log.warning(
                 "DEAD_LETTER_MAXLEN=%d: trimmed %s dead letters from %s; they are gone",
-                self._settings.DEAD_LETTER_MAXLEN, f"{alerts.dead_letters_trimmed:,}", self._keys.dead_letter,
+                self._settings.DEAD_LETTER_MAXLEN, f"{alerts.dead_letters_trimmed:,}",
+                display_name(self._keys.dead_letter),
             )  # fmt: skip
         if not alerts.refused:
             return
@@ -172,7 +177,7 @@ class ReclaimCycle:
             client.set(
                 raw_name(self._keys.last_refusal), f"{stamp} {alerts.last_refusal}", px=LAST_REFUSAL_TTL_MS
             )
-        except redis.exceptions.RedisError as exc:
+        except redis.exceptions.ResponseError as exc:  # refused (OOM…); a lost connection goes up: 503
             log.debug("could not keep the last refusal for `status`: %s", exc)
 
     def _prune_idle_consumers(self, client: Client) -> None:
@@ -181,8 +186,10 @@ class ReclaimCycle:
         if not idle_sec:
             return
         keys = self._keys
-        removed = prune_idle_consumers(
-            client, raw_name(keys.stream), keys.group, idle_sec, keep=[keys.consumer]
+        removed = with_retries(
+            partial(
+                prune_idle_consumers, client, raw_name(keys.stream), keys.group, idle_sec, [keys.consumer]
+            )
         )
         if removed:
             log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
@@ -227,10 +234,12 @@ def _cluster_changed(exc: redis.exceptions.ResponseError) -> bool:
 
 
 def _release_quietly(lease: Lease) -> None:
-    """Release the lease; if Redis is gone it expires by itself within its TTL."""
+    """Release the lease; if Redis refuses, it expires by itself within its TTL. A lost connection or a
+    timeout goes up (the invocation answers 503), so that no further stream of the invocation starts
+    three more timeouts against a server that stopped answering."""
     try:
         lease.release()
-    except redis.exceptions.RedisError as exc:
+    except redis.exceptions.ResponseError as exc:
         log.warning("could not release the lease (it expires by itself): %s", exc)
 
 

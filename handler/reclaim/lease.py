@@ -57,7 +57,8 @@ class Lease:
         current = self._client.get(self._key)
         if current == self.holder.encode():
             self.held = True
-            self._renewed_at = time.monotonic()
+            self._renewed_at = 0.0
+            self.keep()  # ours from a lost reply: renew now, its TTL has been running
             return None
         return "unknown (just expired)" if current is None else text(current)
 

@@ -106,6 +106,7 @@ def handle_page(
     try:
         claim = channel.run(partial(_claim, ids=ids, config=config))
     except BaseException:
+        order.abandon()  # before passing the turn: the next page must not go on to a failing Redis
         order.give_up_turn(turn)
         raise
     deliveries = {row.entry_id: row.deliveries for row in rows}

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 
 import redis
 from redis.cluster import RedisCluster
@@ -26,6 +27,7 @@ from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, unavailable
+from handler.transport.retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,10 @@ def _scan(client: Client, pattern: str) -> set[str]:
         nodes = [client]
     names: set[str] = set()
     for node in nodes:
-        for key in node.scan_iter(match=pattern, count=SCAN_COUNT, _type="stream"):
+        keys: list[bytes | str] = with_retries(
+            partial(list, node.scan_iter(match=pattern, count=SCAN_COUNT, _type="stream"))
+        )
+        for key in keys:
             name = key_name(key) if isinstance(key, bytes) else str(key)
             if not is_dead_letter_stream(name):
                 names.add(name)

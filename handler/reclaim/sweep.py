@@ -117,6 +117,9 @@ class Sweep:
         sys.setswitchinterval(SWITCH_INTERVAL_SEC)
         try:
             stopped = self._dispatch(channel, cursor)
+        except BaseException as exc:
+            self._fail(exc)  # the walker's own failure (XPENDING, the lease): the workers drain
+            raise
         finally:
             sys.setswitchinterval(switch_interval)
             for _ in workers:
@@ -184,11 +187,21 @@ class Sweep:
 
     def _may_claim(self, page: _Page) -> bool:
         """Every invocation claims its first page; the others only once that page's time is known and
-        another page would still finish within the budget."""
+        another page would still finish within the budget, and never once the sweep has failed."""
         if page.turn == 0:
             return not self._lease_lost
         self._first_page_done.wait()
+        if self._errors:
+            return False
         return not (self._lease_lost or self._should_stop() or self._out_of_time())
+
+    def _fail(self, exc: BaseException) -> None:
+        """A page worker or the walker failed: record it first, then let everyone waiting go (they see the
+        error and start no new attempts against a Redis that may have stopped answering)."""
+        with self._lock:
+            self._errors.append(exc)
+        self._order.abandon()  # no page waits for a turn that will never come
+        self._first_page_done.set()
 
     def _refusal_reason(self) -> StopReason:
         if self._lease_lost:
@@ -213,24 +226,21 @@ class Sweep:
                     with self._lock:
                         self._unclaimed.append(page.start)
                     self._order.give_up_turn(page.turn)
+                    if page.turn == 0:
+                        self._first_page_done.set()  # refused (the lease was lost): nobody may wait for it
                     continue
                 began = time.monotonic()
                 # Retries inside, step by step; the page takes or gives up its turn in the write order.
-                try:
-                    result = handle_page(channel, page.rows, self._config, self._order, page.turn)
-                finally:
-                    if page.turn == 0:
-                        self._first_page_done.set()
+                result = handle_page(channel, page.rows, self._config, self._order, page.turn)
                 with self._lock:
                     self.counts += result.counts
                     self.alerts += result.alerts
                     self.cluster_changed = self.cluster_changed or result.cluster_changed
                     self._page_seconds = max(self._page_seconds, time.monotonic() - began)
+                if page.turn == 0:
+                    self._first_page_done.set()  # only now is a page's time known
         except BaseException as exc:
-            with self._lock:
-                self._errors.append(exc)
-            self._order.abandon()  # no page waits for a turn that will never come
-            self._first_page_done.set()
+            self._fail(exc)
             while self._pages.get() is not None:
                 pass  # keep taking pages so the walker is never blocked
         finally:

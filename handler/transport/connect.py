@@ -185,6 +185,15 @@ class RedisConnection:
         if topology is not None:
             topology.refresh()
 
+    def reset(self) -> None:
+        """Drop the client (its pooled connections may lead to a demoted node); the next use connects
+        afresh, with the same Entra ID credentials."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+                self._topology = None
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:

@@ -17,7 +17,7 @@ import hiredis
 import redis
 from redis.connection import Connection, ConnectionPool
 
-from handler.transport.retry import RETRIED, with_retries
+from handler.transport.retry import CLUSTER_UNREACHABLE, RETRIED, with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,7 +174,7 @@ class Channel:
             return
         try:
             self._on_reconnect()
-        except redis.exceptions.RedisError as exc:  # the retry itself will say what is wrong
+        except (redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:  # the retry will say what is wrong
             log.warning("could not prepare the retry: %s", exc)
 
     def close(self) -> None:
