@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -17,6 +17,9 @@ from tests.host import STARTED
 from tests.redis_binaries import BINARIES
 from tests.reliability import table
 from tests.tls import certificates, tls_binary, tls_cluster  # noqa: F401  (session fixtures for the TLS tests)
+
+if TYPE_CHECKING:
+    from tests.world import World
 
 ALL_VERSIONS = ["6.0", "6.2", "8.2"]
 
@@ -127,3 +130,19 @@ def cluster_client(redis_cluster: LocalCluster) -> Iterator[RedisCluster]:
     client.flushall()  # on every master
     yield client
     client.close()
+
+
+@pytest.fixture
+def world(any_redis: LocalRedis, client: redis.Redis, names: dict[str, str]) -> Iterator[World]:
+    """One stream and group on each server version, the monitor's cycle pointed at them."""
+    from tests.world import world_on  # noqa: PLC0415  (tests.world imports this module)
+
+    yield from world_on(any_redis, client, names)
+
+
+@pytest.fixture
+def world8(redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]) -> Iterator[World]:
+    """The same on Redis 8.2 only."""
+    from tests.world import world_on  # noqa: PLC0415  (tests.world imports this module)
+
+    yield from world_on(redis_8, client8, names)

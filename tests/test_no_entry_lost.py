@@ -52,25 +52,9 @@ from tests.pipeline import (
 )
 from tests.redis_binaries import BINARIES
 from tests.test_cluster import cluster_settings
-from tests.test_cycle import PROCESSOR, World
+from tests.world import PROCESSOR, World
 
 BIG_PAIRS = 5_000  # with the nine metadata pairs, past the ~8,000 values one Lua unpack() can pass
-
-
-@pytest.fixture
-def world(any_redis: LocalRedis, client: redis.Redis, names: dict[str, str]) -> Iterator[World]:
-    created = World(any_redis, client, names)
-    yield created
-    for monitor_client in created.monitor_clients:
-        monitor_client.close()
-
-
-@pytest.fixture
-def world8(redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]) -> Iterator[World]:
-    created = World(redis_8, client8, names)
-    yield created
-    for monitor_client in created.monitor_clients:
-        monitor_client.close()
 
 
 def big_tweet(number: int) -> list[bytes]:

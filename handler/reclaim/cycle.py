@@ -217,8 +217,9 @@ TRANSIENT_STATES = {
 def transient_state(exc: redis.exceptions.RedisError) -> str | None:
     """LOADING, READONLY, MASTERDOWN or BUSY, whether redis-py parsed the reply (and dropped the code from
     the message) or the hot path passed it on as it came."""
-    parsed = {redis.exceptions.BusyLoadingError: "LOADING", redis.exceptions.ReadOnlyError: "READONLY",
-              redis.exceptions.MasterDownError: "MASTERDOWN"}  # fmt: skip
+    # LOADING parsed by redis-py is a BusyLoadingError, a ConnectionError: it never reaches this check and
+    # answers 503 as a lost connection does.
+    parsed = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.MasterDownError: "MASTERDOWN"}
     for kind, state in parsed.items():
         if isinstance(exc, kind):
             return state
