@@ -5,6 +5,7 @@ probe and a timer invocation against a real Redis."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -203,3 +204,79 @@ def test_run_in_the_artifact_reads_the_timer_from_its_own_folder(
     done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
     assert 2 == done.returncode, done.stderr
     assert f"{APP_ROOT_INSIDE}/monitor/function.json does not exist" in done.stderr
+
+
+CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # as the platform starts it
+PLANTED = "PLANTED CODE RAN"
+# Modules a working directory might hold (a checkout, a scratch folder): none of them may replace the
+# bundled code. `--help` imports the handler package and redis (handler/cli.py imports it at the top).
+PLANTS = {
+    "handler": {
+        "handler/__init__.py": f"print({PLANTED!r})\n",
+        "handler/__main__.py": f"print({PLANTED!r})\nraise SystemExit(97)\n",
+    },
+    "redis": {"redis.py": f"print({PLANTED!r})\nraise SystemExit(97)\n"},
+}
+
+
+def in_bullseye(root: Path, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["chroot", str(root), "/bin/sh", "-c", script], capture_output=True, text=True,
+                          timeout=60, env=CLEAN_ENV)  # fmt: skip
+
+
+def test_the_launcher_ignores_modules_in_the_working_directory(bullseye_root: Path, installed: Path) -> None:
+    """`python -m` would put the working directory first on the import path; the launcher's Python runs in
+    safe-path mode, so only the bundled handler and dependencies are imported."""
+    outcomes = {}
+    for plant, files in PLANTS.items():
+        folder = installed / "planted" / plant  # inside the app root, removed with it
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        done = in_bullseye(
+            bullseye_root, f"cd {APP_ROOT_INSIDE}/planted/{plant} && ../../{EXECUTABLE} --help"
+        )
+        outcomes[plant] = (done.returncode, PLANTED in done.stdout, done.stdout[:21])
+    bundled = (0, False, "usage: tweets-monitor")  # exit code, the planted code ran, what was printed
+    assert {plant: bundled for plant in PLANTS} == outcomes
+
+
+def test_the_launcher_works_through_symlinks(bullseye_root: Path, installed: Path) -> None:
+    """A link to the launcher in another folder (absolute, relative, a link to a link, found on PATH) starts
+    the bundled code beside the real script, exactly as running the script itself does."""
+    direct = in_bullseye(bullseye_root, f"cd / && {APP_ROOT_INSIDE}/{EXECUTABLE} --help")
+    assert 0 == direct.returncode, direct.stderr
+    links = bullseye_root / "usr" / "local" / "bin"  # on PATH, outside the app root
+    made = {
+        links / "tm-absolute": Path(f"{APP_ROOT_INSIDE}/{EXECUTABLE}"),
+        links / "tm-relative": Path(f"../../..{APP_ROOT_INSIDE}/{EXECUTABLE}"),
+        links / "tm-chained": Path("tm-relative"),
+    }
+    try:
+        for link, target in made.items():
+            link.symlink_to(target)
+        for script in (
+            "cd / && /usr/local/bin/tm-absolute --help",
+            "cd /tmp && ../usr/local/bin/tm-relative --help",
+            "cd / && tm-chained --help",  # found on PATH
+        ):
+            through = in_bullseye(bullseye_root, script)
+            assert (0, direct.stdout) == (through.returncode, through.stdout), (script, through.stderr)
+    finally:
+        for link in made:
+            link.unlink(missing_ok=True)
+
+
+def test_the_artifact_ships_no_tests(artifact: Path) -> None:
+    """Test folders of the standard library and of the dependencies (and modules only tests import) are
+    dead weight in the upload."""
+    shipped = []
+    for folder, dirs, files in os.walk(artifact):
+        shipped += [Path(folder, name) for name in dirs if name in {"test", "tests"}]
+        dirs[:] = [name for name in dirs if name not in {"test", "tests"}]  # name the folder, not its files
+        shipped += [
+            Path(folder, name)
+            for name in files
+            if name.endswith(".py") and (name.startswith("test_") or name == "conftest.py")
+        ]
+    assert [] == sorted(str(path.relative_to(artifact)) for path in shipped)
