@@ -38,10 +38,21 @@ STDLIB_LEFT_OUT = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib
 # drag in (Tk, X11, ncurses, SQLite, NIS).
 DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test", "_curses", "nis",
                     "ossaudiodev", "readline", "_sqlite3", "_dbm", "_gdbm", "spwd", "audioop")  # fmt: skip
+# Test folders and modules in the standard library and the dependencies: nothing at run time imports them.
+TEST_ONLY_FOLDERS = {"test", "tests"}
 LAUNCHER = """#!/bin/sh
 # Starts the handler with the Python and C library bundled beside this script (deploy/build_artifact.py).
 # (This text is a str.format template: doubled braces are single braces in the script.)
-here=$(cd "$(dirname "$0")" && pwd)
+# This script's own folder, followed through any links to it (a link on PATH, relative, or to a link).
+self="$0"
+while [ -L "$self" ]; do
+    target=$(readlink "$self")
+    case "$target" in
+        /*) self="$target" ;;
+        *) self="$(dirname "$self")/$target" ;;
+    esac
+done
+here=$(CDPATH= cd -P -- "$(dirname -- "$self")" && pwd -P)
 runtime="$here/runtime"
 export PYTHONHOME="$runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
 # `run` reads monitor/function.json from the app root: this folder, unless the Functions host names one.
@@ -53,7 +64,9 @@ if [ -z "${{SSL_CERT_FILE:-}}" ]; then
         if [ -f "$bundle" ]; then export SSL_CERT_FILE="$bundle"; break; fi
     done
 fi
-exec "$runtime/lib/{loader}" --library-path "$runtime/lib" "$runtime/bin/{python}" -m handler "$@"
+# -P (safe path): `-m` would put the working directory first on the import path, so a handler/ or a
+# redis.py there would replace the bundled code; only app/ and the standard library are searched.
+exec "$runtime/lib/{loader}" --library-path "$runtime/lib" "$runtime/bin/{python}" -P -m handler "$@"
 """
 FUNCIGNORE = """# Everything here is needed at run time; keep local-only files out of the upload.
 local.settings.json
@@ -78,6 +91,7 @@ def build(out: Path) -> Path:
     runtime, app = out / "runtime", out / "app"
     _copy_interpreter(runtime)
     _install_dependencies(app)
+    _remove_tests(app)
     if installed_versions(app) != locked_versions():
         raise BuildError(f"app/ does not hold exactly what {APP_LOCK.relative_to(ROOT)} pins")
     # handler/dev (the demo and throwaway servers) is never deployed.
@@ -136,7 +150,27 @@ def normalized(name: str) -> str:
 def _left_out(folder: str, names: list[str]) -> set[str]:
     if folder.endswith("lib-dynload"):
         return {name for name in names if name.startswith(DYNLOAD_LEFT_OUT)}
-    return STDLIB_LEFT_OUT & set(names)
+    return (STDLIB_LEFT_OUT & set(names)) | _test_only(names)
+
+
+def _test_only(names: list[str]) -> set[str]:
+    """Test folders (distutils/tests, croniter/tests, …) and test modules (test_*.py, conftest.py)."""
+    return {
+        name
+        for name in names
+        if name in TEST_ONLY_FOLDERS
+        or (name.endswith(".py") and (name.startswith("test_") or name == "conftest.py"))
+    }
+
+
+def _remove_tests(folder: Path) -> None:
+    """What the wheels ship for their own test suites (see _test_only)."""
+    for parent, folders, files in os.walk(folder):
+        for name in _test_only(folders):
+            shutil.rmtree(Path(parent, name))
+        for name in _test_only(files):
+            Path(parent, name).unlink()
+        folders[:] = [name for name in folders if name not in TEST_ONLY_FOLDERS]
 
 
 def _install_dependencies(app: Path) -> None:
