@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 APP_ROOT_VARIABLES = ("FUNCTIONS_APP_ROOT_PATH", "TWEETS_MONITOR_APP_ROOT")
 FUNCTION_JSON = Path("monitor") / "function.json"
 NCRONTAB_FIELDS, CRON_FIELDS = 6, 5  # NCRONTAB puts seconds first; a 5-field cron line starts at minute 0
+MAX_OCCURRENCES_SKIPPED = 10_000  # a fall-back hour of a schedule every second repeats 3,600 occurrences
 
 
 def app_root(environ: Mapping[str, str] = os.environ) -> Path:
@@ -67,17 +68,42 @@ def next_run(schedule: str, after: datetime) -> datetime:
     return result
 
 
+def next_due(schedule: str, zone: tzinfo, now: datetime) -> datetime:
+    """The next occurrence in `zone` strictly after the instant `now`, as an instant in UTC.
+
+    Python subtracts two datetimes of the same zone as wall-clock times, which is wrong across a
+    daylight-saving change (an hour too long at spring forward, negative at fall back): every comparison and
+    wait here is made between UTC instants. In the hour that comes twice at fall back, a schedule with a
+    fixed hour (a daily run at 01:30) runs once, as cron does; one that runs every hour runs in both."""
+    local = now.astimezone(zone)
+    after = local
+    for _ in range(MAX_OCCURRENCES_SKIPPED):
+        due = next_run(schedule, after).astimezone(UTC)
+        again = due.astimezone(zone).fold == 1 and _hour_is_fixed(schedule)
+        if due > now and not again:
+            return due
+        after = (due + timedelta(seconds=1)).astimezone(zone)
+    raise ValueError(f"{schedule!r} has no occurrence after {local.isoformat()}")
+
+
+def _hour_is_fixed(schedule: str) -> bool:
+    fields = schedule.split()
+    hour = fields[2] if len(fields) == NCRONTAB_FIELDS else fields[1]
+    return hour != "*"
+
+
 def run_on_schedule(
     schedule: str,
     zone: tzinfo,
     cycle: Callable[[], CycleSummary | None],
     stop: threading.Event,
-    now: Callable[[tzinfo], datetime] = datetime.now,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
-    """Run `cycle` at each occurrence until `stop` is set; a cycle's failure is logged, not fatal."""
+    """Run `cycle` at each occurrence until `stop` is set; a cycle's failure is logged, not fatal.
+    `now` gives the current instant as an aware datetime (UTC); the waits are UTC differences."""
     while not stop.is_set():
-        due = next_run(schedule, now(zone))
-        log.info("next reclaim cycle at %s", due.isoformat())
-        if stop.wait(max(0.0, (due - now(zone)).total_seconds())):
+        due = next_due(schedule, zone, now())
+        log.info("next reclaim cycle at %s", due.astimezone(zone).isoformat())
+        if stop.wait(max(0.0, (due - now()).total_seconds())):
             return
         cycle()

@@ -120,4 +120,3 @@ def test_a_real_run_at_fall_back_does_not_loop(redis_8: LocalRedis, names: dict[
     at 5 s, not thousands back to back."""
     cycles, stderr = _run_under_faketime(redis_8, names, "2026-10-25 00:59:58", 9)
     assert 1 <= len(cycles) <= 4, f"{len(cycles)} cycles scheduled\n{stderr[-2000:]}"
-
