@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,44 @@ class Certificates:
 
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue_certificate(folder: Path, name: str, san: str) -> tuple[Path, Path]:
+    """A server certificate `<name>.pem` (and key) signed by the CA in `folder`, with `san` as its
+    subjectAltName (e.g. `DNS:localhost`: a host name only, no IP address)."""
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=folder,
+    )
+    (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.pem",
+        cwd=folder,
+    )
+    return folder / f"{name}.pem", folder / f"{name}.key"
 
 
 @pytest.fixture(scope="session")
@@ -51,38 +90,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
             cwd=folder,
         )
     for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("other", "DNS:other.example")):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=folder,
-        )
-        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            f"{name}.pem",
-            cwd=folder,
-        )
+        issue_certificate(folder, name, san)
     return Certificates(
         folder / "ca.pem",
         folder / "server.pem",
@@ -122,19 +130,37 @@ def tls_server(
     return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
 
 
+def local_tls_cluster(
+    binary: tuple[Path, dict[str, str]],
+    cert: Path,
+    key: Path,
+    ca: Path,
+    *,
+    replicas_per_master: int = 1,
+    client_options: dict[str, Any] | None = None,
+) -> LocalCluster:
+    """Debian's Redis 7.0.15 as a cluster (not started) that speaks only TLS: to clients, on its bus and to
+    replicas, every node serving `cert`. `client_options` are the set-up and probe clients' (default:
+    verified against the CA and 127.0.0.1, the address each node is dialled at)."""
+    args = [
+        "--tls-port", "{port}", "--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    options = client_options or {"ssl": True, "ssl_ca_certs": str(ca)}
+    return LocalCluster(
+        binary[0], replicas_per_master=replicas_per_master, extra_args=args, env=binary[1],
+        client_options=options,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tls_cluster(
     tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
 ) -> Iterator[LocalCluster]:
     """Debian's Redis 7.0.15 as a cluster that speaks only TLS: to clients, on its bus and to replicas."""
-    args = [
-        "--tls-port", "{port}", "--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
-        "--tls-cert-file", str(certificates.server_cert), "--tls-key-file", str(certificates.server_key),
-        "--tls-ca-cert-file", str(certificates.ca), "--tls-auth-clients", "no",
-    ]  # fmt: skip
-    options = {"ssl": True, "ssl_ca_certs": str(certificates.ca)}
-    binary, env = tls_binary
-    with LocalCluster(
-        binary, replicas_per_master=1, extra_args=args, env=env, client_options=options
-    ) as cluster:
+    cluster = local_tls_cluster(
+        tls_binary, certificates.server_cert, certificates.server_key, certificates.ca
+    )
+    with cluster:
         yield cluster
