@@ -35,6 +35,9 @@ class MonitorSettings(BaseSettings):
     REDIS_USERNAME: str = ""
     REDIS_TLS: bool = True
     REDIS_TLS_CA_FILE: str = ""
+    # The host name every node's certificate must carry; empty means REDIS_HOST's. A cluster's nodes are
+    # dialled at the addresses the cluster announces (often IPs), and are verified against this name.
+    REDIS_TLS_SERVER_NAME: str = ""
     REDIS_TIMEOUT_SEC: Annotated[float, Field(gt=0, le=60)] = 5.0
     REDIS_CLUSTER: Literal["on", "off", "detect"] = "detect"
     # Microsoft Entra ID instead of an access key (handler/entra_id.py): the identity of the Function App

@@ -3,17 +3,26 @@
 REDIS_CLUSTER=detect asks the node named by REDIS_HOST (`INFO cluster`) and builds a cluster client when it
 says cluster_enabled:1; `on` and `off` skip the question. The client is made lazily so that a handler whose
 Redis is down still starts and answers the host's readiness probe; each invocation then fails with 503.
+
+With TLS, every connection (the detect probe, a single node, each cluster node) verifies the server's
+certificate against one name: REDIS_TLS_SERVER_NAME, or else REDIS_HOST's host when it is a name. A cluster's
+nodes are dialled at the addresses it announces, often IPs that their certificates do not carry.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import SSLConnection
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
@@ -55,6 +64,52 @@ class RawStreamCluster(RedisCluster):
             client._stream_replies_raw = True  # type: ignore[attr-defined]
         return client
 
+    def close(self) -> None:
+        super().close()
+        # Made from a URL (_cluster, for a fixed server name), the node clients do not own their pools, so
+        # closing them leaves the connections open: they are closed here.
+        self.disconnect_connection_pools()  # type: ignore[no-untyped-call]
+
+
+class NamedSSLConnection(SSLConnection):
+    """An SSLConnection that dials its host (a node's announced address) but asks for and verifies the
+    certificate of `server_name`: redis-py's own uses the dialled address for both (server_hostname=host).
+    Verification stays as configured: CERT_REQUIRED and check_hostname, against this name."""
+
+    server_name: ClassVar[str]
+
+    def _wrap_socket_with_ssl(self, sock: socket.socket) -> ssl.SSLSocket:
+        # The TCP connection is made by now; the name stands in for the address during the handshake only,
+        # so errors still name the address dialled.
+        dialled = self.host
+        self.host = self.server_name
+        try:
+            wrapped: ssl.SSLSocket = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
+            return wrapped
+        finally:
+            self.host = dialled
+
+
+@functools.cache
+def named_ssl_connection(server_name: str) -> type[SSLConnection]:
+    """A connection class verifying against `server_name`: a class, not a keyword, because a cluster
+    passes only the keywords it knows on to its nodes' pools."""
+    return type(f"NamedSSLConnection[{server_name}]", (NamedSSLConnection,), {"server_name": server_name})
+
+
+def tls_server_name(settings: MonitorSettings) -> str | None:
+    """The name each node's certificate must carry: REDIS_TLS_SERVER_NAME, else REDIS_HOST's host when it
+    is a name. None when REDIS_HOST is an IP address and no name is set: each node is then verified against
+    the address it is dialled at, which its certificate must carry."""
+    if settings.REDIS_TLS_SERVER_NAME:
+        return settings.REDIS_TLS_SERVER_NAME
+    host, _ = settings.redis_address
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
 
 def client_options(settings: MonitorSettings, credentials: Any = None) -> dict[str, Any]:
     """What every connection needs, to a single node or to each node of a cluster."""
@@ -95,13 +150,33 @@ def entra_id_credentials(settings: MonitorSettings) -> Any:
 
 def _single_node(settings: MonitorSettings, credentials: Any = None) -> redis.Redis:
     host, port = settings.redis_address
-    return redis.Redis(host=host, port=port, **client_options(settings, credentials))
+    options = client_options(settings, credentials)
+    name = tls_server_name(settings)
+    if not settings.REDIS_TLS or name in (None, host):
+        return redis.Redis(host=host, port=port, **options)  # redis-py verifies against `host` itself
+    # redis.Redis picks SSLConnection itself when ssl=True: a pool of its own carries the class.
+    del options["ssl"]
+    pool = redis.ConnectionPool(host=host, port=port, connection_class=named_ssl_connection(name), **options)
+    return redis.Redis.from_pool(pool)
 
 
 def _cluster(settings: MonitorSettings, credentials: Any = None) -> RedisCluster:
     """A cluster client: REDIS_HOST names any one node; the others come from its slot map."""
     host, port = settings.redis_address
-    return RawStreamCluster(host=host, port=port, **client_options(settings, credentials))
+    options = client_options(settings, credentials)
+    name = tls_server_name(settings)
+    if not settings.REDIS_TLS or name is None:
+        return RawStreamCluster(host=host, port=port, **options)
+    # Every node, REDIS_HOST's too (redis-py dials `localhost` as 127.0.0.1), is verified against `name`.
+    # A RedisCluster hands a connection_class on to its nodes' pools only when made from a URL; the URL
+    # says where to start, TLS and the class come from the options.
+    del options["ssl"]
+    where = f"[{host}]" if ":" in host else host
+    return RawStreamCluster(
+        url=f"redis://{quote(where, safe='[]:')}:{port}",
+        connection_class=named_ssl_connection(name),
+        **options,
+    )
 
 
 def is_cluster_node(settings: MonitorSettings, credentials: Any = None) -> bool:
