@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -17,14 +18,15 @@ from types import FrameType
 
 import redis
 
-from handler.errors import MonitorError, SettingsError
+from handler.errors import MonitorError, RedisUnavailableError, SettingsError
 from handler.keys import StreamKeys
 from handler.logs import configure_logging
 from handler.reclaim.streams import StreamsCycle
 from handler.reclaim.summary import CycleSummary
-from handler.settings import MonitorSettings, load_settings, split_host_port
+from handler.settings import MonitorSettings, host_port, load_settings, split_host_port
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, connect
+from handler.transport.retry import CLUSTER_UNREACHABLE
 
 # Each command imports what only it needs (FastAPI and uvicorn, rich, prometheus, croniter) when it runs:
 # `reclaim` stays lean in memory and start-up time.
@@ -47,12 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule", help="an NCRONTAB schedule instead of function.json's (seconds first)")
     status = commands.add_parser("status", help="the group at a glance: pending per consumer, dead letters")
     status.add_argument("--json", action="store_true")
-    commands.add_parser("check", help="settings, connectivity, authentication, version, stream, permissions")
+    check = commands.add_parser(
+        "check", help="settings, connectivity, authentication, version, stream, permissions"
+    )
+    check.add_argument(
+        "--user", help="verify this ACL user's rights (ACL DRYRUN, Redis 7.0+), signed in as an administrator"
+    )
 
     dead = commands.add_parser("dead-letter", help="list, show, replay or purge dead letters")
     actions = dead.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="the oldest (or newest) dead letters")
-    listing.add_argument("--count", type=int, default=20)
+    listing.add_argument("--count", type=positive_int, default=20)
     listing.add_argument("--newest", action="store_true")
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", help="one dead letter, every field")
@@ -71,12 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
     prune = consumer_actions.add_parser(
         "prune", help="remove consumers idle longer than --idle-sec, if empty"
     )
-    prune.add_argument("--idle-sec", type=float, required=True)
+    prune.add_argument("--idle-sec", type=seconds, required=True)
     prune.add_argument("--dry-run", action="store_true")
 
     demo = commands.add_parser("demo", help="show a reclaim cycle against a throwaway local Redis")
     demo.add_argument("--tweets", type=int, default=20, help="sample tweets to produce (default 20)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (anything else exits 2 with a message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more (NaN and infinities exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds, 0 or more")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(settings)
     if args.command == "check":
-        return check(settings)
+        return check(settings, args.user)
+    if args.command == "run":
+        try:
+            return run(settings, args)
+        except SettingsError as exc:
+            log.error("run: %s", exc)
+            return EXIT_BAD_SETTINGS
     client: Client | None = None
     try:
         client = connect(settings)
@@ -107,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     except MonitorError as exc:
         log.error("%s failed: %s", args.command, exc)
         return EXIT_FAILED
-    except redis.exceptions.RedisError as exc:
-        host, port = settings.redis_address
-        log.error("%s failed: Redis at %s:%d: %s: %s", args.command, host, port, type(exc).__name__, exc)
+    except (redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:
+        log.error(
+            "%s failed: Redis at %s: %s: %s", args.command, settings.redis_shown, type(exc).__name__, exc
+        )
         return EXIT_FAILED
     finally:
         if client is not None:
@@ -164,38 +200,54 @@ def reclaim(client: Client, settings: MonitorSettings, args: argparse.Namespace)
     return EXIT_OK
 
 
-def run(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
+    """A scheduler: it connects when a cycle needs Redis, and keeps going whatever a cycle meets (each
+    failure is logged and counted, the next cycle tries again); only bad settings end it (exit 2)."""
     from prometheus_client import start_http_server
 
+    from handler.functions.host_files import function_schedule, resolve_app_settings
     from handler.metrics import CycleFailure, Metrics
-    from handler.runner import function_schedule, run_on_schedule, schedule_zone
+    from handler.runner import checked_schedule, run_on_schedule, schedule_zone
 
-    schedule = None if args.once else args.schedule or function_schedule()  # SettingsError: exit 2
+    schedule = None
+    if not args.once:  # SettingsError: exit 2
+        schedule = checked_schedule(resolve_app_settings(args.schedule or function_schedule()))
     stop = threading.Event()
     _stop_on_signals(stop)
-    connection = RedisConnection(settings, client)
+    connection = RedisConnection(settings)
     cycle = StreamsCycle(connection, settings)
     metrics = Metrics()
     metrics.watch_group(connection, settings)
     host, port = split_host_port(settings.METRICS_ADDRESS)
     start_http_server(port, addr=host, registry=metrics.registry)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    log.info("metrics on http://%s/metrics", host_port(host, port))
 
     def one_cycle() -> CycleSummary | None:
         try:
             summary = cycle.run(stop.is_set)
-        except MonitorError as exc:
+        except RedisUnavailableError as exc:
             log.error("reclaim cycle failed: %s", exc)
+            metrics.observe_failure(CycleFailure.REDIS_UNAVAILABLE)
+            return None
+        except (MonitorError, redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:
+            log.error("reclaim cycle failed: %s: %s", type(exc).__name__, exc)
+            metrics.observe_failure(CycleFailure.ERROR)
+            return None
+        except Exception:  # a scheduler outlives any one cycle; the traceback says what to fix
+            log.exception("reclaim cycle failed unexpectedly")
             metrics.observe_failure(CycleFailure.ERROR)
             return None
         metrics.observe(summary, settings.STREAM_NAME)
         return summary
 
-    if schedule is None:
-        return EXIT_OK if one_cycle() is not None else EXIT_FAILED
-    log.info("running on schedule %r (%s)", schedule, settings.WEBSITE_TIME_ZONE or "UTC")
-    run_on_schedule(schedule, schedule_zone(settings.WEBSITE_TIME_ZONE), one_cycle, stop)
-    return EXIT_OK
+    try:
+        if schedule is None:
+            return EXIT_OK if one_cycle() is not None else EXIT_FAILED
+        log.info("running on schedule %r (%s)", schedule, settings.WEBSITE_TIME_ZONE or "UTC")
+        run_on_schedule(schedule, schedule_zone(settings.WEBSITE_TIME_ZONE), one_cycle, stop)
+        return EXIT_OK
+    finally:
+        connection.close()
 
 
 def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
@@ -212,14 +264,14 @@ def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) 
     return EXIT_OK
 
 
-def check(settings: MonitorSettings) -> int:
+def check(settings: MonitorSettings, user: str | None) -> int:
     """Connects by itself: failing to connect is one of the checks it reports."""
     from handler.ops.check import run_checks
 
     passed = True
-    for result in run_checks(settings):
+    for result in run_checks(settings, user):
         print(result.line(), flush=True)
-        passed = passed and (result.passed or result.skipped)
+        passed = passed and not result.failed
     return EXIT_OK if passed else EXIT_FAILED
 
 
@@ -303,7 +355,6 @@ def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespac
 
 COMMANDS: dict[str, Callable[[Client, MonitorSettings, argparse.Namespace], int]] = {
     "reclaim": reclaim,
-    "run": run,
     "status": status,
     "dead-letter": dead_letter,
     "consumers": consumers,
@@ -325,6 +376,11 @@ def serve(settings: MonitorSettings) -> int:
             # by SIGTERM"; a shutdown that finished its work exits 0 instead.
             self._captured_signals.clear()
 
+    from handler.functions.host_files import budget_warning, function_timeout_sec
+
+    timeout = function_timeout_sec()
+    if timeout < settings.CYCLE_TIME_BUDGET_SEC:
+        log.warning(budget_warning(settings.CYCLE_TIME_BUDGET_SEC, timeout))
     stop = threading.Event()
     config = uvicorn.Config(
         create_app(settings, stop),

@@ -8,13 +8,10 @@ scheduled after the current one ends, and occurrences missed meanwhile are skipp
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -23,35 +20,8 @@ from handler.errors import SettingsError
 from handler.reclaim.summary import CycleSummary
 
 log = logging.getLogger(__name__)
-# Where the app's files are: the Functions host sets FUNCTIONS_APP_ROOT_PATH; the deployed folder's launcher
-# exports its own folder as TWEETS_MONITOR_APP_ROOT (deploy/build_artifact.py); else the working directory.
-APP_ROOT_VARIABLES = ("FUNCTIONS_APP_ROOT_PATH", "TWEETS_MONITOR_APP_ROOT")
-FUNCTION_JSON = Path("monitor") / "function.json"
 NCRONTAB_FIELDS, CRON_FIELDS = 6, 5  # NCRONTAB puts seconds first; a 5-field cron line starts at minute 0
 MAX_OCCURRENCES_SKIPPED = 10_000  # a fall-back hour of a schedule every second repeats 3,600 occurrences
-
-
-def app_root(environ: Mapping[str, str] = os.environ) -> Path:
-    for name in APP_ROOT_VARIABLES:
-        if environ.get(name):
-            return Path(environ[name])
-    return Path.cwd()
-
-
-def function_schedule(root: Path | None = None) -> str:
-    """The timer's schedule from <app root>/monitor/function.json, the same file the host reads; there is no
-    second copy of it here. SettingsError when the file is missing or has no timer."""
-    path = (root or app_root()) / FUNCTION_JSON
-    try:
-        bindings = json.loads(path.read_text())["bindings"]
-        return str(next(b["schedule"] for b in bindings if b.get("type") == "timerTrigger"))
-    except FileNotFoundError:
-        raise SettingsError(
-            f"{path} does not exist: run from the app root (or set FUNCTIONS_APP_ROOT_PATH), or give "
-            "--schedule"
-        ) from None
-    except (ValueError, KeyError, TypeError, StopIteration) as exc:
-        raise SettingsError(f"{path} has no timerTrigger binding with a schedule ({exc!r})") from None
 
 
 def schedule_zone(website_time_zone: str) -> tzinfo:
@@ -90,6 +60,18 @@ def _hour_is_fixed(schedule: str) -> bool:
     fields = schedule.split()
     hour = fields[2] if len(fields) == NCRONTAB_FIELDS else fields[1]
     return hour != "*"
+
+
+def checked_schedule(schedule: str) -> str:
+    """The schedule, or SettingsError (exit 2) when it is not NCRONTAB or never comes."""
+    try:
+        next_due(schedule, ZoneInfo("UTC"), datetime.now(UTC))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:  # croniter's errors are ValueErrors
+        raise SettingsError(
+            f"the schedule {schedule!r} is not an NCRONTAB expression (6 fields, seconds first, e.g. "
+            f"*/20 * * * * *): {exc}"
+        ) from None
+    return schedule
 
 
 def run_on_schedule(

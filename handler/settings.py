@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,12 +25,19 @@ _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 MAX_PORT = 65_535
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 NonEmpty = Annotated[str, Field(min_length=1)]
+# Bounds of the numeric settings (docs/operate.md lists them); NaN and infinities are never accepted.
+DAY_SEC = 86_400
+MAX_DEAD_LETTER_MAXLEN = 1_000_000_000
+MAX_DELIVERIES_BOUND = 1_000_000
+MAX_MESSAGES_BOUND = 100_000_000
+MAX_DEAD_LETTER_WARN_AT = 1_000_000_000
+MAX_IDLE_CONSUMERS_SEC = 365 * DAY_SEC
 
 
 class MonitorSettings(BaseSettings):
     """The monitor's configuration; construct it directly in tests, from the environment elsewhere."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(case_sensitive=True, frozen=True, extra="ignore", allow_inf_nan=False)
 
     REDIS_HOST: NonEmpty
     REDIS_PASSWORD: SecretStr = SecretStr("")
@@ -51,17 +60,18 @@ class MonitorSettings(BaseSettings):
     STREAM_NAME: NonEmpty
     STREAM_CONSUMER_GROUP_NAME: NonEmpty
     MONITORING_CONSUMER_NAME: NonEmpty
-    MIN_IDLE_TIME_SEC: Annotated[int, Field(ge=0)]
-    MAX_DELIVERIES: Annotated[int, Field(ge=0)] = 10
+    MIN_IDLE_TIME_SEC: Annotated[int, Field(ge=0, le=30 * DAY_SEC)]
+    MAX_DELIVERIES: Annotated[int, Field(ge=0, le=MAX_DELIVERIES_BOUND)] = 10
     DEAD_LETTER_STREAM: str = ""
-    DEAD_LETTER_MAXLEN: Annotated[int, Field(ge=0)] = 0  # keep every dead letter until someone deals with it
-    DEAD_LETTER_WARN_AT: Annotated[int, Field(ge=1)] = 10_000
+    # 0 keeps every dead letter until someone deals with it
+    DEAD_LETTER_MAXLEN: Annotated[int, Field(ge=0, le=MAX_DEAD_LETTER_MAXLEN)] = 0
+    DEAD_LETTER_WARN_AT: Annotated[int, Field(ge=1, le=MAX_DEAD_LETTER_WARN_AT)] = 10_000
 
     RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
-    CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1)] = 1_000_000
+    CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1, le=MAX_MESSAGES_BOUND)] = 1_000_000
     LEASE_TTL_SEC: Annotated[float, Field(ge=1, le=600)] = 15.0
-    DELETE_IDLE_CONSUMERS_AFTER_SEC: Annotated[float, Field(ge=0)] = 0.0
+    DELETE_IDLE_CONSUMERS_AFTER_SEC: Annotated[float, Field(ge=0, le=MAX_IDLE_CONSUMERS_SEC)] = 0.0
 
     LOG_LEVEL: LogLevel = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"
@@ -89,6 +99,25 @@ class MonitorSettings(BaseSettings):
     def _host_port_is_well_formed(cls, value: str) -> str:
         split_host_port(value)
         return value
+
+    @field_validator("REDIS_TLS_CA_FILE")
+    @classmethod
+    def _ca_file_is_readable(cls, value: str) -> str:
+        if value:
+            path = Path(value)
+            if not path.is_file():
+                raise ValueError(f"{value} is not a file (a PEM file of the CAs to trust)")
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"{value} cannot be read: {exc.strerror}") from None
+        return value
+
+    @field_validator("WEBSITE_TIME_ZONE", mode="before")
+    @classmethod
+    def _time_zone_without_spaces(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value  # the portal keeps a stray space
 
     @field_validator("WEBSITE_TIME_ZONE")
     @classmethod
@@ -141,6 +170,23 @@ class MonitorSettings(BaseSettings):
         return ",".join(names)
 
     @model_validator(mode="after")
+    def _dead_letter_stream_is_not_monitored(self) -> MonitorSettings:
+        """Dead letters written into a monitored stream would be redelivered and dead-lettered for ever."""
+        if self.DEAD_LETTER_STREAM and any(
+            fnmatchcase(self.DEAD_LETTER_STREAM, name)
+            if is_pattern(name)
+            else name == self.DEAD_LETTER_STREAM
+            for name in self.stream_names
+        ):
+            raise ValueError(
+                "DEAD_LETTER_STREAM names a stream the monitor watches (STREAM_NAME): dead letters would be "
+                "reclaimed and dead-lettered again for ever; give it its own name, e.g. {"
+                + self.STREAM_NAME
+                + "}:dead-letter"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _dead_letter_shares_the_stream_slot(self) -> MonitorSettings:
         if self.DEAD_LETTER_STREAM and (len(self.stream_names) > 1 or is_pattern(self.STREAM_NAME)):
             raise ValueError(
@@ -179,6 +225,11 @@ class MonitorSettings(BaseSettings):
         return split_host_port(self.REDIS_HOST)
 
     @property
+    def redis_shown(self) -> str:
+        """REDIS_HOST as people read it: host:port, an IPv6 address in brackets."""
+        return host_port(*self.redis_address)
+
+    @property
     def min_idle_ms(self) -> int:
         return self.MIN_IDLE_TIME_SEC * 1000
 
@@ -190,6 +241,11 @@ class MonitorSettings(BaseSettings):
 def is_pattern(name: str) -> bool:
     """A glob in SCAN MATCH's syntax, rather than a stream name."""
     return any(char in name for char in "*?[")
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, `[v6]:port` for an IPv6 address (the form REDIS_HOST takes)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -42,15 +43,17 @@ def test_tls_is_on_by_default_requires_12_and_verifies_certificates_and_host_nam
     client.close()
 
 
-def test_a_private_ca_file_and_credentials_are_passed_on() -> None:
+def test_a_private_ca_file_and_credentials_are_passed_on(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # read by the TLS handshake, not here
     settings = MonitorSettings(
         **BASE,
-        REDIS_TLS_CA_FILE="/etc/ca.pem",
+        REDIS_TLS_CA_FILE=str(ca),
         REDIS_USERNAME="monitor",
         REDIS_PASSWORD=SecretStr("pw"),
     )
     kwargs = connect(settings).connection_pool.connection_kwargs
-    assert ("/etc/ca.pem", "monitor", "pw") == (
+    assert (str(ca), "monitor", "pw") == (
         kwargs["ssl_ca_certs"],
         kwargs["username"],
         kwargs["password"],

@@ -20,8 +20,9 @@ import redis
 from handler.dev.demo import SEARCH_QUERIES
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet_id
+from handler.functions.host_files import APP_ROOT_VARIABLES, app_root, function_schedule
 from handler.reclaim.consumers import prune_idle_consumers
-from handler.runner import APP_ROOT_VARIABLES, app_root, function_schedule, next_run
+from handler.runner import next_run
 from tests import pipeline
 from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import (
@@ -224,7 +225,7 @@ def test_check_passes_on_a_ready_deployment_and_names_what_fails(
     command(group, "ACL", "SETUSER", "narrow", "on", ">pw", "~*", "+@all", "-hset")
     narrow = cli(redis_8, "check", REDIS_USERNAME="narrow", REDIS_PASSWORD="pw")
     assert 1 == narrow.returncode
-    assert "FAIL  permissions: not allowed: HSET" in narrow.stdout
+    assert "FAIL  permissions: 'narrow' is not allowed: HSET" in narrow.stdout
 
 
 def test_only_idle_consumers_with_nothing_pending_are_removed(

@@ -58,6 +58,7 @@ class MoveOutcome(IntEnum):
 MOVE_TO_DEAD_LETTER_LUA = """
 local stream, dead_letter = KEYS[1], KEYS[2]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
+-- Lua numbers are doubles: XADD gets the max length as the text it came as, never a rounded number.
 local maxlen, per_call = tonumber(ARGV[8]), tonumber(ARGV[9])
 local row = redis.call('XPENDING', stream, group, id, id, 1)
 if #row == 0 or row[1][2] ~= consumer then
@@ -80,7 +81,7 @@ if maxlen > 0 then
 end
 local function add(fields, trim)
   if trim and maxlen > 0 then
-    return redis.call('XADD', dead_letter, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    return redis.call('XADD', dead_letter, 'MAXLEN', '~', ARGV[8], '*', unpack(fields))
   end
   return redis.call('XADD', dead_letter, '*', unpack(fields))
 end

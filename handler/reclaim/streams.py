@@ -19,7 +19,7 @@ from functools import partial
 import redis
 from redis.cluster import RedisCluster
 
-from handler.errors import StreamOrGroupMissingError
+from handler.errors import MonitorError, StreamOrGroupMissingError
 from handler.keys import display_name, is_dead_letter_stream, key_name
 from handler.reclaim.cycle import ReclaimCycle, never
 from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
@@ -27,7 +27,7 @@ from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, unavailable
-from handler.transport.retry import with_retries
+from handler.transport.retry import CLUSTER_UNREACHABLE, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,12 @@ class StreamsCycle:
         started = time.monotonic()
         try:
             names = self.streams()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *CLUSTER_UNREACHABLE) as exc:
             raise unavailable(self._settings, exc) from exc
+        except redis.exceptions.ResponseError as exc:  # NOPERM: a pattern needs +scan
+            raise MonitorError(
+                f"cannot find the streams matching '{self._settings.STREAM_NAME}' with SCAN: {exc}"
+            ) from exc
         if not names:
             summary = CycleSummary.skipped_because(f"no stream matches '{self._settings.STREAM_NAME}'")
             log.warning(summary.log_line())

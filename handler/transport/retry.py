@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead server fails the cycle in seconds
 RETRIED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# What the cluster client raises when it cannot read any node's slot map (not a RedisError).
-CLUSTER_UNREACHABLE = (RedisClusterException,)
+# What the cluster client raises when it cannot read any node's slot map (RedisClusterException, not a
+# RedisError), or when its own redirections ran out (ClusterError, "TTL exhausted").
+CLUSTER_UNREACHABLE = (RedisClusterException, redis.exceptions.ClusterError)
 
 
 def with_retries(call: Callable[[], T], before_retry: Callable[[BaseException], None] | None = None) -> T:
