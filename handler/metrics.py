@@ -110,6 +110,13 @@ class Metrics:
             ["stream"],
             registry=self.registry,
         )
+        self.housekeeping_failures = Counter(
+            "tweets_monitor_housekeeping_failures",
+            "Housekeeping that failed after a cycle's work was done (task: prune consumers); never the "
+            "invocation's status",
+            ["stream", "task"],
+            registry=self.registry,
+        )
         self.cycles = Counter(
             "tweets_monitor_cycles",
             "Reclaim cycles by outcome (stopped_by, or the error)",
@@ -136,6 +143,8 @@ class Metrics:
                 self.refused.labels(stream=name, step=step, reason=reason).inc(refused)
             if counted.alerts.dead_letters_trimmed:
                 self.trimmed.labels(stream=name).inc(counted.alerts.dead_letters_trimmed)
+            for task, failures in counted.alerts.housekeeping_failed.items():
+                self.housekeeping_failures.labels(stream=name, task=task).inc(failures)
         self.cycles.labels(outcome=summary.stopped_by.value).inc()
         self.duration.observe(summary.duration_ms / 1000)
 

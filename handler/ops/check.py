@@ -17,12 +17,15 @@ import redis
 from redis.cluster import RedisCluster
 
 from handler.errors import MonitorError
+from handler.functions.host_files import budget_warning, function_timeout_sec
 from handler.keys import StreamKeys, display_name
+from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.rules import parse_pending_count
 from handler.reclaim.streams import find_streams
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command, server_holding, text
 from handler.transport.connect import connect
+from handler.transport.retry import CLUSTER_UNREACHABLE
 from handler.transport.topology import server_address
 
 # Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
@@ -42,11 +45,19 @@ NEEDED_COMMANDS = [
     ("SET", "{last_refusal}", "x", "PX", "1000"),
     ("SET", "{lease}", "x", "PX", "1000", "NX"),
     ("PEXPIRE", "{lease}", "1000"),
+    ("PTTL", "{lease}"),
     ("DEL", "{cursor}"),
     ("INFO", "cluster"),
     ("WAIT", "1", "0"),
     ("CLUSTER", "SLOTS"),
     ("COMMAND",),
+]
+UNKNOWN = "unknown"  # the server's version, when INFO is not allowed
+SUBCOMMANDS = ("XINFO", "XGROUP", "CLUSTER", "INFO")
+# Only with DELETE_IDLE_CONSUMERS_AFTER_SEC set (reclaim/consumers.py, inside its Lua script).
+PRUNING_COMMANDS = [
+    ("XINFO", "CONSUMERS", "{stream}", "{group}"),
+    ("XGROUP", "DELCONSUMER", "{stream}", "{group}", "{consumer}"),
 ]
 
 
@@ -56,37 +67,62 @@ class Check:
     passed: bool
     detail: str
     skipped: bool = False  # could not be checked with this user's rights: neither a pass nor a failure
+    warning: bool = False  # works, but an operator should know: does not fail the command
 
     def line(self) -> str:
-        verdict = "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
+        verdict = "SKIP" if self.skipped else "WARN" if self.warning else "PASS" if self.passed else "FAIL"
         return f"{verdict}  {self.name}: {self.detail}"
 
+    @property
+    def failed(self) -> bool:
+        return not (self.passed or self.skipped or self.warning)
 
-def run_checks(settings: MonitorSettings) -> Iterator[Check]:
+
+def run_checks(settings: MonitorSettings, user: str | None = None) -> Iterator[Check]:
     """Settings were loaded already (or the command exited 2); the rest stops at the first Redis failure.
-    With several streams (STREAM_NAME lists them or a pattern), each stream is checked."""
-    host, port = settings.redis_address
+    With several streams (STREAM_NAME lists them or a pattern), each stream is checked. `user` names the
+    user whose rights are verified (ACL DRYRUN), when it is not the one signed in (an administrator).
+    Whatever Redis answers ends in a line with a verdict, never a traceback."""
+    where = settings.redis_shown
     group = settings.STREAM_CONSUMER_GROUP_NAME
-    yield Check("settings", True, f"Redis {host}:{port}, stream '{settings.STREAM_NAME}', group '{group}'")
+    yield Check("settings", True, f"Redis {where}, stream '{settings.STREAM_NAME}', group '{group}'")
+    yield from _settings_warnings(settings)
     try:
         client = connect(settings)
     except redis.exceptions.AuthenticationError as exc:
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
     except (MonitorError, redis.exceptions.RedisError, ssl.SSLError) as exc:
-        yield Check("connectivity", False, f"cannot reach {host}:{port}: {exc}")
+        yield Check("connectivity", False, f"cannot reach {where}: {exc}")
         return
     try:
-        yield from _checks_on(client, settings)
+        yield from _checks_on(client, settings, user)
+    except (redis.exceptions.RedisError, MonitorError, ssl.SSLError, *CLUSTER_UNREACHABLE) as exc:
+        yield Check("check", False, f"stopped: Redis answered {type(exc).__name__}: {exc}")
     finally:
         client.close()
 
 
-def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
+def _settings_warnings(settings: MonitorSettings) -> Iterator[Check]:
+    timeout = function_timeout_sec()
+    if timeout < settings.CYCLE_TIME_BUDGET_SEC:
+        yield Check(
+            "time budget", False, budget_warning(settings.CYCLE_TIME_BUDGET_SEC, timeout), warning=True
+        )
+
+
+def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> Iterator[Check]:
     try:
         streams = find_streams(client, settings)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
         yield Check("connectivity", False, f"cannot list the streams: {exc}")
+        return
+    except redis.exceptions.ResponseError as exc:  # NOPERM: a pattern needs SCAN
+        yield Check(
+            "stream and group", False,
+            f"cannot find the streams matching '{settings.STREAM_NAME}' with SCAN: {exc} (add +scan to the "
+            "user's rule)",
+        )  # fmt: skip
         return
     if not streams:
         yield Check("stream and group", False, f"no stream matches '{settings.STREAM_NAME}'")
@@ -108,14 +144,40 @@ def _checks_on(client: Client, settings: MonitorSettings) -> Iterator[Check]:
     )
     yield Check("connectivity", True, f"PING answered over {tls}; {mode}")
     who = _whoami(stream_node, settings)
-    yield Check("authentication", True, f"as user '{who}'")
-    version = str(stream_node.info("server").get("redis_version", "unknown"))
-    yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
+    verified = user or who
+    also = f"; verifying the rights of '{user}'" if user else ""
+    yield Check("authentication", True, f"as user '{who}'{also}")
+    try:
+        version = str(stream_node.info("server").get("redis_version", UNKNOWN))
+    except redis.exceptions.ResponseError as exc:  # NOPERM: the monitor needs INFO only to detect a cluster
+        yield Check(
+            "server version", False,
+            f"not read: '{who}' may not run INFO ({exc}); only REDIS_CLUSTER=detect needs it", skipped=True,
+        )  # fmt: skip
+        version = UNKNOWN
+    else:
+        yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
+    needed = NEEDED_COMMANDS + (PRUNING_COMMANDS if settings.DELETE_IDLE_CONSUMERS_AFTER_SEC else [])
     for stream in streams:
         keys = StreamKeys.from_settings(settings, stream)
         yield _stream_and_group(client, keys)
         yield _dead_letter_stream(client, keys)
-        yield _permissions(server_holding(client, stream), keys, who, version)
+        yield _permissions(server_holding(client, stream), keys, verified, version, needed)
+        if settings.DELETE_IDLE_CONSUMERS_AFTER_SEC and user is None:
+            yield _pruning(client, keys, settings.DELETE_IDLE_CONSUMERS_AFTER_SEC)
+
+
+def _pruning(client: Client, keys: StreamKeys, idle_sec: float) -> Check:
+    """DELETE_IDLE_CONSUMERS_AFTER_SEC is on: its Lua script run as a dry run (it changes nothing)."""
+    try:
+        would_remove = prune_idle_consumers(client, keys.stream, keys.group, idle_sec, [keys.consumer], True)
+    except redis.exceptions.ResponseError as exc:
+        return Check(
+            "consumer pruning", False,
+            f"DELETE_IDLE_CONSUMERS_AFTER_SEC is set, but pruning was refused ({exc}): allow "
+            "+xinfo|consumers +xgroup|delconsumer (XINFO CONSUMERS, XGROUP DELCONSUMER), or unset it",
+        )  # fmt: skip
+    return Check("consumer pruning", True, f"allowed; {len(would_remove)} consumers would be removed now")
 
 
 def _whoami(client: Client, settings: MonitorSettings) -> str:
@@ -164,33 +226,43 @@ def _dead_letter_stream(client: Client, keys: StreamKeys) -> Check:
     )  # fmt: skip
 
 
-def _permissions(client: Client, keys: StreamKeys, user: str, version: str) -> Check:
+def _permissions(
+    client: Client, keys: StreamKeys, user: str, version: str, needed_commands: list[tuple[str, ...]]
+) -> Check:
     values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
               "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease,
               "last_refusal": keys.last_refusal}  # fmt: skip
-    if not _at_least(version, (7, 0)):
+    if version != UNKNOWN and not _at_least(version, (7, 0)):
         return _permissions_before_dryrun(client, user)
     refused = []
-    for needed in NEEDED_COMMANDS:
+    for needed in needed_commands:
         args = [part.format(**values) for part in needed]
+        what = " ".join(needed[:2]) if needed[0] in SUBCOMMANDS else needed[0]
         try:
             answer = command(client, "ACL", "DRYRUN", user, *args)
         except redis.exceptions.NoPermissionError as exc:
             return Check(
-                "permissions", False, f"not verified: '{user}' may not run ACL DRYRUN ({exc}); run check as "
-                "an administrator to verify this user's rights", skipped=True,
+                "permissions", False,
+                f"not verified: the signed-in user may not run ACL DRYRUN ({exc}); to verify '{user}', run "
+                f"`check --user {user}` with an administrator's REDIS_USERNAME and REDIS_PASSWORD",
+                skipped=True,
             )  # fmt: skip
         except redis.exceptions.ResponseError as exc:
-            refused.append(f"{needed[0]} ({exc})")
+            if "unknown" in str(exc).lower() and "dryrun" in str(exc).lower():  # before 7.0
+                return _permissions_before_dryrun(client, user)
+            if "no such user" in str(exc).lower():
+                return Check("permissions", False, f"there is no user '{user}' ({exc})")
+            refused.append(f"{what} ({exc})")
             continue
         if answer not in (b"OK", "OK", True):
-            refused.append(f"{needed[0]} ({text(answer)})")
+            refused.append(f"{what} ({text(answer)})")
     if refused:
         return Check(
-            "permissions", False, "not allowed: " + "; ".join(refused) + " (see the README's ACL rule)"
-        )
+            "permissions", False,
+            f"'{user}' is not allowed: " + "; ".join(refused) + " (see the README's ACL rule)",
+        )  # fmt: skip
     return Check(
-        "permissions", True, f"'{user}' may run all {len(NEEDED_COMMANDS)} commands the monitor needs"
+        "permissions", True, f"'{user}' may run all {len(needed_commands)} commands the monitor needs"
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from handler.errors import MonitorError
-from handler.keys import StreamKeys
+from handler.keys import StreamKeys, display_name
 from handler.reclaim.dead_letter import (
     CONTINUED,
     FIELD_COUNT,
@@ -120,15 +120,17 @@ def all_ids(
         start = next_id(entries[-1][0])
 
 
-# KEYS: dead-letter stream, main stream (same hash slot). ARGV: metadata pair count, then dead-letter IDs.
+# KEYS: dead-letter stream, main stream (same hash slot). ARGV: metadata pair count, group, then dead-letter
+# IDs.
 # Each inline dead letter goes back to the main stream with its original fields (a new entry, so the group
 # delivers it again) and leaves the dead-letter stream in the same atomic step. The first write (XADD) is the
 # only one Redis can refuse; then nothing has changed. Continued dead letters (too big for a Lua call) are
 # returned for the caller to replay with a transaction.
 REPLAY_LUA = """
+redis.call('XPENDING', KEYS[2], ARGV[2])  -- NOGROUP when the group is gone: nothing is replayed
 local replayed, continued = 0, {}
 local skip = 2 * tonumber(ARGV[1])
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
   if #entry > 0 and entry[1][2][1] == 'dlq:version' then
     local fields = entry[1][2]
@@ -170,9 +172,15 @@ def replay(
     moved = 0
     for start in range(0, len(ids), REPLAY_BATCH):
         batch = list(ids[start : start + REPLAY_BATCH])
-        replayed, continued = command(
-            client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT, *batch
-        )
+        try:
+            replayed, continued = command(
+                client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT,
+                keys.group, *batch,
+            )  # fmt: skip
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise _group_gone(keys, moved, exc) from exc
+            raise
         moved += int(replayed)
         for entry_id in continued:
             moved += _replay_continued(server_holding(client, keys.dead_letter), keys, entry_id)
@@ -186,10 +194,16 @@ def _replay_continued(node: redis.Redis, keys: StreamKeys, entry_id: bytes) -> i
     with node.pipeline(transaction=True) as pipe:
         for _ in range(REPLAY_ATTEMPTS):
             try:
-                pipe.watch(keys.dead_letter)  # type: ignore[no-untyped-call]
-                letter = show_dead_letter(pipe, keys, entry_id)  # after WATCH, commands run at once
+                pipe.watch(keys.dead_letter, keys.stream)  # type: ignore[no-untyped-call]
+                command(pipe, "XPENDING", keys.stream, keys.group)  # after WATCH, commands run at once
+                letter = show_dead_letter(pipe, keys, entry_id)
             except redis.exceptions.WatchError:
                 continue
+            except redis.exceptions.ResponseError as exc:
+                pipe.unwatch()
+                if "NOGROUP" in str(exc):
+                    raise _group_gone(keys, 0, exc) from exc
+                raise
             except ValueError as exc:
                 pipe.unwatch()
                 log.warning(
@@ -211,6 +225,15 @@ def _replay_continued(node: redis.Redis, keys: StreamKeys, entry_id: bytes) -> i
                 raise MonitorError(f"cannot replay {entry_id.decode()} into '{keys.stream}': {added}")
             return 1
     raise MonitorError(f"the dead-letter stream kept changing while replaying {entry_id.decode()}: try again")
+
+
+def _group_gone(keys: StreamKeys, moved: int, exc: Exception) -> MonitorError:
+    """Replayed entries would sit in a stream no group reads: refuse, having changed nothing more."""
+    already = f" ({moved:,} were replayed before it went)" if moved else " (nothing was replayed)"
+    return MonitorError(
+        f"the consumer group '{keys.group}' on '{display_name(keys.stream)}' does not exist, so nobody would "
+        f"read replayed entries{already}: create the group as the processor does, then replay ({exc})"
+    )
 
 
 def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str], everything: bool = False) -> int:

@@ -20,7 +20,7 @@ from handler.keys import StreamKeys, display_name, raw_name
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.lease import Lease, holder_identity
 from handler.reclaim.page import CLUSTER_CHANGED
-from handler.reclaim.rules import START, parse_pending_count
+from handler.reclaim.rules import START, is_stream_id, parse_pending_count
 from handler.reclaim.summary import Alerts, CycleSummary, StopReason
 from handler.reclaim.sweep import Limits, Sweep
 from handler.settings import MonitorSettings
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
 LAST_REFUSAL_TTL_MS = 24 * 3600 * 1000
+PRUNE_CONSUMERS = "prune consumers"  # the housekeeping task's name in the metric
 
 
 def never() -> bool:
@@ -66,10 +67,9 @@ class ReclaimCycle:
             if state in ("READONLY", "MASTERDOWN"):
                 self._connection.reset()  # after a failover the name may lead elsewhere: connect afresh
             if state is not None:
-                host, port = self._settings.redis_address
                 raise RedisUnavailableError(
-                    f"Redis at {host}:{port} {TRANSIENT_STATES[state]} ({state}: {exc}); the next invocation "
-                    "tries again"
+                    f"Redis at {self._settings.redis_shown} {TRANSIENT_STATES[state]} ({state}: {exc}); "
+                    "the next invocation tries again"
                 ) from exc
             raise self._explain(exc) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -133,15 +133,15 @@ class ReclaimCycle:
                 skipped=f"lease held by {holder}",
             )  # fmt: skip
         try:
-            cursor: Any = with_retries(lambda: client.get(raw_name(keys.cursor)))
+            cursor = with_retries(partial(self._read_cursor, client))
             topology = self._connection.topology()
             keep_lease = partial(with_retries, lease.keep)
             sweep = Sweep(topology, self._settings, keys, should_stop, started, keep_lease, limits)
             stopped_by, next_start = sweep.walk(cursor)
             if sweep.cluster_changed:
                 self._refresh_topology()
-            with_retries(partial(self._save_cursor, client, next_start))
-            self._prune_idle_consumers(client)
+            with_retries(partial(self._save_cursor, lease, next_start))
+            self._prune_idle_consumers(client, sweep.alerts)
         except RETRIED:
             # Redis stopped answering: releasing would cost one more timeout, and the lease expires by
             # itself within its TTL. The invocation answers 503 within three timeouts (retry.py).
@@ -180,29 +180,60 @@ class ReclaimCycle:
         except redis.exceptions.ResponseError as exc:  # refused (OOM…); a lost connection goes up: 503
             log.debug("could not keep the last refusal for `status`: %s", exc)
 
-    def _prune_idle_consumers(self, client: Client) -> None:
-        """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending."""
+    def _prune_idle_consumers(self, client: Client, alerts: Alerts) -> None:
+        """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending.
+        Housekeeping: a refusal (no +xinfo, say) is a warning and a metric, never the invocation's status;
+        a lost connection still goes up like any other (the invocation answers 503)."""
         idle_sec = self._settings.DELETE_IDLE_CONSUMERS_AFTER_SEC
         if not idle_sec:
             return
         keys = self._keys
-        removed = with_retries(
-            partial(
-                prune_idle_consumers, client, raw_name(keys.stream), keys.group, idle_sec, [keys.consumer]
+        try:
+            removed = with_retries(
+                partial(
+                    prune_idle_consumers, client, raw_name(keys.stream), keys.group, idle_sec, [keys.consumer]
+                )
             )
-        )
+        except redis.exceptions.ResponseError as exc:
+            alerts.housekeeping_failed[PRUNE_CONSUMERS] += 1
+            log.warning(
+                "could not remove idle consumers (DELETE_IDLE_CONSUMERS_AFTER_SEC); the cycle's work is done "
+                "all the same: %s",
+                exc,
+            )
+            return
         if removed:
             log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
 
-    def _save_cursor(self, client: Client, start: bytes) -> None:
-        """Remember where the next invocation starts. Only a hint: losing it costs a walk from the head."""
+    def _read_cursor(self, client: Client) -> bytes | None:
+        """Where the last invocation stopped. Only a hint: a value that is not a stream ID, or a key of
+        another type, is ignored with a warning (the walk starts from the head) and replaced when saved."""
         try:
-            if start == START:
-                client.delete(raw_name(self._keys.cursor))
-            else:
-                client.set(raw_name(self._keys.cursor), start, px=CURSOR_TTL_MS)
+            value: Any = client.get(raw_name(self._keys.cursor))
+        except redis.exceptions.ResponseError as exc:  # WRONGTYPE: somebody's key of another type
+            log.warning("ignoring the cursor %s: %s", display_name(self._keys.cursor), exc)
+            return None
+        if value is None or is_stream_id(value):
+            return value if value is None else bytes(value)
+        log.warning(
+            "ignoring the cursor %s: %r is not a stream ID; walking from the head",
+            display_name(self._keys.cursor), value[:100],
+        )  # fmt: skip
+        return None
+
+    def _save_cursor(self, lease: Lease, start: bytes) -> None:
+        """Remember where the next invocation starts, only while the lease is still ours: a monitor that
+        stalled past its lease must not overwrite its successor's cursor. Only a hint: losing it costs a
+        walk from the head."""
+        try:
+            saved = lease.save_cursor(
+                raw_name(self._keys.cursor), b"" if start == START else start, CURSOR_TTL_MS
+            )
         except redis.exceptions.ResponseError as exc:  # e.g. OOM: the cycle's work is done all the same
             log.warning("could not save where the next cycle starts: %s", exc)
+            return
+        if not saved:
+            log.info("the lease passed to another monitor: its cursor is left as it is")
 
 
 # Passing server states: like a lost connection, they answer 503 and the next invocation tries again.

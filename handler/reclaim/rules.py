@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from handler.keys import TWEET_KEY_PREFIX
 
 MAX_SEQUENCE = 2**64 - 1
+U64_DIGITS = len(str(MAX_SEQUENCE))
 START, END = b"-", b"+"
 
 
@@ -72,6 +73,16 @@ def walk_start(cursor: bytes | None) -> bytes:
     if cursor is None or cursor in (START, b"0-0"):
         return START
     return cursor
+
+
+def is_stream_id(value: bytes) -> bool:
+    """`<ms>-<seq>` with both parts unsigned 64-bit integers: what XPENDING accepts as a range bound."""
+    ms, dash, seq = value.partition(b"-")
+    return bool(dash) and _is_u64(ms) and _is_u64(seq)
+
+
+def _is_u64(part: bytes) -> bool:
+    return part.isdigit() and len(part) <= U64_DIGITS and int(part) <= MAX_SEQUENCE
 
 
 def stream_field(fields: Sequence[bytes], name: bytes) -> bytes | None:

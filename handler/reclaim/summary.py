@@ -61,18 +61,21 @@ class Counts:
 
 @dataclass
 class Alerts:
-    """What an operator should hear about beside the counts: refused attempts by step and reason, and dead
-    letters trimmed by DEAD_LETTER_MAXLEN. They go to the metrics and the log, not into the summary's JSON."""
+    """What an operator should hear about beside the counts: refused attempts by step and reason, dead
+    letters trimmed by DEAD_LETTER_MAXLEN, and housekeeping that failed. They go to the metrics and the
+    log, not into the summary's JSON."""
 
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)  # (step, reason) -> entries
     last_refusal: str = ""  # the latest refusal's message, for `status`
     dead_letters_trimmed: int = 0
+    housekeeping_failed: Counter[str] = field(default_factory=Counter)  # task -> failures (never fatal)
 
     def __add__(self, other: Alerts) -> Alerts:
         return Alerts(
             self.refused + other.refused,
             other.last_refusal or self.last_refusal,
             self.dead_letters_trimmed + other.dead_letters_trimmed,
+            self.housekeeping_failed + other.housekeeping_failed,
         )
 
     def refuse(self, step: str, reason: str, message: str) -> None:

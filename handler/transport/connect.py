@@ -194,8 +194,9 @@ def is_cluster_node(settings: MonitorSettings, credentials: Any = None) -> bool:
 
 
 def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableError:
-    host, port = settings.redis_address
-    return RedisUnavailableError(f"Redis at {host}:{port} is unavailable ({type(exc).__name__}: {exc})")
+    return RedisUnavailableError(
+        f"Redis at {settings.redis_shown} is unavailable ({type(exc).__name__}: {exc})"
+    )
 
 
 def connect(settings: MonitorSettings, credentials: Any = None) -> Client:
@@ -209,10 +210,9 @@ def connect(settings: MonitorSettings, credentials: Any = None) -> Client:
         raise  # reachable, but the credentials are wrong: said as such by the caller
     except RedisClusterException as exc:
         if "not enabled" in str(exc):
-            host, port = settings.redis_address
             raise MonitorError(
-                f"REDIS_CLUSTER=on, but {host}:{port} is not a cluster node ({exc}): set REDIS_CLUSTER=off "
-                "or detect"
+                f"REDIS_CLUSTER=on, but {settings.redis_shown} is not a cluster node ({exc}): set "
+                "REDIS_CLUSTER=off or detect"
             ) from exc
         raise unavailable(settings, exc) from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
