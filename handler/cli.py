@@ -224,7 +224,7 @@ def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
 
     def one_cycle() -> CycleSummary | None:
         try:
-            summary = cycle.run(stop.is_set)
+            summary = cycle.run_scheduled(stop.is_set)
         except RedisUnavailableError as exc:
             log.error("reclaim cycle failed: %s", exc)
             metrics.observe_failure(CycleFailure.REDIS_UNAVAILABLE)
@@ -256,7 +256,10 @@ def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) 
 
     keys = StreamKeys.from_settings(settings)
     with console.progress("reading the group", None):
-        result = gather_status(client, keys, settings.DEAD_LETTER_MAXLEN, settings.DEAD_LETTER_WARN_AT)
+        result = gather_status(
+            client, keys, settings.DEAD_LETTER_MAXLEN, settings.DEAD_LETTER_WARN_AT,
+            settings.SWEEP_STALE_AFTER_SEC,
+        )  # fmt: skip
     if args.json:
         print(json.dumps(result.as_dict()))
     else:

@@ -57,6 +57,7 @@ class StreamKeys:
     cursor: str
     lease: str
     last_refusal: str
+    last_cycle: str  # the heartbeat (reclaim/heartbeat.py)
 
     @classmethod
     def from_settings(cls, settings: MonitorSettings, stream: str | None = None) -> StreamKeys:
@@ -71,4 +72,5 @@ class StreamKeys:
             cursor=f"{tag}:cursor:{settings.STREAM_CONSUMER_GROUP_NAME}",
             lease=f"{tag}:lease:{settings.STREAM_CONSUMER_GROUP_NAME}",
             last_refusal=f"{tag}:last-refusal:{settings.STREAM_CONSUMER_GROUP_NAME}",
+            last_cycle=f"{tag}:last-cycle:{settings.STREAM_CONSUMER_GROUP_NAME}",
         )

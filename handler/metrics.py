@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from handler.errors import MonitorError
 from handler.keys import StreamKeys, display_name, raw_name
+from handler.reclaim import heartbeat
 from handler.reclaim.streams import StreamFinder
 from handler.reclaim.summary import CycleSummary, count_names
 from handler.settings import MonitorSettings
@@ -61,6 +62,12 @@ class _GroupGauges(Collector):
         dead = GaugeMetricFamily(
             "tweets_monitor_dead_letter_length", "Entries in the dead-letter stream", labels=labels
         )
+        since = GaugeMetricFamily(
+            "tweets_monitor_seconds_since_last_cycle",
+            "Seconds since the last scheduled cycle completed (the heartbeat, by Redis's clock); absent "
+            "when none was recorded",
+            labels=labels,
+        )
         try:
             client = self._connection.client()
             for stream in self._finder.find(client):
@@ -70,19 +77,22 @@ class _GroupGauges(Collector):
                     summary = command(client, "XPENDING", keys.stream, keys.group)
                     oldest = command(client, "XPENDING", keys.stream, keys.group, "-", "+", 1)
                     length = client.xlen(raw_name(keys.dead_letter))
+                    age = heartbeat.seconds_since(client, keys.last_cycle)
                 except redis.exceptions.ResponseError as exc:  # this stream only (NOGROUP, WRONGTYPE…)
                     log.warning("metrics: could not read %s: %s", label[0], exc)
                     continue
                 pending.add_metric(label, summary[0])
                 idle.add_metric(label, oldest[0][2] / 1000 if oldest else 0)
                 dead.add_metric(label, length)
+                if age is not None:
+                    since.add_metric(label, age)
         except (redis.exceptions.RedisError, MonitorError, *CLUSTER_UNREACHABLE) as exc:
             log.warning("metrics: could not read the group's gauges: %s", exc)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, pending, idle, dead)
+        yield from (up, pending, idle, dead, since)
 
 
 class Metrics:

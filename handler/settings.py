@@ -72,6 +72,8 @@ class MonitorSettings(BaseSettings):
     CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1, le=MAX_MESSAGES_BOUND)] = 1_000_000
     LEASE_TTL_SEC: Annotated[float, Field(ge=1, le=600)] = 15.0
     DELETE_IDLE_CONSUMERS_AFTER_SEC: Annotated[float, Field(ge=0, le=MAX_IDLE_CONSUMERS_SEC)] = 0.0
+    # `check` fails, and `status` warns, when the last scheduled cycle completed longer ago than this.
+    SWEEP_STALE_AFTER_SEC: Annotated[float, Field(ge=10, le=7 * DAY_SEC)] = 300.0
 
     LOG_LEVEL: LogLevel = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"

@@ -5,6 +5,6 @@
 # and the slot map (CLUSTER SLOTS) when it connects, and the cycle WAITs for replicas.
 ACL_RULE = (
     "on >{password} resetkeys ~tweets_stream ~{{tweets_stream}}:* ~tweet:* resetchannels -@all "
-    "+xpending +xclaim +xack +xrange +xadd +xlen +type +hset +eval +get +set +del +pexpire +pttl +ping "
+    "+xpending +xclaim +xack +xrange +xadd +xlen +type +hset +eval +get +set +del +pexpire +pttl +time +ping "
     "+client|setname +info +command +cluster|slots +wait"
 )

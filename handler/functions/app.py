@@ -101,7 +101,7 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
             return busy
         try:
             cycle: StreamsCycle = request.app.state.cycle
-            summary: CycleSummary = await run_in_threadpool(cycle.run, stop_requested.is_set)
+            summary: CycleSummary = await run_in_threadpool(cycle.run_scheduled, stop_requested.is_set)
         except RedisUnavailableError as exc:
             metrics.observe_failure(CycleFailure.REDIS_UNAVAILABLE)
             raise _InvocationError(503, str(exc)) from exc

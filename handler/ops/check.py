@@ -19,6 +19,7 @@ from redis.cluster import RedisCluster
 from handler.errors import MonitorError
 from handler.functions.host_files import budget_warning, function_timeout_sec
 from handler.keys import StreamKeys, display_name
+from handler.reclaim import heartbeat
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.rules import parse_pending_count
 from handler.reclaim.streams import find_streams
@@ -43,6 +44,8 @@ NEEDED_COMMANDS = [
     ("TYPE", "{dead_letter}"),
     ("GET", "{cursor}"),
     ("SET", "{last_refusal}", "x", "PX", "1000"),
+    ("SET", "{last_cycle}", "1"),
+    ("TIME",),
     ("SET", "{lease}", "x", "PX", "1000", "NX"),
     ("PEXPIRE", "{lease}", "1000"),
     ("PTTL", "{lease}"),
@@ -162,9 +165,32 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         keys = StreamKeys.from_settings(settings, stream)
         yield _stream_and_group(client, keys)
         yield _dead_letter_stream(client, keys)
+        yield _last_cycle(client, keys, settings.SWEEP_STALE_AFTER_SEC)
         yield _permissions(server_holding(client, stream), keys, verified, version, needed)
         if settings.DELETE_IDLE_CONSUMERS_AFTER_SEC and user is None:
             yield _pruning(client, keys, settings.DELETE_IDLE_CONSUMERS_AFTER_SEC)
+
+
+def _last_cycle(client: Client, keys: StreamKeys, stale_after_sec: float) -> Check:
+    """The heartbeat: a timer that stopped looks like a monitor with nothing to do, except here."""
+    try:
+        age = heartbeat.seconds_since(client, keys.last_cycle)
+    except redis.exceptions.ResponseError as exc:
+        return Check("last completed cycle", False, f"cannot read {display_name(keys.last_cycle)}: {exc}")
+    if age is None:
+        return Check(
+            "last completed cycle", False,
+            "none recorded yet: the timer (or `run`) records each cycle it completes; if it has been "
+            "deployed for more than a minute, look at the Function App's invocations",
+            warning=True,
+        )  # fmt: skip
+    if age > stale_after_sec:
+        return Check(
+            "last completed cycle", False,
+            f"{age:,.0f} s ago, longer than SWEEP_STALE_AFTER_SEC={stale_after_sec:g}: the timer may have "
+            "stopped (after a deploy, or when its singleton lease moved); restart the Function App",
+        )  # fmt: skip
+    return Check("last completed cycle", True, f"{age:,.0f} s ago")
 
 
 def _pruning(client: Client, keys: StreamKeys, idle_sec: float) -> Check:
@@ -231,7 +257,7 @@ def _permissions(
 ) -> Check:
     values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
               "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease,
-              "last_refusal": keys.last_refusal}  # fmt: skip
+              "last_refusal": keys.last_refusal, "last_cycle": keys.last_cycle}  # fmt: skip
     if version != UNKNOWN and not _at_least(version, (7, 0)):
         return _permissions_before_dryrun(client, user)
     refused = []

@@ -43,6 +43,8 @@ def status_table(status: GroupStatus) -> None:
     out.print(
         f"lag (entries not yet delivered): {'unknown before Redis 7.0' if status.lag is None else status.lag}"
     )
+    age = status.last_cycle_age_sec
+    out.print(f"last completed cycle: {'none recorded' if age is None else f'{age:,.0f} s ago'}")
     documents = status.search_documents
     out.print(
         f"search index tweets-index: {'not found' if documents is None else f'{documents:,} documents'}"

@@ -14,6 +14,7 @@ import redis
 
 from handler.errors import StreamOrGroupMissingError
 from handler.keys import StreamKeys
+from handler.reclaim import heartbeat
 from handler.transport.client import Client, command, server_holding, text
 
 SAMPLE_PER_CONSUMER = 1000
@@ -43,6 +44,7 @@ class GroupStatus:
     lag: int | None  # entries not yet delivered to the group (Redis 7.0+), None where unknown
     search_documents: int | None  # documents in tweets-index, None without the search module or index
     last_refusal: str | None = None  # the monitor's latest refused attempt (kept for a day), if any
+    last_cycle_age_sec: float | None = None  # since the last scheduled cycle completed; None: none recorded
     sample_per_consumer: int = SAMPLE_PER_CONSUMER
     warnings: list[str] = field(default_factory=list)
 
@@ -63,7 +65,11 @@ def find_group(client: Client, keys: StreamKeys) -> dict[str, Any] | None:
 
 
 def gather_status(
-    client: Client, keys: StreamKeys, dead_letter_maxlen: int = 0, dead_letter_warn_at: int = 10_000
+    client: Client,
+    keys: StreamKeys,
+    dead_letter_maxlen: int = 0,
+    dead_letter_warn_at: int = 10_000,
+    stale_after_sec: float = 300,
 ) -> GroupStatus:
     group = find_group(client, keys)
     if group is None:
@@ -106,8 +112,16 @@ def gather_status(
         lag=int(lag) if lag is not None else None,
         search_documents=_search_documents(client),
         last_refusal=_text_or_none(client.get(keys.last_refusal)),
+        last_cycle_age_sec=heartbeat.seconds_since(client, keys.last_cycle),
         warnings=warnings,
     )
+    if result.last_cycle_age_sec is None:
+        warnings.append("no scheduled cycle has been recorded yet (the timer, or `run`, records each one)")
+    elif result.last_cycle_age_sec > stale_after_sec:
+        warnings.append(
+            f"the last scheduled cycle completed {result.last_cycle_age_sec:,.0f} s ago "
+            f"(SWEEP_STALE_AFTER_SEC={stale_after_sec:g}): is the timer still running?"
+        )
     warnings += _memory_warnings(server_holding(client, keys.stream))
     if result.last_refusal:
         warnings.append(f"the monitor's last refused attempt: {result.last_refusal}")

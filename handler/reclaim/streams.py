@@ -20,7 +20,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from handler.errors import MonitorError, StreamOrGroupMissingError
-from handler.keys import display_name, is_dead_letter_stream, key_name
+from handler.keys import StreamKeys, display_name, is_dead_letter_stream, key_name
+from handler.reclaim import heartbeat
 from handler.reclaim.cycle import ReclaimCycle, never
 from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
 from handler.reclaim.sweep import Limits
@@ -121,6 +122,23 @@ class StreamsCycle:
         summary = total(summaries, round((time.monotonic() - started) * 1000))
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})
         return summary
+
+    def run_scheduled(self, should_stop: Callable[[], bool] = never) -> CycleSummary:
+        """A cycle the timer (or `run`) started: once it completes, its time is recorded (the heartbeat).
+        A manual `reclaim` calls run() and records nothing, so it cannot hide a stopped timer."""
+        summary = self.run(should_stop)
+        self.record_completed()
+        return summary
+
+    def record_completed(self) -> None:
+        """The heartbeat (heartbeat.py), after a scheduled cycle completed: for each stream it found. Never
+        fails the invocation whose work is done: a refusal or a lost connection is a warning."""
+        try:
+            client = self._connection.client()
+            for name in self.streams():
+                heartbeat.record(client, StreamKeys.from_settings(self._settings, name).last_cycle)
+        except (redis.exceptions.RedisError, MonitorError, *CLUSTER_UNREACHABLE) as exc:
+            log.warning("could not record the completed cycle's time (the heartbeat): %s", exc)
 
     def _sweep(
         self, names: list[str], should_stop: Callable[[], bool], started: float
