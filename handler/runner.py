@@ -59,7 +59,9 @@ def next_due(schedule: str, zone: tzinfo, now: datetime) -> datetime:
 def _hour_is_fixed(schedule: str) -> bool:
     fields = schedule.split()
     hour = fields[2] if len(fields) == NCRONTAB_FIELDS else fields[1]
-    return hour != "*"
+    return not hour.startswith(
+        "*"
+    )  # `*` and `*/2` run every hour or every other: both hours count, as in cron
 
 
 def checked_schedule(schedule: str) -> str:

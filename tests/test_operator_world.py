@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +19,7 @@ import redis
 
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.functions.host_files import budget_warning, function_timeout
 from handler.reclaim.summary import StopReason
 from handler.settings import MAX_DEAD_LETTER_MAXLEN
 from tests import pipeline
@@ -434,3 +436,81 @@ def test_dead_letter_stream_in_the_pattern_is_refused(redis_8: LocalRedis, names
     stream = names["STREAM_NAME"]
     taken = cli(env_for(redis_8, names, DEAD_LETTER_STREAM=stream), "reclaim")
     assert 2 == taken.returncode and "DEAD_LETTER_STREAM" in taken.stderr, taken.stderr
+
+
+# After a second review ------------------------------------------------------------------------------
+
+
+def test_a_big_dead_letter_is_replayed_while_producers_write_to_the_stream(world8: World) -> None:
+    """A continued dead letter is replayed in a transaction that watches the dead-letter stream only: live
+    producers writing to the main stream must not abort it."""
+    big = [part for n in range(4500) for part in (b"f%d" % n, b"v")]  # past one Lua call, and no id
+    world8.abandon([big])
+    assert 1 == world8.run().counts.dead_lettered
+    stop = threading.Event()
+
+    def produce() -> None:
+        producer = world8.server.client()
+        while not stop.is_set():
+            producer.xadd(world8.stream, {"id": "1", "text": "live"})
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        done = cli(env_for(world8.server, world8.names), "dead-letter", "replay", "--all")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert 0 == done.returncode, done.stderr[-2000:]
+    assert "replayed 1 of 1" in done.stdout
+    assert 0 == world8.client.xlen(world8.keys.dead_letter)
+
+
+def test_an_acl_rule_without_pttl_still_respects_another_monitors_lease(
+    world8: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world8.abandon([tweet(n) for n in range(5)])
+    login = add_user(
+        world8.client, "old-rule-" + world8.stream[-6:], readme_rule_for(world8.stream).replace(" +pttl", "")
+    )
+    world8.client.set(world8.keys.lease, "another-monitor@host:1:cafe", px=60_000)
+    summary = world8.run(REDIS_USERNAME=login["REDIS_USERNAME"], REDIS_PASSWORD=login["REDIS_PASSWORD"])
+    assert summary.stopped_by is StopReason.SKIPPED, summary
+    assert 5 == len(world8.pending())
+    assert any("+pttl" in record.getMessage() for record in caplog.records)
+
+
+def test_check_user_fails_when_it_cannot_verify_or_the_user_does_not_exist(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    stream = names["STREAM_NAME"]
+    create_group(client8, stream, names["STREAM_CONSUMER_GROUP_NAME"])
+    missing = cli(env_for(redis_8, names), "check", "--user", "nobody-" + stream[-6:])
+    _assert_every_line_has_a_verdict(missing)
+    line = next(x for x in missing.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("FAIL") and "there is no user" in line and 1 == missing.returncode, missing.stdout
+    login = add_user(client8, "notadmin-" + stream[-6:], readme_rule_for(stream))
+    unverified = cli(env_for(redis_8, names, **login), "check", "--user", login["REDIS_USERNAME"])
+    line = next(x for x in unverified.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("FAIL") and 1 == unverified.returncode, unverified.stdout
+
+
+def test_check_fails_pruning_when_the_deletion_is_not_allowed(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    stream = names["STREAM_NAME"]
+    create_group(client8, stream, names["STREAM_CONSUMER_GROUP_NAME"])
+    login = add_user(client8, "noprune-" + stream[-6:], readme_rule_for(stream) + " +xinfo|consumers")
+    done = cli(env_for(redis_8, names, DELETE_IDLE_CONSUMERS_AFTER_SEC="60", **login), "check")
+    line = next(x for x in done.stdout.splitlines() if "consumer pruning" in x)
+    assert line.startswith("FAIL") and "DELCONSUMER" in line, done.stdout
+
+
+def test_the_budget_warning_names_where_the_timeout_comes_from(tmp_path: Path) -> None:
+    (tmp_path / "host.json").write_text('{"version": "2.0", "functionTimeout": "00:05:00"}')
+    said = budget_warning(400, function_timeout(tmp_path))
+    assert "host.json's functionTimeout 00:05:00" in said and "sets no" not in said
+    (tmp_path / "host.json").write_text('{"version": "2.0"}')
+    assert "host.json sets no functionTimeout" in budget_warning(400, function_timeout(tmp_path))
+    (tmp_path / "host.json").write_text('{"version": "2.0", "functionTimeout": "-1"}')
+    assert float("inf") == function_timeout(tmp_path).seconds

@@ -10,6 +10,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from handler.errors import SettingsError
@@ -60,32 +61,37 @@ def resolve_app_settings(schedule: str, environ: Mapping[str, str] = os.environ)
     return _APP_SETTING.sub(setting, schedule)
 
 
-def function_timeout_sec(root: Path | None = None) -> float:
-    """host.json's functionTimeout in seconds; the smallest plan default when it sets none (or cannot be
-    read: the host would refuse it too). "-1" (no limit, on the plans that allow it) is infinity."""
+@dataclass(frozen=True)
+class FunctionTimeout:
+    seconds: float
+    source: str  # where the number comes from, for messages
+
+
+def function_timeout(root: Path | None = None) -> FunctionTimeout:
+    """host.json's functionTimeout; the smallest plan default when it sets none or one that cannot be read.
+    "-1" (no limit, on the plans that allow it) is infinity."""
+    default = FunctionTimeout(DEFAULT_FUNCTION_TIMEOUT_SEC, "5 minutes, the Consumption plan's default")
     try:
         value = json.loads(((root or app_root()) / HOST_JSON).read_text()).get("functionTimeout")
     except (OSError, ValueError, AttributeError):
-        return DEFAULT_FUNCTION_TIMEOUT_SEC
+        return default
     if value is None:
-        return DEFAULT_FUNCTION_TIMEOUT_SEC
+        return FunctionTimeout(default.seconds, f"host.json sets no functionTimeout; {default.source}")
     if str(value).strip() == "-1":
-        return float("inf")
+        return FunctionTimeout(float("inf"), "host.json's functionTimeout -1")
     match = _TIMESPAN.fullmatch(str(value).strip())
     if not match:
-        return DEFAULT_FUNCTION_TIMEOUT_SEC
+        return FunctionTimeout(
+            default.seconds, f"host.json's functionTimeout {value!r} cannot be read; {default.source}"
+        )
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    total = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    return FunctionTimeout(total, f"host.json's functionTimeout {value}")
 
 
-def budget_warning(budget_sec: float, timeout_sec: float) -> str:
-    source = (
-        "host.json's functionTimeout"
-        if timeout_sec != DEFAULT_FUNCTION_TIMEOUT_SEC
-        else "host.json sets no functionTimeout; 5 minutes is the Consumption plan's default"
-    )
+def budget_warning(budget_sec: float, timeout: FunctionTimeout) -> str:
     return (
-        f"CYCLE_TIME_BUDGET_SEC={budget_sec:g} is longer than the function timeout ({timeout_sec:g} s: "
-        f"{source}): the host would cancel an invocation before its budget runs out; lower the budget or "
-        "set functionTimeout in host.json"
+        f"CYCLE_TIME_BUDGET_SEC={budget_sec:g} is longer than the function timeout ({timeout.seconds:g} s: "
+        f"{timeout.source}): the host would cancel an invocation before its budget runs out; lower the "
+        "budget or set functionTimeout in host.json"
     )

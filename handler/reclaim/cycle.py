@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
 LAST_REFUSAL_TTL_MS = 24 * 3600 * 1000
 PRUNE_CONSUMERS = "prune consumers"  # the housekeeping task's name in the metric
+# Refusals of the lease's SET after which the cycle sweeps without a lease (it only saves duplicate work).
+LEASE_REFUSALS_TO_SWEEP_THROUGH = ("OOM", "MISCONF")
 
 
 def never() -> bool:
@@ -122,7 +124,9 @@ class ReclaimCycle:
         try:
             holder = with_retries(lease.acquire)
         except redis.exceptions.ResponseError as exc:
-            # e.g. OOM refuses the SET: the lease only saves duplicate work, so sweep without it.
+            if not str(exc).startswith(LEASE_REFUSALS_TO_SWEEP_THROUGH):
+                raise  # NOPERM and the like: a misconfiguration, said as such (never swept without a lease)
+            # Redis out of memory refuses the SET: the lease only saves duplicate work, so sweep without it.
             log.warning("could not take the sweep lease, sweeping without it: %s", exc)
             lease.go_without()
             holder = None
@@ -141,7 +145,9 @@ class ReclaimCycle:
             if sweep.cluster_changed:
                 self._refresh_topology()
             with_retries(partial(self._save_cursor, lease, next_start))
-            self._prune_idle_consumers(client, sweep.alerts)
+            connected = self._prune_idle_consumers(client, sweep.alerts)
+            if not connected:
+                lease.abandon()  # it expires by itself; the work is done and the summary goes out
         except RETRIED:
             # Redis stopped answering: releasing would cost one more timeout, and the lease expires by
             # itself within its TTL. The invocation answers 503 within three timeouts (retry.py).
@@ -149,7 +155,8 @@ class ReclaimCycle:
             raise
         finally:
             _release_quietly(lease)
-        self._report(client, sweep.alerts)
+        if connected:
+            self._report(client, sweep.alerts)
         return CycleSummary(
             pending=pending,
             counts=sweep.counts,
@@ -180,13 +187,13 @@ class ReclaimCycle:
         except redis.exceptions.ResponseError as exc:  # refused (OOM…); a lost connection goes up: 503
             log.debug("could not keep the last refusal for `status`: %s", exc)
 
-    def _prune_idle_consumers(self, client: Client, alerts: Alerts) -> None:
+    def _prune_idle_consumers(self, client: Client, alerts: Alerts) -> bool:
         """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending.
-        Housekeeping: a refusal (no +xinfo, say) is a warning and a metric, never the invocation's status;
-        a lost connection still goes up like any other (the invocation answers 503)."""
+        Housekeeping: a refusal (no +xinfo, say) or a lost connection is a warning and a metric, never the
+        invocation's status. False when Redis stopped answering (nothing more is sent this cycle)."""
         idle_sec = self._settings.DELETE_IDLE_CONSUMERS_AFTER_SEC
         if not idle_sec:
-            return
+            return True
         keys = self._keys
         try:
             removed = with_retries(
@@ -194,16 +201,17 @@ class ReclaimCycle:
                     prune_idle_consumers, client, raw_name(keys.stream), keys.group, idle_sec, [keys.consumer]
                 )
             )
-        except redis.exceptions.ResponseError as exc:
+        except (redis.exceptions.ResponseError, *RETRIED) as exc:
             alerts.housekeeping_failed[PRUNE_CONSUMERS] += 1
             log.warning(
                 "could not remove idle consumers (DELETE_IDLE_CONSUMERS_AFTER_SEC); the cycle's work is done "
                 "all the same: %s",
                 exc,
             )
-            return
+            return not isinstance(exc, RETRIED)
         if removed:
             log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
+        return True
 
     def _read_cursor(self, client: Client) -> bytes | None:
         """Where the last invocation stopped. Only a hint: a value that is not a stream ID, or a key of
@@ -233,7 +241,9 @@ class ReclaimCycle:
             log.warning("could not save where the next cycle starts: %s", exc)
             return
         if not saved:
-            log.info("the lease passed to another monitor: its cursor is left as it is")
+            log.info(
+                "the lease is no longer ours (it expired, or another monitor took it): the cursor is left"
+            )
 
 
 # Passing server states: like a lost connection, they answer 503 and the next invocation tries again.

@@ -19,6 +19,8 @@ import time
 import uuid
 from typing import Any
 
+import redis
+
 from handler.transport.client import Client, text
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,12 @@ return 0
 """
 
 
+def refused_by_acl(exc: redis.exceptions.ResponseError) -> bool:
+    """NOPERM, as a command's reply or from inside a script ("ACL failure in script: … no permissions")."""
+    said = str(exc)
+    return isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in said or "no permissions" in said
+
+
 def holder_identity(consumer: str) -> str:
     """Who holds the lease, in words an operator can act on: consumer, host, process, and a nonce."""
     return f"{consumer}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -90,7 +98,16 @@ class Lease:
             self.held = True
             self._renewed_at = time.monotonic()
             return None
-        reply: Any = self._client.eval(HOLDER_LUA, 1, self._key, self._ttl_ms)
+        try:
+            reply: Any = self._client.eval(HOLDER_LUA, 1, self._key, self._ttl_ms)
+        except redis.exceptions.ResponseError as exc:
+            if not refused_by_acl(exc):
+                raise
+            # An ACL rule from before +pttl: read the holder as before, without the TTL-less check.
+            log.warning(
+                "add +pttl to the monitor's ACL rule (a lease left without a TTL is not seen): %s", exc
+            )
+            reply = [self._client.get(self._key), 0]
         current, pttl = reply[0], int(reply[1])
         if current == self.holder.encode():
             self.held = True
@@ -103,7 +120,7 @@ class Lease:
                 "expires in %g s (LEASE_TTL_SEC) and is then taken over",
                 text(self._key), text(current), self._ttl_ms / 1000,
             )  # fmt: skip
-        return "unknown (just expired)" if pttl == GONE else text(current)
+        return "unknown (just expired)" if pttl == GONE or current is None else text(current)
 
     def save_cursor(self, cursor_key: str | bytes, value: bytes, ttl_ms: int) -> bool:
         """Write (or, for b"", delete) the cursor only while this lease is ours; False when it was not."""

@@ -16,6 +16,7 @@ from redis.cluster import RedisCluster
 from redis.connection import ConnectionPool
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from handler.settings import host_port
 from handler.transport.client import Client
 
 
@@ -36,7 +37,7 @@ class Topology(Protocol):
 def server_address(client: redis.Redis) -> str:
     """`host:port` of the server a plain client talks to, for messages."""
     kwargs = client.connection_pool.connection_kwargs
-    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+    return host_port(str(kwargs.get("host")), int(kwargs.get("port") or 0))
 
 
 class SingleNode:
