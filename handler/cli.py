@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--user", help="verify this ACL user's rights (ACL DRYRUN, Redis 7.0+), signed in as an administrator"
     )
+    check.add_argument("--json", action="store_true", help="the checks as one JSON array")
 
     dead = commands.add_parser("dead-letter", help="list, show, replay or purge dead letters")
     actions = dead.add_subparsers(dest="action", required=True)
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--dry-run", action="store_true")
         if name == "purge":
             action.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        else:
+            action.add_argument("--count", type=positive_int, help="the N oldest dead letters")
+            action.add_argument(
+                "--rate", type=seconds, default=0.0,
+                help="at most this many entries per second (default: unpaced; live processors read them)",
+            )  # fmt: skip
 
     consumers = commands.add_parser("consumers", help="remove consumers idle with nothing pending")
     consumer_actions = consumers.add_subparsers(dest="action", required=True)
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--idle-sec", type=seconds, required=True)
     prune.add_argument("--dry-run", action="store_true")
+    prune.add_argument("--json", action="store_true")
 
     demo = commands.add_parser("demo", help="show a reclaim cycle against a throwaway local Redis")
     demo.add_argument("--tweets", type=int, default=20, help="sample tweets to produce (default 20)")
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(settings)
     if args.command == "check":
-        return check(settings, args.user)
+        return check(settings, args.user, args.json)
     if args.command == "run":
         try:
             return run(settings, args)
@@ -267,14 +275,19 @@ def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) 
     return EXIT_OK
 
 
-def check(settings: MonitorSettings, user: str | None) -> int:
+def check(settings: MonitorSettings, user: str | None, as_json: bool = False) -> int:
     """Connects by itself: failing to connect is one of the checks it reports."""
     from handler.ops.check import run_checks
 
-    passed = True
+    passed, results = True, []
     for result in run_checks(settings, user):
-        print(result.line(), flush=True)
+        if as_json:
+            results.append(result.as_dict())
+        else:
+            print(result.line(), flush=True)
         passed = passed and not result.failed
+    if as_json:
+        print(json.dumps(results))
     return EXIT_OK if passed else EXIT_FAILED
 
 
@@ -287,7 +300,7 @@ def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namesp
         if args.json:
             print(json.dumps([entry.row() for entry in entries]))
         else:
-            console.dead_letter_table(entries)
+            console.dead_letter_table(entries, sys.stdout.isatty())
         return EXIT_OK
     if args.action == "show":
         entry = dead_letters.show_dead_letter(client, keys, args.id)
@@ -300,23 +313,42 @@ def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namesp
         else:
             console.dead_letter_detail(entry)
         return EXIT_OK
-    if bool(args.ids) == bool(args.all):
-        log.error("name the dead letters to %s, or give --all", args.action)
+    return _replay_or_purge(client, keys, args)
+
+
+def _replay_or_purge(client: Client, keys: StreamKeys, args: argparse.Namespace) -> int:
+    from handler.ops import console, dead_letters
+
+    limit = getattr(args, "count", None)
+    if bool(args.ids) == bool(args.all or limit):
+        log.error(
+            "name the dead letters to %s, or give --all%s", args.action, " or --count" * (limit is None)
+        )
         return EXIT_BAD_SETTINGS
-    ids: list[bytes | str] = list(args.ids) or [
-        i for batch in dead_letters.all_ids(client, keys, heads_only=True) for i in batch
-    ]
+    # Named IDs are taken as given; --all and --count are read from Redis a batch at a time as they are
+    # applied, so memory stays flat however many dead letters there are.
+    total = len(args.ids) if args.ids else dead_letters.count_dead_letters(client, keys)
+    total = min(total, limit) if limit else total
     if args.dry_run:
-        print(f"would {args.action} {len(ids):,} dead letters from {keys.dead_letter}")
+        print(f"would {args.action} {total:,} dead letters from {keys.dead_letter}")
         return EXIT_OK
-    if (
-        args.action == "purge"
-        and not args.yes
-        and not _confirm(f"delete {len(ids):,} dead letters for good?")
-    ):
+    if args.action == "purge" and not args.yes and not _confirm(f"delete {total:,} dead letters for good?"):
         print("nothing purged")
         return EXIT_FAILED
-    return _apply(client, keys, args.action, ids, everything=args.all)
+    with console.progress(f"{args.action}ing dead letters", total) as bar:
+
+        def advance(moved: int) -> None:
+            bar.advance(bar.task_ids[0], moved)
+
+        if args.action == "replay":
+            ids = args.ids or dead_letters.oldest_ids(client, keys, limit)
+            done = dead_letters.replay(client, keys, ids, advance, rate=args.rate)
+        elif args.all:
+            done = dead_letters.purge_all(client, keys, advance)
+        else:
+            done = dead_letters.purge(client, keys, args.ids)
+    print(f"{args.action}ed {done:,} of {total:,} dead letters")
+    return EXIT_OK
 
 
 def _confirm(question: str) -> bool:
@@ -326,22 +358,6 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _apply(client: Client, keys: StreamKeys, action: str, ids: list[bytes | str], everything: bool) -> int:
-    from handler.ops import console, dead_letters
-
-    with console.progress(f"{action}ing dead letters", len(ids)) as bar:
-
-        def advance(moved: int) -> None:
-            bar.advance(bar.task_ids[0], moved)
-
-        if action == "replay":
-            done = dead_letters.replay(client, keys, ids, advance)
-        else:
-            done = dead_letters.purge(client, keys, ids, everything=everything)
-    print(f"{action}ed {done:,} of {len(ids):,} dead letters")
-    return EXIT_OK
-
-
 def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from handler.reclaim.consumers import prune_idle_consumers
 
@@ -349,6 +365,9 @@ def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespac
     removed = prune_idle_consumers(
         client, keys.stream, keys.group, args.idle_sec, [keys.consumer], args.dry_run
     )
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "idle_sec": args.idle_sec, "consumers": removed}))
+        return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} consumers idle for {args.idle_sec:g} s with nothing pending")
     for name in removed:
@@ -379,10 +398,10 @@ def serve(settings: MonitorSettings) -> int:
             # by SIGTERM"; a shutdown that finished its work exits 0 instead.
             self._captured_signals.clear()
 
-    from handler.functions.host_files import budget_warning, function_timeout_sec
+    from handler.functions.host_files import budget_warning, function_timeout
 
-    timeout = function_timeout_sec()
-    if timeout < settings.CYCLE_TIME_BUDGET_SEC:
+    timeout = function_timeout()
+    if timeout.seconds < settings.CYCLE_TIME_BUDGET_SEC:
         log.warning(budget_warning(settings.CYCLE_TIME_BUDGET_SEC, timeout))
     stop = threading.Event()
     config = uvicorn.Config(

@@ -268,7 +268,7 @@ def test_the_operator_commands_work_on_a_cluster(
 
     check = cli("check")
     assert 0 == check.returncode, check.stdout
-    assert "cluster of 3 masters" in check.stdout
+    assert "OSS cluster (3 masters)" in check.stdout
     dry = json.loads(cli("reclaim", "--dry-run").stdout)
     assert (200, {"max-deliveries": 2, "missing-id": 2}) == (dry["would_write"], dry["would_dead_letter"])
     assert 200 == json.loads(cli("reclaim").stdout)["processed"]

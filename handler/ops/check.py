@@ -17,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from handler.errors import MonitorError
-from handler.functions.host_files import budget_warning, function_timeout_sec
+from handler.functions.host_files import budget_warning, function_timeout
 from handler.keys import StreamKeys, display_name
 from handler.reclaim import heartbeat
 from handler.reclaim.consumers import prune_idle_consumers
@@ -55,6 +55,22 @@ NEEDED_COMMANDS = [
     ("CLUSTER", "SLOTS"),
     ("COMMAND",),
 ]
+# What the monitor can promise about replicas, said plainly (reclaim/page.py: WAIT on a cluster).
+REPLICA_PROMISE_CLUSTER = (
+    "before acknowledging an entry, the monitor waits (WAIT) until a replica of the tweet's node has its "
+    "write, so a failover does not lose a tweet whose entry was acknowledged"
+)
+REPLICA_PROMISE_ONE_ENDPOINT = (
+    "writes and acknowledgements go through one endpoint, in order: on one replicated node a replica that "
+    "has an acknowledgement also has its write. Behind an Enterprise-policy endpoint the shards, and their "
+    "replicas, are not visible: the monitor cannot wait for the replica of a tweet's shard, so a shard's "
+    "failover can lose writes of the last moments whose entries were already acknowledged"
+)
+ONE_ENDPOINT = (
+    "one endpoint (a single node, or Azure Managed Redis' Enterprise or Non-clustered policy: shards not "
+    "visible)"
+)
+PRUNE_PROBE_CONSUMER = "tweets-monitor-check-probe"
 UNKNOWN = "unknown"  # the server's version, when INFO is not allowed
 SUBCOMMANDS = ("XINFO", "XGROUP", "CLUSTER", "INFO")
 # Only with DELETE_IDLE_CONSUMERS_AFTER_SEC set (reclaim/consumers.py, inside its Lua script).
@@ -75,6 +91,9 @@ class Check:
     def line(self) -> str:
         verdict = "SKIP" if self.skipped else "WARN" if self.warning else "PASS" if self.passed else "FAIL"
         return f"{verdict}  {self.name}: {self.detail}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"verdict": self.line().split(" ", 1)[0], "check": self.name, "detail": self.detail}
 
     @property
     def failed(self) -> bool:
@@ -107,8 +126,8 @@ def run_checks(settings: MonitorSettings, user: str | None = None) -> Iterator[C
 
 
 def _settings_warnings(settings: MonitorSettings) -> Iterator[Check]:
-    timeout = function_timeout_sec()
-    if timeout < settings.CYCLE_TIME_BUDGET_SEC:
+    timeout = function_timeout()
+    if timeout.seconds < settings.CYCLE_TIME_BUDGET_SEC:
         yield Check(
             "time budget", False, budget_warning(settings.CYCLE_TIME_BUDGET_SEC, timeout), warning=True
         )
@@ -140,12 +159,14 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         yield Check("connectivity", False, f"cannot reach {server_address(stream_node)}: {exc}")
         return
     tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
+    cluster = isinstance(client, RedisCluster)
     mode = (
-        f"cluster of {len(client.get_primaries())} masters"  # type: ignore[no-untyped-call]
-        if isinstance(client, RedisCluster)
-        else "one node"
+        f"OSS cluster ({len(client.get_primaries())} masters)"  # type: ignore[union-attr]
+        if cluster
+        else ONE_ENDPOINT
     )
     yield Check("connectivity", True, f"PING answered over {tls}; {mode}")
+    yield Check("replicas", True, REPLICA_PROMISE_CLUSTER if cluster else REPLICA_PROMISE_ONE_ENDPOINT)
     who = _whoami(stream_node, settings)
     verified = user or who
     also = f"; verifying the rights of '{user}'" if user else ""
@@ -166,7 +187,7 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         yield _stream_and_group(client, keys)
         yield _dead_letter_stream(client, keys)
         yield _last_cycle(client, keys, settings.SWEEP_STALE_AFTER_SEC)
-        yield _permissions(server_holding(client, stream), keys, verified, version, needed)
+        yield _permissions(server_holding(client, stream), keys, verified, version, needed, asked=bool(user))
         if settings.DELETE_IDLE_CONSUMERS_AFTER_SEC and user is None:
             yield _pruning(client, keys, settings.DELETE_IDLE_CONSUMERS_AFTER_SEC)
 
@@ -197,6 +218,9 @@ def _pruning(client: Client, keys: StreamKeys, idle_sec: float) -> Check:
     """DELETE_IDLE_CONSUMERS_AFTER_SEC is on: its Lua script run as a dry run (it changes nothing)."""
     try:
         would_remove = prune_idle_consumers(client, keys.stream, keys.group, idle_sec, [keys.consumer], True)
+        # The dry run never deletes: ask for the deletion too, of a consumer that does not exist (a no-op
+        # that answers 0, or NOPERM).
+        command(client, "XGROUP", "DELCONSUMER", keys.stream, keys.group, PRUNE_PROBE_CONSUMER)
     except redis.exceptions.ResponseError as exc:
         return Check(
             "consumer pruning", False,
@@ -253,8 +277,14 @@ def _dead_letter_stream(client: Client, keys: StreamKeys) -> Check:
 
 
 def _permissions(
-    client: Client, keys: StreamKeys, user: str, version: str, needed_commands: list[tuple[str, ...]]
+    client: Client,
+    keys: StreamKeys,
+    user: str,
+    version: str,
+    needed_commands: list[tuple[str, ...]],
+    asked: bool = False,
 ) -> Check:
+    """With `asked` (check --user), not being able to verify is a failure: verifying was the point."""
     values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
               "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease,
               "last_refusal": keys.last_refusal, "last_cycle": keys.last_cycle}  # fmt: skip
@@ -271,12 +301,12 @@ def _permissions(
                 "permissions", False,
                 f"not verified: the signed-in user may not run ACL DRYRUN ({exc}); to verify '{user}', run "
                 f"`check --user {user}` with an administrator's REDIS_USERNAME and REDIS_PASSWORD",
-                skipped=True,
+                skipped=not asked,
             )  # fmt: skip
         except redis.exceptions.ResponseError as exc:
             if "unknown" in str(exc).lower() and "dryrun" in str(exc).lower():  # before 7.0
                 return _permissions_before_dryrun(client, user)
-            if "no such user" in str(exc).lower():
+            if "no such user" in str(exc).lower() or "not found" in str(exc).lower():
                 return Check("permissions", False, f"there is no user '{user}' ({exc})")
             refused.append(f"{what} ({exc})")
             continue

@@ -53,22 +53,37 @@ def status_table(status: GroupStatus) -> None:
         err.print(f"[yellow]warning:[/] {warning}")
 
 
-def dead_letter_table(entries: list[DeadLetterEntry]) -> None:
-    table = Table("dead letter", "original id", "reason", "deliveries", "when (UTC)", "detail")
+DEAD_LETTER_COLUMNS = ("dead letter", "original id", "reason", "deliveries", "when (UTC)", "detail")
+MIN_DETAIL_WIDTH = 10
+
+
+def dead_letter_rows(entries: list[DeadLetterEntry]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for entry in entries:
         meta = {
             k.decode().removeprefix("dlq:"): v.decode(errors="replace") for k, v in entry.metadata.items()
         }
         when = datetime.fromtimestamp(int(meta.get("time-ms", "0")) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(
-            entry.entry_id.decode(),
-            meta.get("original-id", "?"),
-            meta.get("reason", "?"),
-            meta.get("deliveries", "?"),
-            when,
-            meta.get("detail", "")[:60],
-        )
-    out.print(table)
+        rows.append((
+            entry.entry_id.decode(), meta.get("original-id", "?"), meta.get("reason", "?"),
+            meta.get("deliveries", "?"), when, " ".join(meta.get("detail", "").split()),
+        ))  # fmt: skip
+    return rows
+
+
+def dead_letter_table(entries: list[DeadLetterEntry], terminal: bool) -> None:
+    """Whole IDs always, so they can be pasted into `show` and `replay`. On a terminal: aligned columns,
+    only the detail cut to the width left; piped: one tab-separated row per line, nothing cut."""
+    rows = [DEAD_LETTER_COLUMNS, *dead_letter_rows(entries)]
+    if not terminal:
+        for row in rows:
+            print("\t".join(row))
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(DEAD_LETTER_COLUMNS) - 1)]
+    room = max(MIN_DETAIL_WIDTH, out.width - sum(widths) - 2 * len(widths))
+    for row in rows:
+        detail = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), detail]))
 
 
 def dead_letter_detail(entry: DeadLetterEntry) -> None:

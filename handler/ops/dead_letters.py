@@ -7,8 +7,10 @@ purged together with its parts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import redis
@@ -160,18 +162,63 @@ return redis.call('XDEL', KEYS[2], unpack(ARGV))
 REPLAY_BATCH = 100  # inline dead letters moved per atomic script call
 
 
+class Pacer:
+    """At most `rate` entries per second on average since the start (0: unpaced): before each batch, wait
+    until the entries done so far are due."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._rate, self._clock, self._sleep = rate, clock, sleep
+        self._started = clock()
+
+    def batch_size(self, largest: int) -> int:
+        """A batch never bursts past a second's worth of entries."""
+        return largest if not self._rate else max(1, min(largest, int(self._rate)))
+
+    def wait_for(self, done: int) -> None:
+        if self._rate:
+            late_by = self._started + done / self._rate - self._clock()
+            if late_by > 0:
+                self._sleep(late_by)
+
+
+def oldest_ids(client: Client, keys: StreamKeys, limit: int | None = None) -> Iterator[bytes]:
+    """The dead letters' own IDs (not their parts), oldest first, read a batch at a time: memory stays flat
+    however many there are."""
+    given = 0
+    for batch in all_ids(client, keys, heads_only=True):
+        for entry_id in batch:
+            if limit is not None and given >= limit:
+                return
+            given += 1
+            yield entry_id
+
+
+def count_dead_letters(client: Client, keys: StreamKeys) -> int:
+    return sum(len(batch) for batch in all_ids(client, keys, heads_only=True))
+
+
 def replay(
     client: Client,
     keys: StreamKeys,
-    ids: Sequence[bytes | str],
+    ids: Iterable[bytes | str],
     progress: Callable[[int], None] = lambda done: None,
+    rate: float = 0,
 ) -> int:
     """Move dead letters back to the main stream, each with exactly its original fields, removed from the
     dead-letter stream in the same atomic step; returns how many moved. A dead letter already replayed or
-    purged is skipped; a continued one whose parts are gone is skipped with a warning."""
-    moved = 0
-    for start in range(0, len(ids), REPLAY_BATCH):
-        batch = list(ids[start : start + REPLAY_BATCH])
+    purged is skipped; a continued one whose parts are gone is skipped with a warning. `ids` is read a batch
+    at a time; `rate` caps entries per second (0: as fast as Redis takes them)."""
+    moved = handed = 0
+    pacer = Pacer(rate)
+    pending = iter(ids)
+    while batch := list(islice(pending, pacer.batch_size(REPLAY_BATCH))):
+        pacer.wait_for(handed)
+        handed += len(batch)
         try:
             replayed, continued = command(
                 client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT,
@@ -194,7 +241,9 @@ def _replay_continued(node: redis.Redis, keys: StreamKeys, entry_id: bytes) -> i
     with node.pipeline(transaction=True) as pipe:
         for _ in range(REPLAY_ATTEMPTS):
             try:
-                pipe.watch(keys.dead_letter, keys.stream)  # type: ignore[no-untyped-call]
+                # Not the main stream: live producers would abort every attempt. The group is checked just
+                # before; one destroyed in the instant before EXEC is not seen.
+                pipe.watch(keys.dead_letter)  # type: ignore[no-untyped-call]
                 command(pipe, "XPENDING", keys.stream, keys.group)  # after WATCH, commands run at once
                 letter = show_dead_letter(pipe, keys, entry_id)
             except redis.exceptions.WatchError:
@@ -236,11 +285,20 @@ def _group_gone(keys: StreamKeys, moved: int, exc: Exception) -> MonitorError:
     )
 
 
-def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str], everything: bool = False) -> int:
-    """Delete dead letters for good, each with its parts (with `everything`, every entry of the dead-letter
-    stream, parts left behind by a trim included); returns how many dead letters were removed."""
-    if everything:
-        ids = [entry_id for batch in all_ids(client, keys) for entry_id in batch]
+def purge_all(client: Client, keys: StreamKeys, progress: Callable[[int], None] = lambda done: None) -> int:
+    """Every entry of the dead-letter stream, parts left behind by a trim included, deleted a batch at a
+    time (memory stays flat); returns how many dead letters (not parts) were removed."""
+    removed = 0
+    while entries := command(client, "XRANGE", keys.dead_letter, "-", "+", "COUNT", PURGE_BATCH):
+        heads = sum(1 for _, fields in entries if not is_part(list(fields)))
+        client.xdel(keys.dead_letter, *[entry_id for entry_id, _ in entries])
+        removed += heads
+        progress(heads)
+    return removed
+
+
+def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
+    """Delete the named dead letters for good, each with its parts; returns how many were removed."""
     removed = 0
     for start in range(0, len(ids), PURGE_BATCH):
         batch = list(ids[start : start + PURGE_BATCH])

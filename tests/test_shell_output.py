@@ -1,0 +1,187 @@
+"""Output fit for a shell: whole dead-letter IDs whatever the width, plain rows when piped, --json on
+every read command, a paced and counted replay, and replay/purge --all in flat memory. Real servers and
+processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+import tracemalloc
+from functools import partial
+from typing import Any
+
+import redis
+
+from handler.dev.local_redis import LocalRedis, environment_for
+from handler.keys import StreamKeys
+from handler.ops import dead_letters
+from handler.ops.dead_letters import Pacer
+from handler.reclaim.dead_letter import METADATA_FIELDS
+from handler.transport.client import Client
+from handler.transport.connect import connect
+from tests.conftest import settings_for
+from tests.host import APP_ROOT
+from tests.pipeline import command, create_group, tweet
+from tests.world import World
+
+
+def env_for(world: World, **settings: str) -> dict[str, str]:
+    return environment_for(world.server, **{**world.names, "MIN_IDLE_TIME_SEC": "10", **settings})
+
+
+def cli(world: World, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "handler", *args], env=env_for(world, **settings), cwd=APP_ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def on_a_terminal(world: World, *args: str, columns: int) -> str:
+    """The command's stdout as a terminal `columns` wide shows it (a real pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    env = {**env_for(world), "COLUMNS": str(columns), "TERM": "xterm"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, stdout=follower,
+        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=60)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def add_dead_letters(client: redis.Redis, key: str, count: int) -> list[bytes]:
+    """`count` inline dead letters written straight into the dead-letter stream, as the monitor lays them."""
+    ids: list[bytes] = []
+    for start in range(0, count, 5000):
+        pipe = client.pipeline(transaction=False)
+        for n in range(start, min(count, start + 5000)):
+            metadata = [
+                b"1",
+                b"%d-0" % (n + 1),
+                b"s",
+                b"g",
+                b"no-id",
+                b"1",
+                b"c",
+                b"0",
+                b"a long detail " * 8,
+            ]
+            fields = [part for pair in zip(METADATA_FIELDS, metadata, strict=True) for part in pair]
+            pipe.execute_command("XADD", key, "*", *fields, *tweet(n))  # type: ignore[no-untyped-call]
+        ids += [bytes(i) for i in pipe.execute()]
+    return ids
+
+
+def test_dead_letter_list_prints_whole_ids_on_a_narrow_terminal_and_plain_rows_when_piped(
+    world8: World,
+) -> None:
+    ids = add_dead_letters(world8.client, world8.keys.dead_letter, 3)
+    shown = on_a_terminal(world8, "dead-letter", "list", columns=60)
+    assert all(entry_id.decode() in shown for entry_id in ids), shown
+    piped = cli(world8, "dead-letter", "list", COLUMNS="40")
+    rows = piped.stdout.splitlines()
+    assert 4 == len(rows), piped.stdout  # a header and one row per dead letter
+    assert [row.split("\t")[0] for row in rows[1:]] == [entry_id.decode() for entry_id in ids]
+    assert all("\x1b" not in row for row in rows)  # no colours or box drawing in a pipe
+
+
+def test_every_read_command_has_json(world8: World) -> None:
+    ids = add_dead_letters(world8.client, world8.keys.dead_letter, 2)
+    world8.abandon([tweet(1)])
+    listed = json.loads(cli(world8, "dead-letter", "list", "--json").stdout)
+    assert [row["id"] for row in listed] == [entry_id.decode() for entry_id in ids]
+    shown = json.loads(cli(world8, "dead-letter", "show", ids[0].decode(), "--json").stdout)
+    assert shown["id"] == ids[0].decode()
+    checked = json.loads(cli(world8, "check", "--json").stdout)
+    assert {row["verdict"] for row in checked} <= {"PASS", "FAIL", "WARN", "SKIP"}
+    assert any(row["check"] == "connectivity" and "one endpoint" in row["detail"] for row in checked)
+    pruned = json.loads(cli(world8, "consumers", "prune", "--idle-sec", "0", "--dry-run", "--json").stdout)
+    assert pruned["dry_run"] is True and isinstance(pruned["consumers"], list)
+    status = json.loads(cli(world8, "status", "--json").stdout)
+    assert status["pending"] == 1
+
+
+def test_replay_count_takes_the_oldest(world8: World) -> None:
+    ids = add_dead_letters(world8.client, world8.keys.dead_letter, 5)
+    done = cli(world8, "dead-letter", "replay", "--count", "2")
+    assert 0 == done.returncode and "replayed 2 of 2" in done.stdout, done.stdout + done.stderr
+    left = [bytes(row[0]) for row in command(world8.client, "XRANGE", world8.keys.dead_letter, "-", "+")]
+    assert left == ids[2:]
+
+
+def test_replay_rate_paces_the_entries(world8: World) -> None:
+    add_dead_letters(world8.client, world8.keys.dead_letter, 30)
+    began = time.monotonic()
+    done = cli(world8, "dead-letter", "replay", "--all", "--rate", "20")
+    took = time.monotonic() - began
+    assert 0 == done.returncode and "replayed 30 of 30" in done.stdout, done.stderr
+    assert took >= 30 / 20 - 1  # the last second's batch may start at once: never faster than that
+    assert 30 == world8.client.xlen(world8.stream)
+
+
+def test_the_pacer_keeps_entries_per_second_at_the_rate() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(50, clock=lambda: now[0], sleep=sleep)
+    assert 50 == pacer.batch_size(100)
+    for done in range(0, 500, 50):
+        pacer.wait_for(done)
+        now[0] += 0.01  # the batch itself takes 10 ms
+    assert abs(now[0] - (450 / 50 + 0.01)) < 1e-9, now[0]  # 500 entries started within 9 s: 50 a second
+    unpaced = Pacer(0, clock=lambda: 0.0, sleep=sleep)
+    assert 100 == unpaced.batch_size(100)
+
+
+def _replay_all(monitor: Client, keys: StreamKeys) -> int:
+    return dead_letters.replay(monitor, keys, dead_letters.oldest_ids(monitor, keys))
+
+
+def _peak_bytes(call: Any) -> int:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_replay_all_and_purge_all_keep_memory_flat(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    """The peak of replaying (then purging) 60,000 dead letters is that of 6,000: no list of every ID."""
+    peaks: dict[str, dict[int, int]] = {"replay": {}, "purge": {}}
+    for count in (6_000, 60_000):
+        stream = f"{names['STREAM_NAME']}-{count}"
+        create_group(client8, stream, names["STREAM_CONSUMER_GROUP_NAME"])
+        settings = settings_for(redis_8, {**names, "STREAM_NAME": stream})
+        keys = StreamKeys.from_settings(settings)
+        monitor = connect(settings)
+        add_dead_letters(client8, keys.dead_letter, count)
+        peaks["replay"][count] = _peak_bytes(partial(_replay_all, monitor, keys))
+        assert count == client8.xlen(stream)
+        add_dead_letters(client8, keys.dead_letter, count)
+        peaks["purge"][count] = _peak_bytes(partial(dead_letters.purge_all, monitor, keys))
+        assert 0 == client8.xlen(keys.dead_letter)
+        monitor.close()
+        client8.delete(stream, keys.dead_letter)
+    for action, peak in peaks.items():
+        assert peak[60_000] < peak[6_000] * 1.5 + 200_000, (action, peak)
