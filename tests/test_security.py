@@ -21,7 +21,7 @@ from handler.functions.app import create_app
 from handler.settings import MonitorSettings
 from handler.transport.connect import connect
 from tests import pipeline
-from tests.acl import ACL_RULE
+from tests.acl import ACL_RULE, access_policy_permissions
 from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import age, crash_after_reading, create_group, produce, tweet, tweet_keys
 from tests.reliability import SECURITY_CHECKS
@@ -125,6 +125,7 @@ def test_a_least_privilege_acl_user_is_enough(redis_8: LocalRedis, client8: redi
         client8.execute_command("ACL", "DELUSER", "monitor")  # type: ignore[no-untyped-call]
     documented = (APP_ROOT / "docs" / "security.md").read_text()
     assert ACL_RULE.format(password="<password>") in documented  # the documented rule is the tested one
+    assert access_policy_permissions() in documented  # and so is the access policy's permission string
     SECURITY_CHECKS.append("ACL: a user limited to the documented commands and keys runs a full cycle")
 
 
@@ -218,3 +219,23 @@ def test_a_wrong_certificate_is_refused_with_a_clear_error(
     finally:
         server.cleanup()
     SECURITY_CHECKS.append(f"TLS: {fault} refused with a clear error, exit 1")
+
+
+def test_the_access_policy_string_grants_what_the_monitor_needs(
+    redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    """Azure's data access policy takes commands and keys only: given to a user the way the service does
+    (on, a password, nothing else), `check --user` (ACL DRYRUN, as an administrator) passes it."""
+    create_group(client8, STREAM, GROUP)
+    permissions = access_policy_permissions().split()
+    client8.execute_command("ACL", "SETUSER", "policy", "reset", "on", ">pw", *permissions)  # type: ignore[no-untyped-call]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "handler", "check", "--user", "policy"],
+            env=environment_for(redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10"), cwd=APP_ROOT,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        client8.execute_command("ACL", "DELUSER", "policy")  # type: ignore[no-untyped-call]
+    line = next(x for x in done.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("PASS"), done.stdout
