@@ -60,13 +60,35 @@ def installed(bullseye_root: Path, artifact: Path) -> Iterator[Path]:
     shutil.copytree(artifact, app_root, symlinks=True)
     yield app_root
     shutil.rmtree(app_root, ignore_errors=True)
+    for folder in LOADER_COPY_FOLDERS:  # what a launcher without its exec bits left behind
+        for copy in (bullseye_root / folder).glob(f"{LOADER_COPY_PREFIX}*"):
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+LOADER_COPY_PREFIX = "tweets-monitor-loader."  # the launcher's private folders for a copy of the loader
+LOADER_COPY_FOLDERS = ("tmp", "dev/shm", "root")  # inside the root: /tmp, /dev/shm, $HOME
 
 
 def host_command(root: Path, app_root: Path) -> list[str]:
-    """What host.json tells the host to run, run in the app root, inside the bullseye root."""
+    """What host.json tells the host to run, run in the app root, inside the bullseye root. As the host
+    does: a rooted defaultExecutablePath is run as is, a relative one that exists in the app root from
+    there, anything else is a command found on PATH; the arguments follow."""
     description = json.loads((app_root / "host.json").read_text())["customHandler"]["description"]
-    program = " ".join([f"./{description['defaultExecutablePath']}", *description["arguments"]])
+    executable = description["defaultExecutablePath"]
+    if not executable.startswith("/") and (app_root / executable).is_file():
+        executable = f"./{executable}"
+    program = " ".join([executable, *description["arguments"]])
     return ["chroot", str(root), "/bin/sh", "-c", f"cd {APP_ROOT_INSIDE} && exec {program}"]
+
+
+def clear_exec_bits(folder: Path) -> None:
+    """`chmod -R a-x` on the files (folders stay traversable): what a publish from Windows, a zip unpacked
+    without its modes or a squashfs mount without them leaves."""
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = Path(parent, name)
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode & ~0o111)
 
 
 def test_the_root_is_bullseye_with_glibc_231_and_no_python(bullseye_root: Path) -> None:
@@ -83,11 +105,11 @@ def test_the_root_is_bullseye_with_glibc_231_and_no_python(bullseye_root: Path) 
 def test_the_artifact_answers_readiness_and_a_timer_invocation_in_bullseye(
     bullseye_root: Path, installed: Path, artifact: Path, redis_8: LocalRedis, client8: redis.Redis
 ) -> None:
-    assert (
-        EXECUTABLE
-        == json.loads((installed / "host.json").read_text())["customHandler"]["description"][
-            "defaultExecutablePath"
-        ]
+    # The image's shell runs the launcher: no file of the package needs an exec bit to start it.
+    description = json.loads((installed / "host.json").read_text())["customHandler"]["description"]
+    assert ("/bin/sh", [f"./{EXECUTABLE}", "serve"]) == (
+        description["defaultExecutablePath"],
+        description["arguments"],
     )
     create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
     entries = [tweet(n) for n in range(200)]
@@ -104,6 +126,9 @@ def test_the_artifact_answers_readiness_and_a_timer_invocation_in_bullseye(
     assert 200 == answer["processed"], host.stderr
     for fields in entries:
         assert expected_hash(fields) == hash_fields(client8, b"tweet:" + fields[3])
+    # With its exec bits the bundled loader runs in place: no copy, no warning.
+    assert "running a copy" not in host.stderr
+    assert [] == list((bullseye_root / "tmp").glob(f"{LOADER_COPY_PREFIX}*"))
     started = []
     for _ in range(3):  # cold start to readiness: process start to the first answer to GET /
         again = FunctionsHost(env, launch=host_command(bullseye_root, installed))
@@ -115,6 +140,84 @@ def test_the_artifact_answers_readiness_and_a_timer_invocation_in_bullseye(
         f"readiness probe in {min(started):.2f}-{max(started):.2f} s from process start (3 starts) and "
         "completed a timer invocation (200 tweets)"
     )
+
+
+def test_the_artifact_starts_and_answers_with_every_exec_bit_cleared(
+    bullseye_root: Path, installed: Path, redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    """A package whose exec bits were lost still starts as host.json says and completes a timer
+    invocation: what the image already has runs the launcher, and the launcher runs a private copy of the
+    bundled loader from a folder that lets it (the interpreter and the libraries are only read and mapped)."""
+    clear_exec_bits(installed)
+    executable = [
+        str(p.relative_to(installed))
+        for p in installed.rglob("*")
+        if p.is_file() and p.stat().st_mode & 0o111
+    ]
+    assert [] == executable
+    assert 126 == in_bullseye(bullseye_root, f"cd {APP_ROOT_INSIDE} && ./{EXECUTABLE} --help").returncode
+    tmp = bullseye_root / "tmp"
+    stale = tmp / f"{LOADER_COPY_PREFIX}stale"  # left by a start ten minutes ago
+    stale.mkdir()
+    os.utime(stale, (time.time() - 600, time.time() - 600))
+    create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+    entries = [tweet(n) for n in range(50)]
+    abandon(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], entries)
+    env = environment_for(redis_8, MIN_IDLE_TIME_SEC="10", REDIS_HOST=f"localhost:{redis_8.port}", **NAMES)
+    env.pop("PYTHONPATH", None)
+    env.pop("TMPDIR", None)
+    host = FunctionsHost(env, launch=host_command(bullseye_root, installed))
+    try:
+        host.start()
+        answer = completed(host.invoke())
+    finally:
+        host.stop()
+    assert 50 == answer["processed"], host.stderr
+    for fields in entries:
+        assert expected_hash(fields) == hash_fields(client8, b"tweet:" + fields[3])
+    copies = sorted(p.name for p in tmp.glob(f"{LOADER_COPY_PREFIX}*"))
+    assert 1 == len(copies) and stale.name not in copies, copies  # its own copy; the stale one removed
+    assert f"running a copy, /tmp/{copies[0]}/" in host.stderr, host.stderr
+    assert oct((tmp / copies[0]).stat().st_mode & 0o777) == oct(0o700)  # private
+
+
+def can_mount_privately(folder: Path) -> bool:
+    """Whether this process may mount in a private mount namespace (unshare -m): CAP_SYS_ADMIN."""
+    unshare = shutil.which("unshare")
+    probe = [str(unshare), "-m", "mount", "--bind", str(folder), str(folder)]
+    return unshare is not None and subprocess.run(probe, capture_output=True).returncode == 0
+
+
+# What is mounted noexec, and how the launcher says it cannot start.
+NOEXEC = {
+    "package": "does not load from /home/site/wwwroot (is it a noexec mount?",
+    "everywhere": "no writable folder among $TMPDIR, /tmp, /dev/shm and $HOME allows executing",
+}
+
+
+@pytest.mark.parametrize("noexec", list(NOEXEC))
+def test_on_a_noexec_mount_the_launcher_exits_126_saying_so(
+    bullseye_root: Path, installed: Path, noexec: str
+) -> None:
+    """Out of reach, and said so: a package on a noexec mount cannot run (the kernel maps no code from it,
+    whatever runs the loader); nor can a package without exec bits when no writable folder ($TMPDIR, /tmp,
+    /dev/shm, $HOME) lets a copy of the loader run. The mounts are made in a private mount namespace:
+    nothing outside this test sees them."""
+    if not can_mount_privately(installed):
+        pytest.skip("no private mount namespace here (unshare -m and mount need CAP_SYS_ADMIN)")
+    clear_exec_bits(installed)
+    mounts = [f"mount --bind {installed} {installed}", f"mount -o remount,bind,noexec {installed}"]
+    if noexec == "everywhere":  # and $HOME is /tmp
+        mounts += [
+            f"mount -t tmpfs -o noexec tmpfs {bullseye_root / folder}" for folder in ("tmp", "dev/shm")
+        ]
+    start = f"cd {APP_ROOT_INSIDE} && HOME=/tmp exec /bin/sh ./{EXECUTABLE} --help"
+    script = " && ".join([*mounts, f"exec chroot {bullseye_root} /bin/sh -c '{start}'"])
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                          env=CLEAN_ENV)  # fmt: skip
+    assert (126, "") == (done.returncode, done.stdout), done.stderr
+    assert NOEXEC[noexec] in done.stderr
+    assert [] == list((bullseye_root / "tmp").glob(f"{LOADER_COPY_PREFIX}*"))  # no copy left behind
 
 
 def test_the_artifact_speaks_verified_tls_in_bullseye(
