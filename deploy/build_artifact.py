@@ -31,6 +31,9 @@ APP_LOCK = ROOT / "requirements" / "app.lock"  # what goes into app/, written by
 PYTHON_VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
 LOADER = "ld-linux-x86-64.so.2"
 EXECUTABLE = "tweets-monitor"
+# host.json starts the launcher with the image's shell, not as a program: it then runs without an exec bit.
+SHELL = "/bin/sh"
+LOADER_COPIES = "tweets-monitor-loader."  # the launcher's private folders for a runnable copy of the loader
 # Parts of the standard library a headless service never imports.
 STDLIB_LEFT_OUT = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
                    "pydoc_data", "__pycache__", f"config-{PYTHON_VERSION[6:]}-x86_64-linux-gnu"}  # fmt: skip
@@ -42,6 +45,8 @@ DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test",
 TEST_ONLY_FOLDERS = {"test", "tests"}
 LAUNCHER = """#!/bin/sh
 # Starts the handler with the Python and C library bundled beside this script (deploy/build_artifact.py).
+# host.json has the image's /bin/sh run it, so no exec bit in this folder is needed: a package published
+# from Windows, unpacked from a zip or mounted from squashfs without its modes still starts.
 # (This text is a str.format template: doubled braces are single braces in the script.)
 # This script's own folder, followed through any links to it (a link on PATH, relative, or to a link).
 self="$0"
@@ -54,6 +59,8 @@ while [ -L "$self" ]; do
 done
 here=$(CDPATH= cd -P -- "$(dirname -- "$self")" && pwd -P)
 runtime="$here/runtime"
+python="$runtime/bin/{python}"
+loader="$runtime/lib/{loader}"
 export PYTHONHOME="$runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
 # `run` reads monitor/function.json from the app root: this folder, unless the Functions host names one.
 export TWEETS_MONITOR_APP_ROOT="$here"
@@ -64,9 +71,45 @@ if [ -z "${{SSL_CERT_FILE:-}}" ]; then
         if [ -f "$bundle" ]; then export SSL_CERT_FILE="$bundle"; break; fi
     done
 fi
+# The loader is the one file the kernel is asked to execute; the interpreter and the libraries are only
+# read and mapped by it. When it cannot run here (no exec bit, or a noexec mount), a private copy runs
+# instead, from the first of $TMPDIR, /tmp, /dev/shm and $HOME where a copy can run. Copies this user left
+# in a local folder more than a minute ago go first (a running process keeps the file it started from);
+# none are removed from $HOME, which instances may share.
+runs() {{ "$1" --version >/dev/null 2>&1; }}
+if ! runs "$loader"; then
+    bundled="$loader"
+    loader=
+    for dir in "${{TMPDIR:-/tmp}}" /tmp /dev/shm "${{HOME:-}}"; do
+        [ -n "$dir" ] && [ -d "$dir" ] && [ -w "$dir" ] || continue
+        if [ "$dir" != "${{HOME:-}}" ]; then
+            find "$dir" -maxdepth 1 -name '{copies}*' -user "$(id -u)" -mmin +1 \\
+                -exec rm -rf {{}} + 2>/dev/null
+        fi
+        folder=$(mktemp -d "$dir/{copies}XXXXXXXX" 2>/dev/null) || continue
+        copy="$folder/{loader}"
+        if cp "$bundled" "$copy" 2>/dev/null && chmod 700 "$copy" && runs "$copy"; then
+            loader="$copy"
+            break
+        fi
+        rm -rf "$folder"
+    done
+    if [ -z "$loader" ]; then
+        echo "tweets-monitor: cannot execute $bundled (no exec bit, or a noexec mount), nor a copy of it:" \\
+            "no writable folder among \\$TMPDIR, /tmp, /dev/shm and \\$HOME allows executing (noexec)" >&2
+        exit 126
+    fi
+    if ! problem=$("$loader" --library-path "$runtime/lib" --list "$python" 2>&1 >/dev/null); then
+        rm -rf "${{loader%/*}}"
+        echo "tweets-monitor: a copy of the loader runs, but the bundled Python does not load from $here" \\
+            "(is it a noexec mount? the kernel maps no code from one): $problem" >&2
+        exit 126
+    fi
+    echo "tweets-monitor: $bundled cannot be executed in place (exec bits lost); running a copy, $loader" >&2
+fi
 # -P (safe path): `-m` would put the working directory first on the import path, so a handler/ or a
 # redis.py there would replace the bundled code; only app/ and the standard library are searched.
-exec "$runtime/lib/{loader}" --library-path "$runtime/lib" "$runtime/bin/{python}" -P -m handler "$@"
+exec "$loader" --library-path "$runtime/lib" "$python" -P -m handler "$@"
 """
 FUNCIGNORE = """# Everything here is needed at run time; keep local-only files out of the upload.
 local.settings.json
@@ -228,10 +271,12 @@ def _system_libraries(path: Path, inside: Path) -> dict[str, Path]:
 
 def _write_function_app(out: Path) -> None:
     launcher = out / EXECUTABLE
-    launcher.write_text(LAUNCHER.format(loader=LOADER, python=PYTHON_VERSION))
-    launcher.chmod(0o755)
+    launcher.write_text(LAUNCHER.format(loader=LOADER, python=PYTHON_VERSION, copies=LOADER_COPIES))
+    launcher.chmod(0o755)  # `./tweets-monitor check` in a console; the host itself needs no exec bit
     host = json.loads((ROOT / "host.json").read_text())
-    host["customHandler"]["description"].update({"defaultExecutablePath": EXECUTABLE, "arguments": ["serve"]})
+    host["customHandler"]["description"].update(
+        {"defaultExecutablePath": SHELL, "arguments": [f"./{EXECUTABLE}", "serve"]}
+    )
     (out / "host.json").write_text(json.dumps(host, indent=4) + "\n")
     shutil.copytree(ROOT / "monitor", out / "monitor")
     (out / ".funcignore").write_text(FUNCIGNORE)
