@@ -216,6 +216,7 @@ def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
     from handler.functions.host_files import function_schedule, resolve_app_settings
     from handler.metrics import CycleFailure, Metrics
     from handler.runner import checked_schedule, run_on_schedule, schedule_zone
+    from handler.telemetry import start_telemetry
 
     schedule = None
     if not args.once:  # SettingsError: exit 2
@@ -229,6 +230,8 @@ def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
     host, port = split_host_port(settings.METRICS_ADDRESS)
     start_http_server(port, addr=host, registry=metrics.registry)
     log.info("metrics on http://%s/metrics", host_port(host, port))
+    # The same metrics, and the log records (no host here to send them), when the environment asks for it.
+    telemetry = start_telemetry(metrics, export_logs=True, wait=True)
 
     def one_cycle() -> CycleSummary | None:
         try:
@@ -246,6 +249,7 @@ def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
             metrics.observe_failure(CycleFailure.ERROR)
             return None
         metrics.observe(summary, settings.STREAM_NAME)
+        telemetry.observe(summary)
         return summary
 
     try:
@@ -255,6 +259,7 @@ def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
         run_on_schedule(schedule, schedule_zone(settings.WEBSITE_TIME_ZONE), one_cycle, stop)
         return EXIT_OK
     finally:
+        telemetry.stop()  # flushes for at most 2 s
         connection.close()
 
 

@@ -2,17 +2,25 @@
 invocations (through the real handler and the CLI), faults and operator commands against a real Redis, with
 the monitor's promises checked after every step.
 
-    ./scripts/chaos [--minutes M] [--seed S] [--version 8.2]
+    ./scripts/chaos [--minutes M] [--seed S] [--steps N] [--version 8.2] [--world W]
 
-The promises (a valid tweet is an entry with a usable `id` whose `tweet:<id>` key can hold a hash):
-- an entry leaves the group's pending list only if its tweet is written, or it is in the dead-letter stream
-  exactly once, or it was deleted from the stream (or a processor acknowledged it, or an operator replayed
-  or purged its dead letter);
+The world is chosen from the seed (or by --world): one Redis node (with AOF, a proxy in front of it and a
+read-only replica) or, on Redis 8.2, a cluster of three masters with a replica each; one stream, or two
+streams under the same group (`tweets_stream,tweets_stream:1`, each with its own dead-letter stream).
+
+The promises (a valid tweet is an entry with a usable `id` whose `tweet:<id>` key can hold a hash), for each
+stream:
+- an entry leaves the group's pending list only if its tweet is written, or it is in its stream's
+  dead-letter stream exactly once, or it was deleted from the stream (or a processor acknowledged it, or an
+  operator replayed or purged its dead letter);
 - a valid tweet is dead-lettered only after more than MAX_DELIVERIES deliveries that did not end in a
   retryable refusal (the model counts an upper bound: processor reads, deliveries it set, and every
-  invocation that ended abnormally since), and never both written and dead-lettered;
-- no dead letter is duplicated, no dead letter names an entry that never existed, no stray `tweet:` key;
-- every invocation answers 200 or 503 (the CLI exits 0 or 1) within its budget plus 3 timeouts plus 3 s.
+  invocation since that may have spent one: killed, cut, stalled, failed over, reloading, answering 503 or
+  losing its lease), with MAX_DELIVERIES the smallest any invocation so far used; and never both written and
+  dead-lettered;
+- no dead letter is duplicated, none names an entry that never existed in its stream, no stray `tweet:` key;
+- every invocation answers 200 or 503 (the CLI exits 0 or 1) within its own budget plus 3 timeouts plus 3 s,
+  also when two run at once or a processor works beside it.
 
 A failing run prints its seed and a step list reduced greedily (each candidate re-run up to three times,
 since threads and real servers are not deterministic), with how many re-runs reproduced it.
@@ -24,33 +32,46 @@ import argparse
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from handler.dev.local_redis import LocalRedis, environment_for
+import redis
+
+from handler.dev.local_cluster import LocalCluster
+from handler.dev.local_redis import LocalRedis, LocalRedisError, environment_for
 from handler.dev.samples import GROUP, MONITOR, STREAM, tweet_id
 from handler.keys import DEAD_LETTER_SUFFIX, hash_tag_of
 from handler.reclaim.dead_letter import is_part, split_dead_letter
+from handler.transport.client import Client
+from handler.transport.connect import RawStreamCluster
 from tests.host import APP_ROOT, FunctionsHost
 from tests.pipeline import command, create_group, expected_hash, pending_rows
 from tests.proxy import FaultyProxy
 from tests.redis_binaries import BINARIES
 
-DEAD_LETTER = hash_tag_of(STREAM) + DEAD_LETTER_SUFFIX
-MAX_DELIVERIES = 4
+SECOND_STREAM = STREAM + ":1"  # on a cluster its slot is on another master than tweets_stream's
+MAX_DELIVERIES = 4  # the handler's; each CLI invocation draws its own from 2-6
 TIMEOUT_SEC = 1
-BUDGET_SEC = 2
-ANSWER_BOUND_SEC = BUDGET_SEC + 3 * TIMEOUT_SEC + 3  # the documented bound, plus process start and slack
+BUDGET_SEC = 2  # the handler's; each CLI invocation draws its own from 0.5-3 s
 POISON_DELIVERIES = 50
 REFUSING_USER = "chaos-refused"  # may do everything but HSET: each write is refused (NOPERM)
+LEASE_LOST = "lease-lost"
+# LOADING: DEBUG RELOAD with key-load-delay set so that loading lasts about this long. Redis 6.x answers
+# other clients only every 2 MB of RDB loaded, so the world gets 20 MB of incompressible filler first.
+LOADING_SEC = 1.5
+FILLER_KEYS, FILLER_BYTES = 2000, 10_000
+CLUSTER_VERSIONS = frozenset({"8.2"})  # LocalCluster assigns slots with CLUSTER ADDSLOTSRANGE (7.0+)
+CLUSTER_SHARE, TWO_STREAMS_SHARE = 0.2, 0.4  # of the worlds chosen from seeds
 FAULTS = (
     "dead-letter-key-wrong-type",
     "cut",
@@ -60,7 +81,13 @@ FAULTS = (
     "out-of-memory",
     "refused-command",
     "read-only-replica",
+    "loading",
+    "overlapping-monitors",
+    "live-processor",
+    "failover",
 )
+NODE_ONLY = frozenset({"cut", "stall", "redis-restarted", "read-only-replica", "loading"})
+CLUSTER_ONLY = frozenset({"failover"})
 WORK = (
     "produce",
     "process",
@@ -87,10 +114,51 @@ WEIGHTS = {
     **dict.fromkeys(FAULTS, 2),
 }
 HOST_ANSWERS = {200, 503}
+EntryKey: TypeAlias = tuple[str, bytes]  # (stream, entry id): two streams may hold the same id
+
+
+def answer_bound(budget_sec: float) -> float:
+    """The documented bound (budget + 3 timeouts + 1 s), plus process start and slack."""
+    return budget_sec + 3 * TIMEOUT_SEC + 3
+
+
+ANSWER_BOUND_SEC = answer_bound(BUDGET_SEC)
 
 
 class ViolationError(AssertionError):
     """A promise broken: what, and at which step."""
+
+
+@dataclass(frozen=True)
+class World:
+    cluster: bool = False
+    streams: tuple[str, ...] = (STREAM,)
+
+    def __str__(self) -> str:
+        where = "cluster" if self.cluster else "one node"
+        return f"{where}, {len(self.streams)} stream" + "s" * (len(self.streams) > 1)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The steps that can run in this world (no proxy, no LOADING and no lone replica on a cluster)."""
+        excluded = NODE_ONLY if self.cluster else CLUSTER_ONLY
+        return [kind for kind in WEIGHTS if kind not in excluded]
+
+
+WORLDS = {
+    "one-stream": World(),
+    "two-streams": World(streams=(STREAM, SECOND_STREAM)),
+    "cluster": World(cluster=True),
+    "cluster-two-streams": World(cluster=True, streams=(STREAM, SECOND_STREAM)),
+}
+
+
+def world_for(seed: int, version: str) -> World:
+    """The world a seed runs in: a cluster now and then (where the version allows one), two streams often."""
+    rng = random.Random(f"world {seed}")
+    cluster = rng.random() < CLUSTER_SHARE and version in CLUSTER_VERSIONS
+    two = rng.random() < TWO_STREAMS_SHARE
+    return World(cluster=cluster, streams=(STREAM, SECOND_STREAM) if two else (STREAM,))
 
 
 @dataclass(frozen=True)
@@ -102,9 +170,9 @@ class Step:
         return f"{self.kind}#{self.seed}"
 
 
-def plan(seed: int, count: int) -> list[Step]:
+def plan(seed: int, count: int, world: World | None = None) -> list[Step]:
     rng = random.Random(seed)
-    kinds = list(WEIGHTS)
+    kinds = (world or World()).kinds
     return [
         Step(rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0], rng.randrange(1 << 30)) for _ in range(count)
     ]
@@ -114,16 +182,18 @@ def plan(seed: int, count: int) -> list[Step]:
 class Model:
     """What the checker knows the world did to each entry."""
 
-    entries: dict[bytes, list[bytes]] = field(default_factory=dict)  # stream entry id -> flat fields
-    delivered: set[bytes] = field(default_factory=set)  # read by the group at least once
-    reads: Counter[bytes] = field(default_factory=Counter)
-    abnormal_since: dict[bytes, int] = field(default_factory=dict)  # abnormal invocations when delivered
-    processed: set[bytes] = field(default_factory=set)  # acknowledged by a processor
-    deleted: set[bytes] = field(default_factory=set)
-    poison: set[bytes] = field(default_factory=set)
-    resolved: set[bytes] = field(default_factory=set)  # its dead letter replayed or purged
+    entries: dict[EntryKey, list[bytes]] = field(default_factory=dict)  # flat fields
+    delivered: set[EntryKey] = field(default_factory=set)  # read by the group at least once
+    reads: Counter[EntryKey] = field(default_factory=Counter)
+    abnormal_since: dict[EntryKey, int] = field(default_factory=dict)  # abnormal invocations when delivered
+    processed: set[EntryKey] = field(default_factory=set)  # acknowledged by a processor
+    half_written: set[EntryKey] = field(default_factory=set)  # a processor wrote it and crashed
+    deleted: set[EntryKey] = field(default_factory=set)
+    poison: set[EntryKey] = field(default_factory=set)
+    resolved: set[EntryKey] = field(default_factory=set)  # its dead letter replayed or purged
     wrong_type_ids: set[bytes] = field(default_factory=set)
-    abnormal: int = 0  # invocations that ended by a fault: each may have spent a delivery
+    abnormal: int = 0  # invocations that may have spent a delivery of every entry pending then
+    max_deliveries: int = MAX_DELIVERIES  # the smallest any invocation so far used
 
 
 @dataclass
@@ -165,33 +235,129 @@ def tweet_entry(rng: random.Random, number: int) -> list[bytes]:
     return fields
 
 
-class Run:
-    """One world: a Redis with AOF, a proxy in front of it, a replica, a handler, the model."""
+def dead_letter_of(stream: str) -> str:
+    return hash_tag_of(stream) + DEAD_LETTER_SUFFIX
 
-    def __init__(self, version: str, workdir: Path) -> None:
-        self.workdir = workdir
-        self.server = LocalRedis(BINARIES[version](), directory=workdir / "redis", persistent=True)
-        (workdir / "redis").mkdir(parents=True)
-        self.server.start()
-        self.admin = self.server.client()
-        create_group(self.admin, STREAM, GROUP)
-        self._refusing_user()
-        self.replica = LocalRedis(
-            BINARIES[version](), extra_args=["--replicaof", "127.0.0.1", str(self.server.port)]
-        )
-        self.replica.start()
-        self.proxy = FaultyProxy(self.server.port)
-        self.host = FunctionsHost(self._env(REDIS_HOST=self.proxy.address)).start()
+
+class Invocation:
+    """One monitor invocation running in a thread; finish() joins it, checks its answer and bound, and says
+    whether it may have spent a delivery (it failed, or lost its lease to another monitor)."""
+
+    def __init__(self, run: Callable[[], Any], check: Callable[[Any], bool], bound: float) -> None:
+        self._results: list[Any] = []
+        self._check, self.bound = check, bound
+        self._thread = threading.Thread(target=self._run, args=(run,), daemon=True)
+        self._thread.start()
+
+    def _run(self, run: Callable[[], Any]) -> None:
+        try:
+            self._results.append(run())
+        except Exception as exc:  # reported by finish(), in the checker's thread
+            self._results.append(exc)
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def finish(self) -> bool:
+        self._thread.join(timeout=self.bound * 3 + 10)
+        if not self._results:
+            raise ViolationError(f"an invocation did not end within {self.bound * 3 + 10:.0f} s")
+        return self._check(self._results[0])
+
+
+class Reload:
+    """DEBUG RELOAD from a background thread (the server saves its RDB and loads it back, answering LOADING
+    meanwhile), and a probe that sees what clients see: a GET on a fresh connection every 20 ms."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.saw_loading = False
+        self.error: Exception | None = None
+        self._loading, self._done = threading.Event(), threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=t, daemon=True) for t in (self._reload, self._probe)]
+        for thread in self._threads:
+            thread.start()
+
+    def start_after(self, delay: float) -> None:
+        time.sleep(delay)
+        self.start()
+
+    def wait_until_loading(self, timeout: float = 5) -> None:
+        self._loading.wait(timeout)
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=60)
+        if self.error is not None:
+            raise self.error
+
+    def _reload(self) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, protocol=2)
+        try:
+            client.execute_command("DEBUG", "RELOAD")  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            self.error = exc
+        finally:
+            client.close()
+            self._done.set()
+
+    def _probe(self) -> None:
+        while not self._done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as probe:
+                    probe.sendall(b"*2\r\n$3\r\nGET\r\n$11\r\nchaos:probe\r\n")
+                    reply = probe.recv(200)
+            except OSError:
+                reply = b""
+            if reply.startswith(b"-LOADING"):
+                self.saw_loading = True
+                self._loading.set()
+            self._done.wait(0.02)
+
+
+class Run:
+    """One world: Redis, a handler, the model. The subclasses make the Redis: one node or a cluster."""
+
+    def __init__(self, version: str, workdir: Path, world: World) -> None:
+        self.version, self.workdir, self.world = version, workdir, world
+        self.streams = world.streams
         self.model = Model()
         self.stats = Stats()
         self.numbers = 0
+        self.admin: Client = self._start_redis()
+        try:
+            for stream in self.streams:
+                create_group(self.admin, stream, GROUP)
+            self._refusing_user()
+            self.host = FunctionsHost(self._host_env()).start()
+        except BaseException:
+            self._stop_redis()
+            raise
 
-    def _refusing_user(self) -> None:
-        command(self.admin, "ACL", "SETUSER", REFUSING_USER, "on", ">pw", "~*", "+@all", "-hset")
+    # What each kind of world provides.
+    def _start_redis(self) -> Client:
+        raise NotImplementedError
+
+    def _stop_redis(self) -> None:
+        raise NotImplementedError
+
+    def _node_clients(self) -> list[redis.Redis]:
+        """A new client for every live server (closed by the caller)."""
+        raise NotImplementedError
 
     def _env(self, **overrides: str) -> dict[str, str]:
-        settings = {
-            "STREAM_NAME": STREAM,
+        """The CLI's environment (and the handler's, via _host_env)."""
+        raise NotImplementedError
+
+    def _host_env(self) -> dict[str, str]:
+        return self._env()
+
+    def _settings(self, **overrides: str) -> dict[str, str]:
+        return {
+            "STREAM_NAME": ",".join(self.streams),
             "STREAM_CONSUMER_GROUP_NAME": GROUP,
             "MONITORING_CONSUMER_NAME": MONITOR,
             "MIN_IDLE_TIME_SEC": "0",
@@ -202,226 +368,273 @@ class Run:
             "RECLAIM_PAGE_SIZE": "50",
             **overrides,
         }
-        return environment_for(self.server, **settings)
+
+    def _refusing_user(self) -> None:
+        """On every server: ACL users live in each server's memory only."""
+        for client in self._node_clients():
+            with client:
+                acl = ("ACL", "SETUSER", REFUSING_USER, "on", ">pw", "~*", "+@all", "-hset")
+                client.execute_command(*acl)  # type: ignore[no-untyped-call]
+
+    def _config_set(self, name: str, value: object) -> None:
+        for client in self._node_clients():
+            with client:
+                client.config_set(name, value)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.host.stop(timeout=10)
-        self.proxy.close()
         self.admin.close()
-        self.replica.cleanup()
-        self.server.cleanup()
+        self._stop_redis()
 
     # Steps.
     def step(self, step: Step) -> None:
         rng = random.Random(step.seed)
         self.stats.steps += 1
-        getattr(self, "_" + step.kind.replace("-", "_"))(rng)
-        if step.kind in FAULTS:
+        injected = getattr(self, "_" + step.kind.replace("-", "_"))(rng)
+        if step.kind in FAULTS and injected is not False:
             self.stats.faults[step.kind] += 1
 
-    def _produce(self, rng: random.Random) -> None:
-        for _ in range(rng.randrange(1, 30)):
+    def _produce(self, rng: random.Random, count: int | None = None) -> None:
+        for _ in range(count or rng.randrange(1, 30)):
             self.numbers += 1
+            stream = rng.choice(self.streams)
             fields = tweet_entry(rng, self.numbers)
             wrong = rng.random() < 0.03 and len(fields) > 3 and fields[2] == b"id" and fields[3]
             # A tweet key of another type (never over a hash written already): its writes can never succeed.
             if wrong and self.admin.set(b"tweet:" + fields[3], b"not a hash", nx=True):
                 self.model.wrong_type_ids.add(fields[3])
-            entry_id = bytes(command(self.admin, "XADD", STREAM, "*", *fields))
-            self.model.entries[entry_id] = fields
+            entry_id = bytes(command(self.admin, "XADD", stream, "*", *fields))
+            self.model.entries[stream, entry_id] = fields
 
-    def _process(self, rng: random.Random) -> None:
-        """A processor reads, writes and acknowledges some entries, and crashes on the rest."""
+    def _process(self, rng: random.Random, *, live: bool = False) -> None:
+        """A processor reads, writes and acknowledges some entries, and crashes on the rest (a live one
+        sometimes after writing)."""
+        stream = rng.choice(self.streams)
         consumer = f"processor-{rng.randrange(4)}"
+        count = rng.randrange(1, 10 if live else 40)
         read = command(
-            self.admin,
-            "XREADGROUP",
-            "GROUP",
-            GROUP,
-            consumer,
-            "COUNT",
-            rng.randrange(1, 40),
-            "STREAMS",
-            STREAM,
-            ">",
+            self.admin, "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", stream, ">"
         )
         for raw_id, fields in read[0][1] if read else []:
-            entry_id = bytes(raw_id)
-            self._delivered(entry_id)
+            entry = (stream, bytes(raw_id))
+            self._delivered(entry)
             flat = list(fields)
             key = _tweet_key(flat)
-            if rng.random() < 0.5 and key is not None and key[6:] not in self.model.wrong_type_ids:
+            if key is None or key[6:] in self.model.wrong_type_ids:
+                continue  # the processor crashes on it
+            roll = rng.random()
+            if roll < 0.5:
                 command(self.admin, "HSET", key, *flat)
-                self.admin.xack(STREAM, GROUP, entry_id)
-                self.model.processed.add(entry_id)
+                self.admin.xack(stream, GROUP, entry[1])
+                self.model.processed.add(entry)
+            elif live and roll < 0.7:
+                command(self.admin, "HSET", key, *flat)  # and crashes before acknowledging
+                self.model.half_written.add(entry)
 
-    def _delivered(self, entry_id: bytes) -> None:
-        self.model.delivered.add(entry_id)
-        self.model.reads[entry_id] += 1
-        self.model.abnormal_since.setdefault(entry_id, self.model.abnormal)
+    def _delivered(self, entry: EntryKey) -> None:
+        self.model.delivered.add(entry)
+        self.model.reads[entry] += 1
+        self.model.abnormal_since.setdefault(entry, self.model.abnormal)
+
+    def _foreign_rows(self, stream: str) -> list[tuple[bytes, bytes, int, int]]:
+        return [row for row in pending_rows(self.admin, stream, GROUP) if row[1] != MONITOR.encode()]
 
     def _age(self, rng: random.Random) -> None:
-        rows = [row for row in pending_rows(self.admin, STREAM, GROUP) if row[1] != MONITOR.encode()]
+        stream = rng.choice(self.streams)
+        rows = self._foreign_rows(stream)
         ids = [row[0] for row in rng.sample(rows, min(len(rows), rng.randrange(1, 50)))]
         for entry_id in ids:
-            command(self.admin, "XCLAIM", STREAM, GROUP, "processor-0", 0, entry_id, "IDLE", 60_000, "JUSTID")
+            command(self.admin, "XCLAIM", stream, GROUP, "processor-0", 0, entry_id, "IDLE", 60_000, "JUSTID")
 
     def _poison(self, rng: random.Random) -> None:
-        rows = [row for row in pending_rows(self.admin, STREAM, GROUP) if row[1] != MONITOR.encode()]
+        stream = rng.choice(self.streams)
+        rows = self._foreign_rows(stream)
         for row in rng.sample(rows, min(len(rows), rng.randrange(1, 4))):
-            command(
-                self.admin,
-                "XCLAIM",
-                STREAM,
-                GROUP,
-                row[1],
-                0,
-                row[0],
-                "RETRYCOUNT",
-                POISON_DELIVERIES,
-                "JUSTID",
-            )
-            self.model.poison.add(row[0])
+            command(self.admin, "XCLAIM", stream, GROUP, row[1], 0, row[0], "RETRYCOUNT", POISON_DELIVERIES,
+                    "JUSTID")  # fmt: skip
+            self.model.poison.add((stream, row[0]))
 
     def _delete(self, rng: random.Random) -> None:
-        rows = pending_rows(self.admin, STREAM, GROUP)
+        stream = rng.choice(self.streams)
+        rows = pending_rows(self.admin, stream, GROUP)
         for row in rng.sample(rows, min(len(rows), rng.randrange(1, 3))):
-            self.admin.xdel(STREAM, row[0])
-            self.model.deleted.add(row[0])
+            self.admin.xdel(stream, row[0])
+            self.model.deleted.add((stream, row[0]))
 
-    def _invoke_http(self, rng: random.Random, fault: Callable[[], None] | None = None) -> None:
-        thread, answers = self.host.invoke_in_background()
-        if fault is not None:
-            fault()
-        thread.join(timeout=ANSWER_BOUND_SEC * 3)
-        if not answers or isinstance(answers[0], BaseException):
-            raise ViolationError(f"the handler did not answer: {answers}")
-        answer = answers[0]
-        if answer.status not in HOST_ANSWERS or answer.seconds > ANSWER_BOUND_SEC:
-            raise ViolationError(
-                f"invocation answered {answer.status} in {answer.seconds:.1f} s: {answer.body[:300]!r}"
-            )
+    # Invocations.
+    def _begin_http(self) -> Invocation:
+        def check(answer: Any) -> bool:
+            if isinstance(answer, BaseException):
+                raise ViolationError(f"the handler did not answer: {answer!r}")
+            if answer.status not in HOST_ANSWERS or answer.seconds > ANSWER_BOUND_SEC:
+                raise ViolationError(
+                    f"invocation answered {answer.status} in {answer.seconds:.1f} s: {answer.body[:300]!r}"
+                )
+            return bool(answer.status != 200 or LEASE_LOST.encode() in answer.body)
 
-    def _invoke_cli(self, rng: random.Random, **env: str) -> None:
-        overrides = {
+        return Invocation(self.host.invoke, check, ANSWER_BOUND_SEC)
+
+    def _cli_settings(self, rng: random.Random) -> dict[str, str]:
+        """Random settings for one CLI invocation; the model keeps the smallest MAX_DELIVERIES."""
+        max_deliveries = rng.randint(2, 6)
+        self.model.max_deliveries = min(self.model.max_deliveries, max_deliveries)
+        return {
             "RECLAIM_PAGE_SIZE": str(rng.choice([1, 7, 50, 500])),
             "CYCLE_MAX_MESSAGES": str(rng.choice([5, 100, 1_000_000])),
-            **env,
+            "CYCLE_TIME_BUDGET_SEC": f"{rng.uniform(0.5, 3):.1f}",
+            "MIN_IDLE_TIME_SEC": str(rng.choice([0, 1])),
+            "MAX_DELIVERIES": str(max_deliveries),
         }
-        began = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "handler", "reclaim"],
-            env=self._env(**overrides),
-            cwd=APP_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=ANSWER_BOUND_SEC * 3,
-        )
-        took = time.monotonic() - began
-        if done.returncode not in (0, 1) or took > ANSWER_BOUND_SEC or "Traceback" in done.stderr:
-            raise ViolationError(f"reclaim exited {done.returncode} in {took:.1f} s: {done.stderr[-500:]}")
+
+    def _begin_cli(self, settings: dict[str, str]) -> Invocation:
+        bound = answer_bound(float(settings.get("CYCLE_TIME_BUDGET_SEC", BUDGET_SEC)))
+        env = self._env(**settings)
+
+        def run() -> tuple[subprocess.CompletedProcess[str], float]:
+            began = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "handler", "reclaim"], env=env, cwd=APP_ROOT,
+                                  capture_output=True, text=True, timeout=bound * 3)  # fmt: skip
+            return done, time.monotonic() - began
+
+        def check(result: Any) -> bool:
+            if isinstance(result, BaseException):
+                raise ViolationError(f"reclaim did not exit: {result!r}")
+            done, took = result
+            if done.returncode not in (0, 1) or took > bound or "Traceback" in done.stderr:
+                raise ViolationError(
+                    f"reclaim exited {done.returncode} in {took:.1f} s (bound {bound:.1f} s): "
+                    f"{done.stderr[-500:]}"
+                )
+            return bool(done.returncode != 0 or LEASE_LOST in done.stdout)
+
+        return Invocation(run, check, bound)
+
+    def _http(self, fault: Callable[[], None] | None = None) -> bool:
+        invocation = self._begin_http()
+        if fault is not None:
+            fault()
+        return invocation.finish()
+
+    def _spent(self, *abnormal: bool) -> None:
+        """Invocations that failed or lost their lease may each have spent a delivery."""
+        self.model.abnormal += sum(abnormal)
 
     def _abnormal(self) -> None:
         self.model.abnormal += 1
 
-    def _cut(self, rng: random.Random) -> None:
-        self.proxy.cut_after(rng.randrange(100, 200_000))
+    def _invoke_http(self, rng: random.Random) -> None:
+        self._spent(self._http())
+
+    def _invoke_cli(self, rng: random.Random) -> None:
+        self._spent(self._begin_cli(self._cli_settings(rng)).finish())
+
+    def _overlapping_monitors(self, rng: random.Random) -> None:
+        """Two invocations at once against the same world: the handler and a CLI, or two CLIs."""
+        settings = [self._cli_settings(rng) for _ in range(2)]
+        first = self._begin_http() if rng.random() < 0.5 else self._begin_cli(settings[0])
+        time.sleep(rng.uniform(0, 0.5))
+        second = self._begin_cli(settings[1])
+        outcomes: list[bool] = []
+        errors: list[ViolationError] = []
+        for invocation in (first, second):
+            try:
+                outcomes.append(invocation.finish())
+            except ViolationError as exc:
+                errors.append(exc)
+        self._spent(*outcomes)
+        if errors:
+            raise errors[0]
+
+    def _live_processor(self, rng: random.Random) -> None:
+        """While an invocation runs, a producer adds entries and a processor reads new ones (`>`), writes and
+        acknowledges some, crashes on others, sometimes after writing."""
+        invocation = self._begin_http() if rng.random() < 0.5 else self._begin_cli(self._cli_settings(rng))
         try:
-            self._invoke_http(rng)
+            for _ in range(200):
+                if rng.random() < 0.5:
+                    self._produce(rng, rng.randrange(1, 6))
+                self._process(rng, live=True)
+                time.sleep(rng.uniform(0.01, 0.1))
+                if not invocation.running():
+                    break
         finally:
-            self.proxy.heal()
-            self._abnormal()
+            abnormal = invocation.finish()
+        self._spent(abnormal)
 
-    def _stall(self, rng: random.Random) -> None:
-        try:
-            self._invoke_http(rng, fault=partial(self._stall_after, rng.uniform(0, 0.3)))
-        finally:
-            self.proxy.heal()
-            self._abnormal()
-
-    def _stall_after(self, delay: float) -> None:
-        time.sleep(delay)
-        self.proxy.stall()
-
+    # Faults every world has.
     def _handler_killed(self, rng: random.Random) -> None:
         thread, _ = self.host.invoke_in_background()
         time.sleep(rng.uniform(0, 0.3))
         self.host.send_signal(signal.SIGKILL)
         thread.join(timeout=30)
         self.host.stop(timeout=10)
-        self.host = FunctionsHost(self._env(REDIS_HOST=self.proxy.address)).start()
+        self.host = FunctionsHost(self._host_env()).start()
         self._abnormal()
 
-    def _redis_restarted(self, rng: random.Random) -> None:
-        def kill() -> None:
-            time.sleep(rng.uniform(0, 0.3))
-            self.server.stop(kill=True)  # what appendfsync always made durable survives
-
-        try:
-            self._invoke_http(rng, fault=kill)
-        finally:
-            self.server.start()
-            self.admin = self.server.client()
-            self._refusing_user()  # ACL users live in memory only
-            self._abnormal()
-
     def _out_of_memory(self, rng: random.Random) -> None:
-        self.admin.config_set("maxmemory-policy", "noeviction")
-        self.admin.config_set("maxmemory", 1)
+        """Refused writes give their deliveries back: a 503 here is not counted as a spent delivery."""
+        self._config_set("maxmemory-policy", "noeviction")
+        self._config_set("maxmemory", 1)
         try:
-            self._invoke_http(rng)
+            self._http()
         finally:
-            self.admin.config_set("maxmemory", 0)
+            self._config_set("maxmemory", 0)
 
     def _dead_letter_key_wrong_type(self, rng: random.Random) -> None:
         """Someone left a string where the dead-letter stream should be: every dead letter is refused."""
-        kept = DEAD_LETTER + ":kept-aside"
-        had_letters = bool(self.admin.exists(DEAD_LETTER))
+        dead_letter = dead_letter_of(rng.choice(self.streams))
+        kept = dead_letter + ":kept-aside"
+        had_letters = bool(self.admin.exists(dead_letter))
         if had_letters:
-            self.admin.rename(DEAD_LETTER, kept)
-        self.admin.set(DEAD_LETTER, b"not a stream")
+            self.admin.rename(dead_letter, kept)
+        self.admin.set(dead_letter, b"not a stream")
         try:
-            self._invoke_http(rng)
+            self._http()
         finally:
-            self.admin.delete(DEAD_LETTER)
+            self.admin.delete(dead_letter)
             if had_letters:
-                self.admin.rename(kept, DEAD_LETTER)
+                self.admin.rename(kept, dead_letter)
 
     def _refused_command(self, rng: random.Random) -> None:
-        self._invoke_cli(rng, REDIS_USERNAME=REFUSING_USER, REDIS_PASSWORD="pw")
+        """Every write refused (NOPERM): refusals give their deliveries back, so nothing is counted spent."""
+        refused = {"REDIS_USERNAME": REFUSING_USER, "REDIS_PASSWORD": "pw"}
+        self._begin_cli({**self._cli_settings(rng), **refused}).finish()
 
-    def _read_only_replica(self, rng: random.Random) -> None:
-        self._invoke_cli(rng, REDIS_HOST=self.replica.address)
-
+    # Operator commands.
     def _replay(self, rng: random.Random) -> None:
-        originals = self._dead_letter_originals()
-        done = self._cli("dead-letter", "replay", "--all")
+        stream = rng.choice(self.streams)
+        originals = self._dead_letter_originals(stream)
+        done = self._cli("dead-letter", "replay", "--all", stream=stream)
         if done.returncode != 0:
             raise ViolationError(f"replay exited {done.returncode}: {done.stderr[-500:]}")
-        self.model.resolved |= set(originals)
-        for entry_id, fields in command(self.admin, "XRANGE", STREAM, "-", "+"):
-            self.model.entries.setdefault(bytes(entry_id), list(fields))  # the replayed entries
+        self.model.resolved |= {(stream, original) for original in originals}
+        for entry_id, fields in command(self.admin, "XRANGE", stream, "-", "+"):
+            self.model.entries.setdefault((stream, bytes(entry_id)), list(fields))  # the replayed entries
 
     def _purge(self, rng: random.Random) -> None:
-        letters = command(self.admin, "XRANGE", DEAD_LETTER, "-", "+")
+        stream = rng.choice(self.streams)
+        letters = command(self.admin, "XRANGE", dead_letter_of(stream), "-", "+")
         heads = [(i, list(f)) for i, f in letters if not is_part(list(f))]
         chosen = rng.sample(heads, min(len(heads), rng.randrange(1, 5)))
         if not chosen:
             return
-        done = self._cli("dead-letter", "purge", *[i.decode() for i, _ in chosen], "--yes")
+        done = self._cli("dead-letter", "purge", *[i.decode() for i, _ in chosen], "--yes", stream=stream)
         if done.returncode != 0:
             raise ViolationError(f"purge exited {done.returncode}: {done.stderr[-500:]}")
-        self.model.resolved |= {split_dead_letter(fields)[0][b"dlq:original-id"] for _, fields in chosen}
+        self.model.resolved |= {
+            (stream, split_dead_letter(fields)[0][b"dlq:original-id"]) for _, fields in chosen
+        }
 
     def _prune(self, rng: random.Random) -> None:
-        done = self._cli("consumers", "prune", "--idle-sec", "0")
+        done = self._cli("consumers", "prune", "--idle-sec", "0", stream=rng.choice(self.streams))
         if done.returncode != 0:
             raise ViolationError(f"prune exited {done.returncode}: {done.stderr[-500:]}")
 
-    def _cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def _cli(self, *args: str, stream: str) -> subprocess.CompletedProcess[str]:
+        """A per-stream operator command (they work on one stream: STREAM_NAME names it)."""
         return subprocess.run(
             [sys.executable, "-m", "handler", *args],
-            env=self._env(),
+            env=self._env(STREAM_NAME=stream),
             cwd=APP_ROOT,
             capture_output=True,
             text=True,
@@ -429,14 +642,23 @@ class Run:
         )
 
     # The promises.
-    def _dead_letter_originals(self) -> list[bytes]:
-        letters = command(self.admin, "XRANGE", DEAD_LETTER, "-", "+")
-        return [split_dead_letter(list(f))[0][b"dlq:original-id"] for _, f in letters if not is_part(list(f))]
+    def _dead_letter_originals(self, stream: str) -> list[bytes]:
+        originals = []
+        for _, fields in command(self.admin, "XRANGE", dead_letter_of(stream), "-", "+"):
+            if is_part(list(fields)):
+                continue
+            metadata = split_dead_letter(list(fields))[0]
+            if metadata[b"dlq:stream"] != stream.encode():
+                raise ViolationError(
+                    f"a dead letter of {metadata[b'dlq:stream']!r} in {stream}'s dead letters"
+                )
+            originals.append(metadata[b"dlq:original-id"])
+        return originals
 
     def check(self) -> None:
         self.stats.checks += 1
         model, admin = self.model, self.admin
-        pending = {row[0] for row in pending_rows(admin, STREAM, GROUP)}
+        pending = {(stream, row[0]) for stream in self.streams for row in pending_rows(admin, stream, GROUP)}
         delivered = model.delivered
         self.stats.fates = Counter(
             {
@@ -446,11 +668,13 @@ class Run:
                 "dead letter replayed or purged": len(delivered & model.resolved),
             }
         )
-        letters = Counter(self._dead_letter_originals())
-        duplicated = [i for i, n in letters.items() if n > 1]
+        letters: Counter[EntryKey] = Counter()
+        for stream in self.streams:
+            letters.update((stream, original) for original in self._dead_letter_originals(stream))
+        duplicated = [entry for entry, n in letters.items() if n > 1]
         if duplicated:
             raise ViolationError(f"dead letters duplicated: {duplicated[:5]}")
-        unknown = [i for i in letters if i not in model.entries]
+        unknown = [entry for entry in letters if entry not in model.entries]
         if unknown:
             raise ViolationError(f"dead letters of entries that never existed: {unknown[:5]}")
         ids_by_tweet: dict[bytes, list[list[bytes]]] = {}
@@ -461,46 +685,46 @@ class Run:
         stray = [k for k in admin.scan_iter(match=b"tweet:*", count=1000) if bytes(k) not in ids_by_tweet]
         if stray:
             raise ViolationError(f"stray tweet keys: {stray[:5]}")
-        for entry_id in sorted(model.delivered - model.processed - model.deleted - model.resolved - pending):
-            fields = model.entries[entry_id]
+        for entry in sorted(model.delivered - model.processed - model.deleted - model.resolved - pending):
+            fields = model.entries[entry]
             key = _tweet_key(fields)
             valid = key is not None and key[6:] not in model.wrong_type_ids
-            if letters[entry_id]:
-                self._check_dead_lettered(entry_id, key, valid, ids_by_tweet)
+            if letters[entry]:
+                self._check_dead_lettered(entry, key, valid, ids_by_tweet)
                 continue
             if not valid or key is None:
-                raise ViolationError(
-                    f"lost: {entry_id!r} left the pending list, not written nor dead-lettered"
-                )
-            self._check_written(entry_id, key, fields, ids_by_tweet[key])
+                raise ViolationError(f"lost: {entry} left the pending list, not written nor dead-lettered")
+            self._check_written(entry, key, fields, ids_by_tweet[key])
 
     def _check_dead_lettered(
-        self, entry_id: bytes, key: bytes | None, valid: bool, ids_by_tweet: dict[bytes, list[list[bytes]]]
+        self, entry: EntryKey, key: bytes | None, valid: bool, ids_by_tweet: dict[bytes, list[list[bytes]]]
     ) -> None:
         self.stats.fates["dead-lettered"] += 1
         model = self.model
         if not valid or key is None:
             return
-        abnormal = model.abnormal - model.abnormal_since.get(entry_id, 0)
-        if not abnormal and len(ids_by_tweet[key]) == 1 and self.admin.exists(key):
+        abnormal = model.abnormal - model.abnormal_since.get(entry, 0)
+        alone = len(ids_by_tweet[key]) == 1 and entry not in model.half_written
+        if not abnormal and alone and self.admin.exists(key):
             # No fault since it was delivered, so no attempt wrote it without acknowledging it.
-            raise ViolationError(f"{entry_id!r} both written and dead-lettered")
-        spent = model.reads[entry_id] + abnormal
-        if entry_id not in model.poison and spent <= MAX_DELIVERIES:
+            raise ViolationError(f"{entry} both written and dead-lettered")
+        spent = model.reads[entry] + abnormal
+        if entry not in model.poison and spent <= model.max_deliveries:
             raise ViolationError(
-                f"valid tweet {entry_id!r} dead-lettered after at most {spent} deliveries not refused"
+                f"valid tweet {entry} dead-lettered after at most {spent} deliveries not refused "
+                f"(MAX_DELIVERIES {model.max_deliveries} or more)"
             )
 
     def _check_written(
-        self, entry_id: bytes, key: bytes, fields: list[bytes], same: list[list[bytes]]
+        self, entry: EntryKey, key: bytes, fields: list[bytes], same: list[list[bytes]]
     ) -> None:
         self.stats.fates["written"] += 1
         stored: Any = self.admin.hgetall(key)
         stored = {bytes(k): bytes(v) for k, v in stored.items()}
         if not stored:
-            raise ViolationError(f"lost: {entry_id!r} acknowledged but {key!r} was never written")
+            raise ViolationError(f"lost: {entry} acknowledged but {key!r} was never written")
         if len(same) == 1 and stored != expected_hash(fields):
-            raise ViolationError(f"corrupted: {key!r} differs from its only entry {entry_id!r}")
+            raise ViolationError(f"corrupted: {key!r} differs from its only entry {entry}")
         candidates: dict[bytes, set[bytes]] = {}
         for other in same:
             for name, value in zip(other[0::2], other[1::2], strict=True):
@@ -508,6 +732,197 @@ class Run:
         wrong = [name for name, value in stored.items() if value not in candidates.get(name, set())]
         if wrong:
             raise ViolationError(f"corrupted: {key!r} holds values no entry of it had ({wrong[:3]})")
+
+
+class NodeRun(Run):
+    """One Redis with AOF, a proxy in front of it (the handler goes through it) and a read-only replica."""
+
+    def _start_redis(self) -> Client:
+        # DEBUG RELOAD (the LOADING fault) needs the DEBUG command, off by default since Redis 7.0; 6.x has
+        # no such option and refuses it.
+        debug = [] if self.version.startswith("6.") else ["--enable-debug-command", "local"]
+        (self.workdir / "redis").mkdir(parents=True)
+        self.server = LocalRedis(
+            BINARIES[self.version](), directory=self.workdir / "redis", persistent=True, extra_args=debug
+        )
+        self.server.start()
+        self.replica = LocalRedis(
+            BINARIES[self.version](), extra_args=["--replicaof", "127.0.0.1", str(self.server.port)]
+        )
+        self.replica.start()
+        self.proxy = FaultyProxy(self.server.port)
+        self.filled = False
+        return self.server.client()
+
+    def _stop_redis(self) -> None:
+        self.proxy.close()
+        self.replica.cleanup()
+        self.server.cleanup()
+
+    def _node_clients(self) -> list[redis.Redis]:
+        return [self.server.client()]
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        return environment_for(self.server, **self._settings(**overrides))
+
+    def _host_env(self) -> dict[str, str]:
+        return self._env(REDIS_HOST=self.proxy.address)
+
+    def _cut(self, rng: random.Random) -> None:
+        self.proxy.cut_after(rng.randrange(100, 200_000))
+        try:
+            self._http()
+        finally:
+            self.proxy.heal()
+            self._abnormal()
+
+    def _stall(self, rng: random.Random) -> None:
+        try:
+            self._http(fault=partial(self._stall_after, rng.uniform(0, 0.3)))
+        finally:
+            self.proxy.heal()
+            self._abnormal()
+
+    def _stall_after(self, delay: float) -> None:
+        time.sleep(delay)
+        self.proxy.stall()
+
+    def _redis_restarted(self, rng: random.Random) -> None:
+        def kill() -> None:
+            time.sleep(rng.uniform(0, 0.3))
+            self.server.stop(kill=True)  # what appendfsync always made durable survives
+
+        try:
+            self._http(fault=kill)
+        finally:
+            self.server.start()
+            self.admin.close()
+            self.admin = self.server.client()
+            self._refusing_user()  # ACL users live in memory only
+            self._abnormal()
+
+    def _read_only_replica(self, rng: random.Random) -> None:
+        """READONLY refuses the claims themselves: nothing is counted spent."""
+        self._begin_cli({**self._cli_settings(rng), "REDIS_HOST": self.replica.address}).finish()
+
+    def _loading(self, rng: random.Random) -> bool:
+        """Redis answers LOADING for real while an invocation runs: DEBUG RELOAD with key-load-delay, started
+        before the invocation (once clients see LOADING) or during it. Counted only if the probe saw it."""
+        self._fill()
+        keys = max(1, int(self.admin.dbsize()))
+        self.admin.config_set("key-load-delay", max(1, int(LOADING_SEC * 1_000_000) // keys))
+        reload = Reload(self.server.port)
+        try:
+            if rng.random() < 0.5:
+                reload.start()
+                reload.wait_until_loading()
+                self._http()
+            else:
+                self._http(fault=partial(reload.start_after, rng.uniform(0, 0.3)))
+        finally:
+            reload.join()
+            self.admin.config_set("key-load-delay", 0)
+            self._abnormal()  # a claim made just before loading began cannot be given back during it
+        return reload.saw_loading
+
+    def _fill(self) -> None:
+        if self.filled:
+            return
+        filler = random.Random(0)
+        pipe = self.admin.pipeline(transaction=False)
+        for n in range(FILLER_KEYS):
+            pipe.set(f"chaos:filler:{n}", filler.randbytes(FILLER_BYTES))
+        pipe.execute()
+        self.filled = True
+
+
+class ClusterRun(Run):
+    """Three masters with a replica each (Redis 8.2). The handler and the CLI are pointed at a master that
+    holds no stream, which no failover kills."""
+
+    def _start_redis(self) -> Client:
+        self.cluster = LocalCluster(
+            BINARIES[self.version](),
+            replicas_per_master=1,
+            extra_args=["--repl-diskless-sync-delay", "0"],  # a restarted node resyncs at once
+        ).start()
+        try:
+            holding = {self.cluster.master_of(stream).port for stream in self.streams}
+            self.stable = next(node for node in self.cluster.masters if node.port not in holding)
+            return self._cluster_client()
+        except BaseException:
+            self.cluster.cleanup()
+            raise
+
+    def _cluster_client(self) -> RawStreamCluster:
+        return RawStreamCluster(host="127.0.0.1", port=self.stable.port, protocol=2)
+
+    def _stop_redis(self) -> None:
+        self.cluster.cleanup()
+
+    def _node_clients(self) -> list[redis.Redis]:
+        return [self.cluster.node_client(node) for node in self.cluster.live_nodes()]
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        return environment_for(self.stable, **self._settings(**overrides))
+
+    def _failover(self, rng: random.Random) -> None:
+        """A stream's master SIGKILLed during an invocation; its replica takes over; the old master comes
+        back (empty) as the new master's replica."""
+        victim = self.cluster.master_of(rng.choice(self.streams))
+        self._wait_replicated(victim)  # the checker's own writes are on the replica: the model keeps them
+        try:
+            self._http(fault=partial(self._kill_after, victim, rng.uniform(0, 0.3)))
+        finally:
+            victim.stop(kill=True)
+            self.cluster.wait_for_failover(victim)
+            victim.start()
+            self._wait_until_ready()
+            self.admin.close()
+            self.admin = self._cluster_client()
+            self._refusing_user()
+            self._abnormal()
+
+    @staticmethod
+    def _kill_after(node: LocalRedis, delay: float) -> None:
+        time.sleep(delay)
+        node.stop(kill=True)
+
+    def _wait_replicated(self, master: LocalRedis) -> None:
+        with self.cluster.node_client(master) as client:
+            target = int(client.info("replication")["master_repl_offset"])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                info = client.info("replication")
+                offsets = [
+                    int(v["offset"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                ]
+                if offsets and min(offsets) >= target:
+                    return
+                time.sleep(0.02)
+        raise LocalRedisError(f"the replica of {master.address} did not catch up in 10 s")
+
+    def _wait_until_ready(self) -> None:
+        """Every node ok, every replica linked, every node's slot map listing three replicas."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if all(self._node_ready(node) for node in self.cluster.live_nodes()):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise LocalRedisError("the cluster was not ready again 30 s after the failover")
+
+    def _node_ready(self, node: LocalRedis) -> bool:
+        with self.cluster.node_client(node) as client:
+            if client.cluster("INFO")["cluster_state"] != "ok":
+                return False
+            replication = client.info("replication")
+            if replication["role"] == "slave" and replication.get("master_link_status") != "up":
+                return False
+            slots = client.execute_command("CLUSTER", "SLOTS")
+            return sum(len(entry) - 3 for entry in slots) == len(self.cluster.replicas)
 
 
 def _tweet_key(fields: list[bytes]) -> bytes | None:
@@ -526,23 +941,26 @@ class Outcome:
     failed_at: int | None = None
 
 
-def run_steps(steps: list[Step], version: str) -> Outcome:
+def run_steps(steps: list[Step], version: str, world: World | None = None) -> Outcome:
+    world = world or World()
     workdir = Path(tempfile.mkdtemp(prefix="tweets-monitor-chaos-"))
-    world = Run(version, workdir)
+    run = (ClusterRun if world.cluster else NodeRun)(version, workdir, world)
     try:
         for index, step in enumerate(steps):
             try:
-                world.step(step)
-                world.check()
+                run.step(step)
+                run.check()
             except ViolationError as exc:
-                return Outcome(world.stats, str(exc), index)
-        return Outcome(world.stats)
+                return Outcome(run.stats, str(exc), index)
+        return Outcome(run.stats)
     finally:
-        world.close()
+        run.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def reduce(steps: list[Step], version: str, reruns: int = 3) -> tuple[list[Step], int, int]:
+def reduce(
+    steps: list[Step], version: str, world: World | None = None, reruns: int = 3
+) -> tuple[list[Step], int, int]:
     """Greedily drop steps while the violation still shows (each candidate run up to `reruns` times)."""
     current, tried, reproduced = list(steps), 0, 0
     index = 0
@@ -550,7 +968,7 @@ def reduce(steps: list[Step], version: str, reruns: int = 3) -> tuple[list[Step]
         candidate = current[:index] + current[index + 1 :]
         for _ in range(reruns):
             tried += 1
-            if run_steps(candidate, version).violation is not None:
+            if run_steps(candidate, version, world).violation is not None:
                 reproduced += 1
                 current = candidate
                 break
@@ -569,13 +987,15 @@ def seeds_for(minutes: float, seed: int | None) -> Iterator[int]:
         next_seed = random.randrange(1 << 30)
 
 
-def table(totals: Stats, runs: int, violations: int) -> list[str]:
+def table(totals: Stats, runs: int, violations: int, worlds: Counter[str], possible: set[str]) -> list[str]:
+    """The run's numbers; a fault no world that ran could inject (a failover without a cluster) is n/a."""
     lines = [
         f"runs {runs}, steps {totals.steps}, invariant checks {totals.checks}, violations {violations}",
+        "worlds: " + ", ".join(f"{name} {count}" for name, count in sorted(worlds.items())),
         "| fault | injected |",
         "| --- | ---: |",
     ]
-    lines += [f"| {kind} | {totals.faults[kind]} |" for kind in FAULTS]
+    lines += [f"| {kind} | {totals.faults[kind] if kind in possible else 'n/a'} |" for kind in FAULTS]
     lines += ["| entries by fate | count |", "| --- | ---: |"]
     lines += [f"| {fate} | {count} |" for fate, count in sorted(totals.fates.items())]
     return lines
@@ -587,28 +1007,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="run this seed once")
     parser.add_argument("--steps", type=int, default=60, help="steps per seed")
     parser.add_argument("--version", default="8.2", choices=sorted(BINARIES))
+    parser.add_argument(
+        "--world",
+        default="from-seed",
+        choices=["from-seed", *WORLDS],
+        help="one node or a cluster (8.2), one stream or two; by default each seed chooses",
+    )
     args = parser.parse_args(argv)
+    if args.world.startswith("cluster") and args.version not in CLUSTER_VERSIONS:
+        parser.error(f"a cluster needs Redis {', '.join(sorted(CLUSTER_VERSIONS))}")
     totals, runs, violations = Stats(), 0, 0
+    worlds: Counter[str] = Counter()
+    possible: set[str] = set()
     for seed in seeds_for(args.minutes, args.seed):
-        steps = plan(seed, args.steps)
-        outcome = run_steps(steps, args.version)
+        world = world_for(seed, args.version) if args.world == "from-seed" else WORLDS[args.world]
+        steps = plan(seed, args.steps, world)
+        outcome = run_steps(steps, args.version, world)
         runs += 1
+        worlds[str(world)] += 1
+        possible |= set(world.kinds)
         totals.steps += outcome.stats.steps
         totals.checks += outcome.stats.checks
         totals.faults.update(outcome.stats.faults)
         totals.fates.update(outcome.stats.fates)  # each run's fates at its last check
         if outcome.violation is not None:
             violations += 1
-            print(f"seed {seed}: {outcome.violation} (at step {outcome.failed_at})", flush=True)
-            reduced, tried, reproduced = reduce(steps[: (outcome.failed_at or 0) + 1], args.version)
+            print(f"seed {seed} ({world}): {outcome.violation} (at step {outcome.failed_at})", flush=True)
+            reduced, tried, reproduced = reduce(steps[: (outcome.failed_at or 0) + 1], args.version, world)
             print(
                 f"  reduced to {len(reduced)} steps ({reproduced} of {tried} re-runs reproduced it): "
                 + " ".join(map(str, reduced)),
                 flush=True,
             )
             break
-    print("\n".join(table(totals, runs, violations)))
-    missing = [kind for kind in FAULTS if not totals.faults[kind]]
+    print("\n".join(table(totals, runs, violations, worlds, possible)))
+    missing = [kind for kind in FAULTS if kind in possible and not totals.faults[kind]]
     if missing and not violations:
         print(f"no fault of kind {', '.join(missing)} was injected: run longer")
         return 1

@@ -41,7 +41,7 @@ class _InvocationError(Exception):
         self.message = message
 
 
-def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -> FastAPI:
+def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -> FastAPI:  # noqa: PLR0915
     """The handler's app; `stop` is set on SIGTERM/SIGINT so a running cycle ends after its page."""
     stop_requested = stop or threading.Event()
     one_cycle_at_a_time = threading.Lock()
@@ -52,9 +52,14 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
         connection = RedisConnection(settings)  # connects on the first invocation, not at start
         app.state.cycle = StreamsCycle(connection, settings)
         metrics.watch_group(connection, settings)
+        from handler.telemetry import start_telemetry  # noqa: PLC0415  (no OpenTelemetry unless it is asked for)
+
+        # Exports those metrics (not logs: the host sends those); starts on a thread, readiness never waits.
+        app.state.telemetry = telemetry = start_telemetry(metrics, export_logs=False, wait=False)
         try:
             yield
         finally:
+            telemetry.stop()  # flushes for at most 2 s, before the gauges' connection closes
             connection.close()
 
     app = FastAPI(
@@ -81,12 +86,17 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
 
     @app.post(f"/{FUNCTION_NAME}")
     async def monitor(request: Request) -> JSONResponse:
-        with capture_logs(request.headers.get(INVOCATION_ID_HEADER) or "-") as lines:
+        telemetry = request.app.state.telemetry  # the host's traceparent, if any, is the cycle's context
+        with (
+            capture_logs(request.headers.get(INVOCATION_ID_HEADER) or "-") as lines,
+            telemetry.invocation(request.headers),
+        ):
             try:
                 summary = await invoke(request)
             except _InvocationError as exc:
                 log.error("invocation failed (HTTP %d): %s", exc.status, exc.message)
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
+            telemetry.observe(summary)
             return JSONResponse(invocation_response(lines, summary.as_dict()))
 
     async def invoke(request: Request) -> CycleSummary:
