@@ -32,6 +32,7 @@ MAX_DELIVERIES_BOUND = 1_000_000
 MAX_MESSAGES_BOUND = 100_000_000
 MAX_DEAD_LETTER_WARN_AT = 1_000_000_000
 MAX_IDLE_CONSUMERS_SEC = 365 * DAY_SEC
+MAX_RATE_BOUND = 1_000_000
 
 
 class MonitorSettings(BaseSettings):
@@ -68,6 +69,8 @@ class MonitorSettings(BaseSettings):
     DEAD_LETTER_WARN_AT: Annotated[int, Field(ge=1, le=MAX_DEAD_LETTER_WARN_AT)] = 10_000
 
     RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
+    # Entries claimed per second, per invocation across all its streams; 0 is unlimited (reclaim/rate.py).
+    RECLAIM_MAX_RATE: Annotated[float, Field(ge=0, le=MAX_RATE_BOUND)] = 0.0
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
     CYCLE_MAX_MESSAGES: Annotated[int, Field(ge=1, le=MAX_MESSAGES_BOUND)] = 1_000_000
     LEASE_TTL_SEC: Annotated[float, Field(ge=1, le=600)] = 15.0

@@ -23,6 +23,7 @@ from handler.errors import MonitorError, StreamOrGroupMissingError
 from handler.keys import StreamKeys, display_name, is_dead_letter_stream, key_name
 from handler.reclaim import heartbeat
 from handler.reclaim.cycle import ReclaimCycle, never
+from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
 from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
@@ -148,6 +149,7 @@ class StreamsCycle:
         settings = self._settings
         deadline = started + settings.CYCLE_TIME_BUDGET_SEC
         messages_left = settings.CYCLE_MAX_MESSAGES
+        pacer = ClaimPacer(settings.RECLAIM_MAX_RATE)  # one pace for the whole invocation
         active = _rotated(names, self._turn)
         self._turn += 1
         summaries: dict[str, CycleSummary] = {}
@@ -170,7 +172,7 @@ class StreamsCycle:
                     progress = 1  # the next round's first check names the reason for the streams left
                     break  # a stream left in the round claims nothing: not even its first page
                 time_left = deadline - time.monotonic()
-                limits = Limits(min(slice_sec, time_left), messages_left)
+                limits = Limits(min(slice_sec, time_left), messages_left, pacer)
                 summary = self._run_one(name, should_stop, limits, failures) if time_left > 0 else None
                 if summary is None:
                     continue

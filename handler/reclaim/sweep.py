@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from handler.keys import StreamKeys
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
+from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.rules import END, START, PendingRow, next_id, parse_id, parse_pending_rows, walk_start
 from handler.reclaim.summary import Alerts, Counts, StopReason
 from handler.reclaim.write_order import WriteOrder, WriteOrderAbandonedError
@@ -36,14 +37,18 @@ PAGE_WORKERS = 3  # measured on 2 cores: 2 workers ~60k msg/s, 3 ~70k (bench/rec
 
 @dataclass(frozen=True)
 class Limits:
-    """How long one stream's sweep may take and how many entries it may hand out."""
+    """How long one stream's sweep may take, how many entries it may hand out, and the pace of the whole
+    invocation (one pacer shared by all its streams: RECLAIM_MAX_RATE)."""
 
     budget_sec: float
     max_messages: int
+    pacer: ClaimPacer = field(default_factory=lambda: ClaimPacer(0))
 
     @classmethod
     def from_settings(cls, settings: MonitorSettings) -> Limits:
-        return cls(settings.CYCLE_TIME_BUDGET_SEC, settings.CYCLE_MAX_MESSAGES)
+        return cls(
+            settings.CYCLE_TIME_BUDGET_SEC, settings.CYCLE_MAX_MESSAGES, ClaimPacer(settings.RECLAIM_MAX_RATE)
+        )
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Sweep:
         self._should_stop = should_stop
         self._deadline = started + limits.budget_sec
         self._max_messages = limits.max_messages
+        self._pacer = limits.pacer
         self._config = PageSettings(
             keys,
             topology,
@@ -150,15 +156,28 @@ class Sweep:
             reason = self._reason_to_stop(rows_handed_out)
             if reason:
                 return reason, start
-            count = min(settings.RECLAIM_PAGE_SIZE, self._max_messages - rows_handed_out)
+            count = min(
+                self._pacer.page_size(settings.RECLAIM_PAGE_SIZE), self._max_messages - rows_handed_out
+            )
             if count <= 0:
                 return StopReason.CAP, start  # nothing left to hand out, not even a first page
+            if self._pacer.due_in():  # RECLAIM_MAX_RATE: not before the page is due
+                if (
+                    self.pages
+                    and time.monotonic() + self._pacer.due_in() + self._page_seconds >= self._deadline
+                ):
+                    return StopReason.BUDGET, start
+                self._pacer.wait()
+                reason = self._reason_to_stop(rows_handed_out)
+                if reason:
+                    return reason, start
             command = pack((b"XPENDING", keys.stream, keys.group, start, END, count))
             (reply,) = channel.run(partial(_call_one, self._topology, keys.stream, command))
             if isinstance(reply, Exception):
                 raise reply
             rows = parse_pending_rows(reply)
             if rows:
+                self._pacer.handed_out(len(rows))
                 self._hand_out(_Page(self.pages, self._turns, start, rows))
                 self._turns += 1
                 rows_handed_out += len(rows)
