@@ -1,0 +1,34 @@
+"""What every part of handler/telemetry shares: the variables, the stop bound, and telemetry that does
+nothing (standard library only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handler.reclaim.summary import CycleSummary
+
+CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+STOP_WITHIN_SEC = 2.0  # a stop (SIGTERM, the end of `run`) flushes for at most this long
+MAX_WAITING_SUMMARIES = 1000  # cycles observed while the exporters were still starting
+
+
+class Telemetry:
+    """No telemetry at all: what `start_telemetry` returns when neither variable is set."""
+
+    def invocation(self, headers: Mapping[str, str]) -> AbstractContextManager[object]:
+        """Around one invocation: the host's `traceparent`, when the request carries one, becomes the
+        context of what the cycle records."""
+        return nullcontext()
+
+    def observe(self, summary: CycleSummary) -> None:
+        """A cycle's summary (the duration histogram; the counters are read from the registry)."""
+
+    def stop(self, within: float = STOP_WITHIN_SEC) -> None:
+        """Flush what is left, for at most `within` seconds."""
+
+
+OFF = Telemetry()
