@@ -32,9 +32,10 @@ def raw(response: Any, **options: Any) -> Any:
     return response
 
 
-def raw_client(port: int) -> redis.Redis:
-    client = redis.Redis(host="127.0.0.1", port=port, protocol=2)
-    for command in ("XREADGROUP", "XRANGE", "XPENDING"):
+def raw_client(port: int, **options: Any) -> redis.Redis:
+    """A client whose stream replies stay as the server sent them; `options` e.g. TLS (ssl=True, …)."""
+    client = redis.Redis(host="127.0.0.1", port=port, protocol=2, **options)
+    for command in ("XREADGROUP", "XRANGE", "XPENDING", "XCLAIM"):
         client.set_response_callback(command, raw)
     return client
 
@@ -49,29 +50,39 @@ def produce(client: redis.Redis, count: int) -> None:
 
 
 def abandon(client: redis.Redis, count: int, tweets: Any = None) -> None:
-    """Reset to the crash: no tweet hashes, a fresh group whose processor read everything and died.
-    `client` talks to the stream's node; `tweets` (a cluster client, when the hashes are spread) to theirs."""
+    """Reset to the crash: no tweet hashes, a fresh group whose processor read the stream's first `count`
+    entries (usually all of them) and died; the group's last-delivered ID is then moved to the end, so
+    nothing else is ever pending. `client` talks to the stream's node; `tweets` (a cluster client, when the
+    hashes are spread) to theirs."""
     for start in range(0, count, CHUNK):
         (tweets or client).unlink(*[b"tweet:" + tweet_id(n) for n in range(start, min(start + CHUNK, count))])
     client.delete("{tweets_stream}:dead-letter", "{tweets_stream}:cursor:" + GROUP)
     client.execute_command("XGROUP", "DESTROY", STREAM, GROUP)  # type: ignore[no-untyped-call]
     client.execute_command("XGROUP", "CREATE", STREAM, GROUP, "0")  # type: ignore[no-untyped-call]
-    while client.execute_command(  # type: ignore[no-untyped-call]
-        "XREADGROUP", "GROUP", GROUP, CRASHED, "COUNT", CHUNK, "STREAMS", STREAM, ">"
-    ):
-        pass
+    read = 0
+    while read < count:
+        entries = client.execute_command(  # type: ignore[no-untyped-call]
+            "XREADGROUP", "GROUP", GROUP, CRASHED, "COUNT", min(CHUNK, count - read), "STREAMS", STREAM, ">"
+        )
+        if not entries:
+            break
+        read += len(entries[0][1])
+    client.execute_command("XGROUP", "SETID", STREAM, GROUP, "$")  # type: ignore[no-untyped-call]
     time.sleep(MIN_IDLE_SEC + 0.05)
 
 
 def verify(client: redis.Redis, count: int, tweets: Any = None) -> str | None:
-    """None when every tweet is in its hash exactly and nothing is pending; else what is wrong."""
+    """None when each of the stream's first `count` tweets is in its hash exactly and nothing is pending;
+    else what is wrong."""
     pending = client.execute_command("XPENDING", STREAM, GROUP)[0]  # type: ignore[no-untyped-call]
     if pending:
         return f"{pending} entries still pending"
     start: bytes | str = "-"
     checked = 0
-    while True:
-        entries = client.execute_command("XRANGE", STREAM, start, "+", "COUNT", CHUNK)  # type: ignore[no-untyped-call]
+    while checked < count:
+        entries = client.execute_command(  # type: ignore[no-untyped-call]
+            "XRANGE", STREAM, start, "+", "COUNT", min(CHUNK, count - checked)
+        )
         if not entries:
             break
         pipe = (tweets or client).pipeline(transaction=False)

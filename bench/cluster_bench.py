@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from bench.backlog import MIN_IDLE_SEC, abandon, produce, raw_client, verify
-from bench.reclaim_bench import run_process
+from bench.reclaim_bench import MAX_MESSAGES, run_process
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server
 from handler.dev.samples import GROUP, MONITOR, STREAM
@@ -29,8 +29,8 @@ from handler.dev.samples import GROUP, MONITOR, STREAM
 def monitor_env(node: LocalRedis) -> dict[str, str]:
     return environment_for(
         node, STREAM_NAME=STREAM, STREAM_CONSUMER_GROUP_NAME=GROUP, MONITORING_CONSUMER_NAME=MONITOR,
-        MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC), CYCLE_TIME_BUDGET_SEC="600", CYCLE_MAX_MESSAGES=str(10**9),
-        LOG_LEVEL="WARNING",
+        MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC), CYCLE_TIME_BUDGET_SEC="600",
+        CYCLE_MAX_MESSAGES=str(MAX_MESSAGES), LOG_LEVEL="WARNING",
     )  # fmt: skip
 
 

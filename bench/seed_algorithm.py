@@ -4,6 +4,8 @@ the benchmark's baseline.
 One XPENDING summary, one XPENDING extended for the whole list, one XCLAIM of all IDs, then one concurrent
 task per claimed message doing HSET then XACK, over a pool of 20 connections (go-redis's 10 per CPU on a
 2-core machine). Run as its own process so its peak memory is its own; prints one JSON line.
+
+    python -m bench.seed_algorithm PORT [CA_FILE]     # with a CA file: TLS, verified against 127.0.0.1
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from bench.backlog import MIN_IDLE_SEC
 from handler.dev.samples import GROUP, MONITOR, STREAM
 
 
-async def reclaim(port: int) -> dict[str, Any]:
+async def reclaim(port: int, ca_file: str | None = None) -> dict[str, Any]:
+    tls: dict[str, Any] = {"connection_class": redis.asyncio.SSLConnection, "ssl_ca_certs": ca_file}
     pool = redis.asyncio.BlockingConnectionPool(
+        **(tls if ca_file else {}),
         host="127.0.0.1",
         port=port,
         max_connections=20,
@@ -50,4 +54,4 @@ async def reclaim(port: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(reclaim(int(sys.argv[1])))))
+    print(json.dumps(asyncio.run(reclaim(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))))
