@@ -14,7 +14,6 @@ show that the proxy is not what limits it. Repetitions are interleaved over all 
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,6 +39,7 @@ from bench.results import Recorder
 from bench.server_limit import command_stream
 from handler.dev.local_redis import LocalRedis, free_port
 from tests.redis_binaries import debian_redis_with_tls
+from tests.tls import issue_certificate, make_ca
 
 NO_PROXY = "server limit (no proxy)"
 
@@ -51,62 +51,12 @@ class Certificates:
     key: Path
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def make_certificates(folder: Path) -> Certificates:
-    """A private CA and a server certificate naming localhost and 127.0.0.1 (the proxy's address), as
-    tests/tls.py makes them."""
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bench-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=folder,
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        cwd=folder,
-    )
-    (folder / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.pem",
-        cwd=folder,
-    )
-    return Certificates(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    """A private CA and a server certificate naming localhost and 127.0.0.1 (the proxy's address), made as
+    the suite makes them (tests/tls.py)."""
+    make_ca(folder)
+    cert, key = issue_certificate(folder, "server", "DNS:localhost,IP:127.0.0.1")
+    return Certificates(folder / "ca.pem", cert, key)
 
 
 @contextmanager

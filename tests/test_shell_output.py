@@ -19,7 +19,6 @@ import redis
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.keys import StreamKeys
 from handler.ops import dead_letters
-from handler.ops.dead_letters import Pacer
 from handler.reclaim.dead_letter import METADATA_FIELDS
 from handler.transport.client import Client
 from handler.transport.connect import connect
@@ -131,24 +130,6 @@ def test_replay_rate_paces_the_entries(world8: World) -> None:
     assert 0 == done.returncode and "replayed 30 of 30" in done.stdout, done.stderr
     assert took >= 30 / 20 - 1  # the last second's batch may start at once: never faster than that
     assert 30 == world8.client.xlen(world8.stream)
-
-
-def test_the_pacer_keeps_entries_per_second_at_the_rate() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    pacer = Pacer(50, clock=lambda: now[0], sleep=sleep)
-    assert 50 == pacer.batch_size(100)
-    for done in range(0, 500, 50):
-        pacer.wait_for(done)
-        now[0] += 0.01  # the batch itself takes 10 ms
-    assert abs(now[0] - (450 / 50 + 0.01)) < 1e-9, now[0]  # 500 entries started within 9 s: 50 a second
-    unpaced = Pacer(0, clock=lambda: 0.0, sleep=sleep)
-    assert 100 == unpaced.batch_size(100)
 
 
 def _replay_all(monitor: Client, keys: StreamKeys) -> int:

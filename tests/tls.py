@@ -68,27 +68,21 @@ def issue_certificate(folder: Path, name: str, san: str) -> tuple[Path, Path]:
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
+def make_ca(folder: Path, name: str = "ca") -> Path:
+    """A private CA, `<name>.pem` and its key, in `folder` (openssl)."""
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=folder,
+    )  # fmt: skip
+    return folder / f"{name}.pem"
+
+
 @pytest.fixture(scope="session")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """A private CA, a server certificate for localhost/127.0.0.1, one for another host, another CA."""
     folder = tmp_path_factory.mktemp("tls")
     for ca in ("ca", "untrusted-ca"):
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={ca}",
-            "-keyout",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.pem",
-            cwd=folder,
-        )
+        make_ca(folder, ca)
     for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("other", "DNS:other.example")):
         issue_certificate(folder, name, san)
     return Certificates(

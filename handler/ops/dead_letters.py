@@ -7,7 +7,6 @@ purged together with its parts.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -26,6 +25,7 @@ from handler.reclaim.dead_letter import (
     join_parts,
     split_dead_letter,
 )
+from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.rules import next_id
 from handler.transport.client import Client, command, server_holding
 
@@ -162,30 +162,6 @@ return redis.call('XDEL', KEYS[2], unpack(ARGV))
 REPLAY_BATCH = 100  # inline dead letters moved per atomic script call
 
 
-class Pacer:
-    """At most `rate` entries per second on average since the start (0: unpaced): before each batch, wait
-    until the entries done so far are due."""
-
-    def __init__(
-        self,
-        rate: float,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._rate, self._clock, self._sleep = rate, clock, sleep
-        self._started = clock()
-
-    def batch_size(self, largest: int) -> int:
-        """A batch never bursts past a second's worth of entries."""
-        return largest if not self._rate else max(1, min(largest, int(self._rate)))
-
-    def wait_for(self, done: int) -> None:
-        if self._rate:
-            late_by = self._started + done / self._rate - self._clock()
-            if late_by > 0:
-                self._sleep(late_by)
-
-
 def oldest_ids(client: Client, keys: StreamKeys, limit: int | None = None) -> Iterator[bytes]:
     """The dead letters' own IDs (not their parts), oldest first, read a batch at a time: memory stays flat
     however many there are."""
@@ -213,12 +189,12 @@ def replay(
     dead-letter stream in the same atomic step; returns how many moved. A dead letter already replayed or
     purged is skipped; a continued one whose parts are gone is skipped with a warning. `ids` is read a batch
     at a time; `rate` caps entries per second (0: as fast as Redis takes them)."""
-    moved = handed = 0
-    pacer = Pacer(rate)
+    moved = 0
+    pacer = ClaimPacer(rate)  # the same pacing as RECLAIM_MAX_RATE: batches of a quarter second's worth
     pending = iter(ids)
-    while batch := list(islice(pending, pacer.batch_size(REPLAY_BATCH))):
-        pacer.wait_for(handed)
-        handed += len(batch)
+    while batch := list(islice(pending, pacer.page_size(REPLAY_BATCH))):
+        pacer.wait()
+        pacer.handed_out(len(batch))
         try:
             replayed, continued = command(
                 client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT,
