@@ -215,7 +215,10 @@ def test_check_passes_on_a_ready_deployment_and_names_what_fails(
 ) -> None:
     done = cli(redis_8, "check")
     assert 0 == done.returncode, done.stdout
-    assert 7 == done.stdout.count("PASS")  # settings … stream and group, dead-letter stream, permissions
+    # settings, connectivity, replicas, authentication, server version, stream and group, dead-letter
+    # stream, permissions; and a WARN: no scheduled cycle recorded yet (the heartbeat)
+    assert 8 == done.stdout.count("PASS"), done.stdout
+    assert 1 == done.stdout.count("WARN  last completed cycle"), done.stdout
     missing = cli(redis_8, "check", STREAM_CONSUMER_GROUP_NAME="no_such_group")
     assert 1 == missing.returncode
     assert "FAIL  stream and group: no group 'no_such_group'" in missing.stdout

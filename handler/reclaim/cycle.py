@@ -124,7 +124,7 @@ class ReclaimCycle:
         try:
             holder = with_retries(lease.acquire)
         except redis.exceptions.ResponseError as exc:
-            if not str(exc).startswith(LEASE_REFUSALS_TO_SWEEP_THROUGH):
+            if not _may_sweep_without_lease(exc):
                 raise  # NOPERM and the like: a misconfiguration, said as such (never swept without a lease)
             # Redis out of memory refuses the SET: the lease only saves duplicate work, so sweep without it.
             log.warning("could not take the sweep lease, sweeping without it: %s", exc)
@@ -273,6 +273,13 @@ def _cluster_changed(exc: redis.exceptions.ResponseError) -> bool:
     parsed = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterDownError,
               redis.exceptions.TryAgainError)  # fmt: skip
     return isinstance(exc, parsed) or str(exc).startswith(CLUSTER_CHANGED)
+
+
+def _may_sweep_without_lease(exc: redis.exceptions.ResponseError) -> bool:
+    """Redis out of memory (redis-py drops the OOM code from the message) or unable to persist."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
+        LEASE_REFUSALS_TO_SWEEP_THROUGH
+    )
 
 
 def _release_quietly(lease: Lease) -> None:
