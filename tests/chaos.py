@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import redis
+from redis.cluster import ClusterNode
 
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, LocalRedisError, environment_for
@@ -55,7 +56,7 @@ from handler.reclaim.dead_letter import is_part, split_dead_letter
 from handler.transport.client import Client
 from handler.transport.connect import RawStreamCluster
 from tests.host import APP_ROOT, FunctionsHost
-from tests.pipeline import command, create_group, expected_hash, pending_rows
+from tests.pipeline import command, create_group, expected_hash, pending_rows, raw
 from tests.proxy import FaultyProxy
 from tests.redis_binaries import BINARIES
 
@@ -68,7 +69,7 @@ REFUSING_USER = "chaos-refused"  # may do everything but HSET: each write is ref
 LEASE_LOST = "lease-lost"
 # LOADING: DEBUG RELOAD with key-load-delay set so that loading lasts about this long. Redis 6.x answers
 # other clients only every 2 MB of RDB loaded, so the world gets 20 MB of incompressible filler first.
-LOADING_SEC = 1.5
+LOADING_SEC = 1.0
 FILLER_KEYS, FILLER_BYTES = 2000, 10_000
 CLUSTER_VERSIONS = frozenset({"8.2"})  # LocalCluster assigns slots with CLUSTER ADDSLOTSRANGE (7.0+)
 CLUSTER_SHARE, TWO_STREAMS_SHARE = 0.2, 0.4  # of the worlds chosen from seeds
@@ -183,6 +184,7 @@ class Model:
     """What the checker knows the world did to each entry."""
 
     entries: dict[EntryKey, list[bytes]] = field(default_factory=dict)  # flat fields
+    tweet_of: dict[EntryKey, bytes | None] = field(default_factory=dict)  # tweet:<id>, or None without an id
     delivered: set[EntryKey] = field(default_factory=set)  # read by the group at least once
     reads: Counter[EntryKey] = field(default_factory=Counter)
     abnormal_since: dict[EntryKey, int] = field(default_factory=dict)  # abnormal invocations when delivered
@@ -194,6 +196,10 @@ class Model:
     wrong_type_ids: set[bytes] = field(default_factory=set)
     abnormal: int = 0  # invocations that may have spent a delivery of every entry pending then
     max_deliveries: int = MAX_DELIVERIES  # the smallest any invocation so far used
+
+    def add(self, entry: EntryKey, fields: list[bytes]) -> None:
+        self.entries[entry] = fields
+        self.tweet_of[entry] = _tweet_key(fields)
 
 
 @dataclass
@@ -264,6 +270,16 @@ class Invocation:
             raise ViolationError(f"an invocation did not end within {self.bound * 3 + 10:.0f} s")
         return self._check(self._results[0])
 
+    @property
+    def text(self) -> bytes:
+        """The answer's body, or the CLI's output (empty before it ended)."""
+        if not self._results:
+            return b""
+        result = self._results[0]
+        if isinstance(result, tuple):
+            return str(result[0].stdout).encode()
+        return bytes(getattr(result, "body", b""))
+
 
 class Reload:
     """DEBUG RELOAD from a background thread (the server saves its RDB and loads it back, answering LOADING
@@ -327,6 +343,7 @@ class Run:
         self.model = Model()
         self.stats = Stats()
         self.numbers = 0
+        self._pairs: dict[bytes, tuple[int, set[tuple[bytes, bytes]]]] = {}  # per tweet, for _check_written
         self.admin: Client = self._start_redis()
         try:
             for stream in self.streams:
@@ -404,18 +421,16 @@ class Run:
             if wrong and self.admin.set(b"tweet:" + fields[3], b"not a hash", nx=True):
                 self.model.wrong_type_ids.add(fields[3])
             entry_id = bytes(command(self.admin, "XADD", stream, "*", *fields))
-            self.model.entries[stream, entry_id] = fields
+            self.model.add((stream, entry_id), fields)
 
-    def _process(self, rng: random.Random, *, live: bool = False) -> None:
+    def _process(self, rng: random.Random, *, live: bool = False) -> int:
         """A processor reads, writes and acknowledges some entries, and crashes on the rest (a live one
         sometimes after writing)."""
         stream = rng.choice(self.streams)
         consumer = f"processor-{rng.randrange(4)}"
         count = rng.randrange(1, 10 if live else 40)
-        read = command(
-            self.admin, "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", stream, ">"
-        )
-        for raw_id, fields in read[0][1] if read else []:
+        read = self._read(stream, consumer, count)
+        for raw_id, fields in read:
             entry = (stream, bytes(raw_id))
             self._delivered(entry)
             flat = list(fields)
@@ -430,6 +445,21 @@ class Run:
             elif live and roll < 0.7:
                 command(self.admin, "HSET", key, *flat)  # and crashes before acknowledging
                 self.model.half_written.add(entry)
+        return len(read)
+
+    def _abandon(self, rng: random.Random, count: int) -> None:
+        """New entries, read by a processor that crashes at once."""
+        self._produce(rng, count)
+        for stream in self.streams:
+            for raw_id, _ in self._read(stream, "processor-crashed", 1000):
+                self._delivered((stream, bytes(raw_id)))
+
+    def _read(self, stream: str, consumer: str, count: int) -> list[Any]:
+        """New entries for a processor ([id, fields] each)."""
+        read = command(
+            self.admin, "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "STREAMS", stream, ">"
+        )
+        return list(read[0][1]) if read else []
 
     def _delivered(self, entry: EntryKey) -> None:
         self.model.delivered.add(entry)
@@ -528,12 +558,20 @@ class Run:
     def _invoke_cli(self, rng: random.Random) -> None:
         self._spent(self._begin_cli(self._cli_settings(rng)).finish())
 
-    def _overlapping_monitors(self, rng: random.Random) -> None:
-        """Two invocations at once against the same world: the handler and a CLI, or two CLIs."""
-        settings = [self._cli_settings(rng) for _ in range(2)]
-        first = self._begin_http() if rng.random() < 0.5 else self._begin_cli(settings[0])
-        time.sleep(rng.uniform(0, 0.5))
-        second = self._begin_cli(settings[1])
+    def _overlapping_monitors(self, rng: random.Random) -> bool:
+        """Two invocations at once against the same world: a CLI with small pages over a backlog, and once it
+        holds the sweep lease, the handler or another CLI. Counted as injected when they met: one was skipped
+        because the other held the lease, or one lost the lease."""
+        self._abandon(rng, rng.randrange(100, 300))
+        slow = {
+            "RECLAIM_PAGE_SIZE": str(rng.choice([1, 7])),
+            "MIN_IDLE_TIME_SEC": "0",
+            "CYCLE_MAX_MESSAGES": "1000000",
+        }
+        settings = [{**self._cli_settings(rng), **slow}, self._cli_settings(rng)]
+        first = self._begin_cli(settings[0])
+        self._wait_for_a_lease(first)  # the first is sweeping: the second starts in its middle
+        second = self._begin_http() if rng.random() < 0.5 else self._begin_cli(settings[1])
         outcomes: list[bool] = []
         errors: list[ViolationError] = []
         for invocation in (first, second):
@@ -544,22 +582,37 @@ class Run:
         self._spent(*outcomes)
         if errors:
             raise errors[0]
+        return any(
+            b"lease held by" in answer or LEASE_LOST.encode() in answer
+            for answer in (first.text, second.text)
+        )
 
-    def _live_processor(self, rng: random.Random) -> None:
-        """While an invocation runs, a producer adds entries and a processor reads new ones (`>`), writes and
-        acknowledges some, crashes on others, sometimes after writing."""
+    def _wait_for_a_lease(self, invocation: Invocation) -> None:
+        leases = [hash_tag_of(stream) + ":lease:" + GROUP for stream in self.streams]
+        while invocation.running() and not any(self.admin.exists(lease) for lease in leases):
+            time.sleep(0.002)
+
+    def _live_processor(self, rng: random.Random) -> bool:
+        """While an invocation runs (over a backlog, often), a producer adds entries and a processor reads new
+        ones (`>`), writes and acknowledges some, crashes on others, sometimes after writing. Counted as
+        injected when the processor read something while the invocation was still running."""
+        if rng.random() < 0.7:
+            self._abandon(rng, rng.randrange(20, 150))
         invocation = self._begin_http() if rng.random() < 0.5 else self._begin_cli(self._cli_settings(rng))
+        met = False
         try:
-            for _ in range(200):
+            for _ in range(500):
                 if rng.random() < 0.5:
                     self._produce(rng, rng.randrange(1, 6))
-                self._process(rng, live=True)
-                time.sleep(rng.uniform(0.01, 0.1))
+                read = self._process(rng, live=True)
+                met = met or (read > 0 and invocation.running())
+                time.sleep(rng.uniform(0.005, 0.03))
                 if not invocation.running():
                     break
         finally:
             abnormal = invocation.finish()
         self._spent(abnormal)
+        return met
 
     # Faults every world has.
     def _handler_killed(self, rng: random.Random) -> None:
@@ -573,6 +626,7 @@ class Run:
 
     def _out_of_memory(self, rng: random.Random) -> None:
         """Refused writes give their deliveries back: a 503 here is not counted as a spent delivery."""
+        self._abandon(rng, rng.randrange(5, 30))  # work for it: claims whose writes are refused
         self._config_set("maxmemory-policy", "noeviction")
         self._config_set("maxmemory", 1)
         try:
@@ -582,6 +636,7 @@ class Run:
 
     def _dead_letter_key_wrong_type(self, rng: random.Random) -> None:
         """Someone left a string where the dead-letter stream should be: every dead letter is refused."""
+        self._abandon(rng, rng.randrange(5, 30))  # work for it: some of it poison or without an id
         dead_letter = dead_letter_of(rng.choice(self.streams))
         kept = dead_letter + ":kept-aside"
         had_letters = bool(self.admin.exists(dead_letter))
@@ -597,6 +652,7 @@ class Run:
 
     def _refused_command(self, rng: random.Random) -> None:
         """Every write refused (NOPERM): refusals give their deliveries back, so nothing is counted spent."""
+        self._abandon(rng, rng.randrange(5, 30))
         refused = {"REDIS_USERNAME": REFUSING_USER, "REDIS_PASSWORD": "pw"}
         self._begin_cli({**self._cli_settings(rng), **refused}).finish()
 
@@ -609,7 +665,8 @@ class Run:
             raise ViolationError(f"replay exited {done.returncode}: {done.stderr[-500:]}")
         self.model.resolved |= {(stream, original) for original in originals}
         for entry_id, fields in command(self.admin, "XRANGE", stream, "-", "+"):
-            self.model.entries.setdefault((stream, bytes(entry_id)), list(fields))  # the replayed entries
+            if (stream, bytes(entry_id)) not in self.model.entries:
+                self.model.add((stream, bytes(entry_id)), list(fields))  # a replayed entry
 
     def _purge(self, rng: random.Random) -> None:
         stream = rng.choice(self.streams)
@@ -678,26 +735,46 @@ class Run:
         if unknown:
             raise ViolationError(f"dead letters of entries that never existed: {unknown[:5]}")
         ids_by_tweet: dict[bytes, list[list[bytes]]] = {}
-        for fields in model.entries.values():
-            key = _tweet_key(fields)
+        for entry, fields in model.entries.items():
+            key = model.tweet_of[entry]
             if key is not None:
                 ids_by_tweet.setdefault(key, []).append(fields)
         stray = [k for k in admin.scan_iter(match=b"tweet:*", count=1000) if bytes(k) not in ids_by_tweet]
         if stray:
             raise ViolationError(f"stray tweet keys: {stray[:5]}")
-        for entry in sorted(model.delivered - model.processed - model.deleted - model.resolved - pending):
-            fields = model.entries[entry]
-            key = _tweet_key(fields)
+        gone = sorted(model.delivered - model.processed - model.deleted - model.resolved - pending)
+        keys = {model.tweet_of[entry] for entry in gone}
+        stored = self._hashes(
+            sorted(key for key in keys if key is not None and key[6:] not in model.wrong_type_ids)
+        )
+        for entry in gone:
+            fields, key = model.entries[entry], model.tweet_of[entry]
             valid = key is not None and key[6:] not in model.wrong_type_ids
             if letters[entry]:
-                self._check_dead_lettered(entry, key, valid, ids_by_tweet)
+                self._check_dead_lettered(entry, key, valid, ids_by_tweet, stored)
                 continue
             if not valid or key is None:
                 raise ViolationError(f"lost: {entry} left the pending list, not written nor dead-lettered")
-            self._check_written(entry, key, fields, ids_by_tweet[key])
+            self._check_written(entry, key, fields, ids_by_tweet[key], stored[key])
+
+    def _hashes(self, keys: list[bytes]) -> dict[bytes, dict[bytes, bytes]]:
+        """Each tweet hash, read in pipelines of 500 (a check reads hundreds)."""
+        found: dict[bytes, dict[bytes, bytes]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            pipe = self.admin.pipeline(transaction=False)
+            for key in chunk:
+                pipe.hgetall(key)
+            found.update(zip(chunk, pipe.execute(), strict=True))  # bytes to bytes already
+        return found
 
     def _check_dead_lettered(
-        self, entry: EntryKey, key: bytes | None, valid: bool, ids_by_tweet: dict[bytes, list[list[bytes]]]
+        self,
+        entry: EntryKey,
+        key: bytes | None,
+        valid: bool,
+        ids_by_tweet: dict[bytes, list[list[bytes]]],
+        stored: dict[bytes, dict[bytes, bytes]],
     ) -> None:
         self.stats.fates["dead-lettered"] += 1
         model = self.model
@@ -705,7 +782,7 @@ class Run:
             return
         abnormal = model.abnormal - model.abnormal_since.get(entry, 0)
         alone = len(ids_by_tweet[key]) == 1 and entry not in model.half_written
-        if not abnormal and alone and self.admin.exists(key):
+        if not abnormal and alone and stored[key]:
             # No fault since it was delivered, so no attempt wrote it without acknowledging it.
             raise ViolationError(f"{entry} both written and dead-lettered")
         spent = model.reads[entry] + abnormal
@@ -716,22 +793,28 @@ class Run:
             )
 
     def _check_written(
-        self, entry: EntryKey, key: bytes, fields: list[bytes], same: list[list[bytes]]
+        self,
+        entry: EntryKey,
+        key: bytes,
+        fields: list[bytes],
+        same: list[list[bytes]],
+        stored: dict[bytes, bytes],
     ) -> None:
         self.stats.fates["written"] += 1
-        stored: Any = self.admin.hgetall(key)
-        stored = {bytes(k): bytes(v) for k, v in stored.items()}
         if not stored:
             raise ViolationError(f"lost: {entry} acknowledged but {key!r} was never written")
         if len(same) == 1 and stored != expected_hash(fields):
             raise ViolationError(f"corrupted: {key!r} differs from its only entry {entry}")
-        candidates: dict[bytes, set[bytes]] = {}
-        for other in same:
-            for name, value in zip(other[0::2], other[1::2], strict=True):
-                candidates.setdefault(name, set()).add(value)
-        wrong = [name for name, value in stored.items() if value not in candidates.get(name, set())]
+        known = self._pairs.get(key)
+        if known is None or known[0] != len(same):  # every (field, value) an entry of this tweet had
+            known = (
+                len(same),
+                {pair for other in same for pair in zip(other[0::2], other[1::2], strict=True)},
+            )
+            self._pairs[key] = known
+        wrong = stored.items() - known[1]
         if wrong:
-            raise ViolationError(f"corrupted: {key!r} holds values no entry of it had ({wrong[:3]})")
+            raise ViolationError(f"corrupted: {key!r} holds values no entry of it had ({sorted(wrong)[:3]})")
 
 
 class NodeRun(Run):
@@ -749,9 +832,13 @@ class NodeRun(Run):
         self.replica = LocalRedis(
             BINARIES[self.version](), extra_args=["--replicaof", "127.0.0.1", str(self.server.port)]
         )
-        self.replica.start()
+        try:
+            self.replica.start()
+        except BaseException:
+            self.server.cleanup()
+            raise
         self.proxy = FaultyProxy(self.server.port)
-        self.filled = False
+        self.filled = False  # the filler LOADING needs is written the first time
         return self.server.client()
 
     def _stop_redis(self) -> None:
@@ -818,7 +905,10 @@ class NodeRun(Run):
                 reload.wait_until_loading()
                 self._http()
             else:
-                self._http(fault=partial(reload.start_after, rng.uniform(0, 0.3)))
+                self._abandon(
+                    rng, rng.randrange(20, 60)
+                )  # work for the invocation, so that the reload starts in its middle
+                self._http(fault=partial(reload.start_after, rng.uniform(0, 0.1)))
         finally:
             reload.join()
             self.admin.config_set("key-load-delay", 0)
@@ -834,6 +924,16 @@ class NodeRun(Run):
             pipe.set(f"chaos:filler:{n}", filler.randbytes(FILLER_BYTES))
         pipe.execute()
         self.filled = True
+
+
+class _ClusterClient(RawStreamCluster):
+    """The checker's cluster client: XREADGROUP's replies raw too (flat field lists), as tests.pipeline
+    leaves them on one node."""
+
+    def get_redis_connection(self, node: ClusterNode) -> redis.Redis:
+        client = super().get_redis_connection(node)
+        client.set_response_callback("XREADGROUP", raw)
+        return client
 
 
 class ClusterRun(Run):
@@ -855,7 +955,7 @@ class ClusterRun(Run):
             raise
 
     def _cluster_client(self) -> RawStreamCluster:
-        return RawStreamCluster(host="127.0.0.1", port=self.stable.port, protocol=2)
+        return _ClusterClient(host="127.0.0.1", port=self.stable.port, protocol=2)
 
     def _stop_redis(self) -> None:
         self.cluster.cleanup()
@@ -870,9 +970,10 @@ class ClusterRun(Run):
         """A stream's master SIGKILLed during an invocation; its replica takes over; the old master comes
         back (empty) as the new master's replica."""
         victim = self.cluster.master_of(rng.choice(self.streams))
+        self._abandon(rng, rng.randrange(100, 300))  # work for the invocation, so that it dies in its middle
         self._wait_replicated(victim)  # the checker's own writes are on the replica: the model keeps them
         try:
-            self._http(fault=partial(self._kill_after, victim, rng.uniform(0, 0.3)))
+            self._http(fault=partial(self._kill_after, victim, rng.uniform(0, 0.1)))
         finally:
             victim.stop(kill=True)
             self.cluster.wait_for_failover(victim)
@@ -961,20 +1062,26 @@ def run_steps(steps: list[Step], version: str, world: World | None = None) -> Ou
 def reduce(
     steps: list[Step], version: str, world: World | None = None, reruns: int = 3
 ) -> tuple[list[Step], int, int]:
-    """Greedily drop steps while the violation still shows (each candidate run up to `reruns` times)."""
+    """Drop steps while the violation still shows: halves of the list first, then quarters, and so on down
+    to single steps (a cluster's run is slow, so few runs matter), each single step's removal tried up to
+    `reruns` times since threads and real servers are not deterministic."""
     current, tried, reproduced = list(steps), 0, 0
-    index = 0
-    while index < len(current):
-        candidate = current[:index] + current[index + 1 :]
-        for _ in range(reruns):
-            tried += 1
-            if run_steps(candidate, version, world).violation is not None:
-                reproduced += 1
-                current = candidate
-                break
-        else:
-            index += 1
-    return current, tried, reproduced
+    size = max(1, len(current) // 2)
+    while True:
+        index = 0
+        while index < len(current):
+            candidate = current[:index] + current[index + size :]
+            for _ in range(reruns if size == 1 else 1):
+                tried += 1
+                if candidate and run_steps(candidate, version, world).violation is not None:
+                    reproduced += 1
+                    current = candidate
+                    break
+            else:
+                index += size
+        if size == 1:
+            return current, tried, reproduced
+        size //= 2
 
 
 def seeds_for(minutes: float, seed: int | None) -> Iterator[int]:

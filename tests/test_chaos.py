@@ -1,5 +1,6 @@
 """The randomized checker (tests/chaos.py) on a fixed set of seeds: every promise holds after every step, and
-those seeds inject every kind of fault at least once. ./scripts/chaos runs it longer."""
+those seeds inject every kind of fault at least once, in every kind of world (one node and a cluster, one
+stream and two). ./scripts/chaos runs it longer."""
 
 from __future__ import annotations
 
@@ -7,24 +8,36 @@ from collections import Counter
 
 import pytest
 
-from tests.chaos import FAULTS, Outcome, plan, run_steps
+from tests.chaos import FAULTS, Outcome, World, plan, run_steps, world_for
 
-SEEDS = {"8.2": [11, 12, 13, 14, 15, 16], "6.2": [21], "6.0": [31]}
+# Each seed chooses its world (world_for): 8.2's 13 is a cluster with two streams (failovers), 26 one node
+# with one stream, the others one node with two streams; every one-node seed makes Redis answer LOADING.
+SEEDS = {"8.2": [13, 18, 26, 29], "6.2": [1], "6.0": [13]}
 STEPS = 50
 CASES = [(version, seed) for version, seeds in SEEDS.items() for seed in seeds]
 RUNS: dict[tuple[str, int], Outcome] = {}  # what the seeds' runs did, for the coverage test below
 
 
+def world(version: str, seed: int) -> World:
+    return world_for(seed, version)
+
+
 def run(version: str, seed: int) -> Outcome:
     if (version, seed) not in RUNS:
-        RUNS[version, seed] = run_steps(plan(seed, STEPS), version)
+        RUNS[version, seed] = run_steps(
+            plan(seed, STEPS, world(version, seed)), version, world(version, seed)
+        )
     return RUNS[version, seed]
 
 
-@pytest.mark.parametrize(("version", "seed"), CASES, ids=[f"redis-{v}-seed-{s}" for v, s in CASES])
+@pytest.mark.parametrize(
+    ("version", "seed"),
+    CASES,
+    ids=[f"redis-{v}-seed-{s}-{world(v, s)}".replace(", ", "-").replace(" ", "-") for v, s in CASES],
+)
 def test_every_promise_holds_after_every_step(version: str, seed: int) -> None:
     outcome = run(version, seed)
-    where = f"seed {seed} on Redis {version}, step {outcome.failed_at}"
+    where = f"seed {seed} on Redis {version} ({world(version, seed)}), step {outcome.failed_at}"
     assert outcome.violation is None, f"{where}: {outcome.violation}"
     assert STEPS == outcome.stats.checks
 
@@ -34,3 +47,9 @@ def test_the_fixed_seeds_inject_every_kind_of_fault() -> None:
     for version, seed in CASES:
         injected.update(run(version, seed).stats.faults)
     assert [] == [kind for kind in FAULTS if not injected[kind]], injected
+
+
+def test_the_fixed_seeds_cover_every_kind_of_world() -> None:
+    worlds = [world(version, seed) for version, seed in CASES]
+    assert any(w.cluster for w in worlds), worlds
+    assert {1, 2} <= {len(w.streams) for w in worlds if not w.cluster}, worlds
