@@ -276,8 +276,11 @@ def test_the_operator_commands_work_on_a_cluster(
     assert (0, 4) == (status["pending"], status["dead_letter_length"])
     letters = json.loads(cli("dead-letter", "list", "--json").stdout)
     assert 4 == len(letters)
+    purged = cli("dead-letter", "purge", letters[0]["id"], letters[1]["id"], "--yes")
+    assert 0 == purged.returncode and "purged 2 of 2" in purged.stdout, purged.stderr[-2000:]
     replayed = cli("dead-letter", "replay", "--all")
     assert 0 == replayed.returncode, replayed.stderr
+    assert "replayed 2 of 2" in replayed.stdout
     assert 0 == json.loads(cli("status", "--json").stdout)["dead_letter_length"]
 
 
