@@ -34,6 +34,7 @@ from handler.transport.retry import CLUSTER_UNREACHABLE
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SETTINGS = 0, 1, 2
+PAST_TENSE = {"replay": "replayed", "purge": "purged"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,7 +353,7 @@ def _replay_or_purge(client: Client, keys: StreamKeys, args: argparse.Namespace)
             done = dead_letters.purge_all(client, keys, advance)
         else:
             done = dead_letters.purge(client, keys, args.ids)
-    print(f"{args.action}ed {done:,} of {total:,} dead letters")
+    print(f"{PAST_TENSE[args.action]} {done:,} of {total:,} dead letters")
     return EXIT_OK
 
 

@@ -278,9 +278,11 @@ def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
     removed = 0
     for start in range(0, len(ids), PURGE_BATCH):
         batch = list(ids[start : start + PURGE_BATCH])
-        pipe = client.pipeline(transaction=False)
+        # The dead-letter stream's own node: a cluster pipeline would parse XRANGE into dicts, losing
+        # repeated field names (the node clients leave stream replies raw, connect.py).
+        pipe = server_holding(client, keys.dead_letter).pipeline(transaction=False)
         for entry_id in batch:
-            pipe.execute_command("XRANGE", keys.dead_letter, entry_id, entry_id)
+            command(pipe, "XRANGE", keys.dead_letter, entry_id, entry_id)
         parts: list[bytes] = []
         for found in pipe.execute():
             for head in _heads(found):
