@@ -91,7 +91,8 @@ class _Starting(Telemetry):
     def _start(self, build: Callable[[], Telemetry]) -> None:
         telemetry = build()
         with self._lock:
-            if self._stopped:
+            if self._stopped:  # stopped while starting: its exporters' threads must not outlive the stop
+                telemetry.stop(0.0)
                 return
             self._ready = telemetry
             waiting, self._waiting = self._waiting, []
