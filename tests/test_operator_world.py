@@ -58,6 +58,15 @@ def readme_rule_for(stream: str) -> str:
     return ACL_RULE.replace("tweets_stream", stream.replace("{", "{{").replace("}", "}}"))
 
 
+def user_without_scan(client: redis.Redis, names: dict[str, str], prefix: str) -> dict[str, str]:
+    """A group on `<stream>:0` and a user with the README's rule for every `<stream>*` key, without +scan
+    (which a pattern in STREAM_NAME needs)."""
+    stream = names["STREAM_NAME"]
+    create_group(client, stream + ":0", names["STREAM_CONSUMER_GROUP_NAME"])
+    rule = readme_rule_for(stream + ":0").replace("~" + stream, "~" + stream + "*")
+    return add_user(client, prefix + stream[-6:], rule)
+
+
 def start_run(env: dict[str, str], schedule: str = "* * * * * *") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "handler", "run", "--schedule", schedule], env=env, cwd=APP_ROOT,
@@ -105,12 +114,7 @@ def test_run_keeps_going_when_the_user_may_not_scan(
 ) -> None:
     """A pattern needs SCAN; a user without it fails each cycle (logged, counted) and run goes on."""
     stream = names["STREAM_NAME"]
-    create_group(client8, stream + ":0", names["STREAM_CONSUMER_GROUP_NAME"])
-    login = add_user(
-        client8,
-        "no-scan-" + stream[-6:],
-        readme_rule_for(stream + ":0").replace("~" + stream, "~" + stream + "*"),
-    )
+    login = user_without_scan(client8, names, "no-scan-")
     env = env_for(
         redis_8, {**names, "STREAM_NAME": stream + ":*"}, METRICS_ADDRESS=f"127.0.0.1:{free_port()}", **login
     )
@@ -257,12 +261,7 @@ def test_check_without_scan_for_a_pattern_reports_it(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
 ) -> None:
     stream = names["STREAM_NAME"]
-    create_group(client8, stream + ":0", names["STREAM_CONSUMER_GROUP_NAME"])
-    login = add_user(
-        client8,
-        "cnoscan-" + stream[-6:],
-        readme_rule_for(stream + ":0").replace("~" + stream, "~" + stream + "*"),
-    )
+    login = user_without_scan(client8, names, "cnoscan-")
     done = cli(env_for(redis_8, {**names, "STREAM_NAME": stream + ":*"}, **login), "check")
     _assert_every_line_has_a_verdict(done)
     assert 1 == done.returncode
