@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from handler.keys import StreamKeys
+from handler.reclaim.hot_path import hot_path
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
 from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.rules import END, START, PendingRow, next_id, parse_id, parse_pending_rows, walk_start
@@ -31,7 +31,6 @@ from handler.transport.wire import Channel, pack
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL_SEC = 0.001
 PAGE_WORKERS = 3  # measured on 2 cores: 2 workers ~60k msg/s, 3 ~70k (bench/reclaim_bench.py)
 
 
@@ -117,22 +116,18 @@ class Sweep:
         for worker in workers:
             worker.start()
         channel = Channel(on_reconnect=self._topology.refresh)
-        # A worker whose reply has arrived should not wait the default 5 ms for another to yield the GIL
-        # while Redis sits idle: measured +5-10 % throughput on 2 cores (bench/reclaim_bench.py).
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_SEC)
-        try:
-            stopped = self._dispatch(channel, cursor)
-        except BaseException as exc:
-            self._fail(exc)  # the walker's own failure (XPENDING, the lease): the workers drain
-            raise
-        finally:
-            sys.setswitchinterval(switch_interval)
-            for _ in workers:
-                self._pages.put(None)
-            for worker in workers:
-                worker.join()
-            channel.close()
+        with hot_path():  # the GIL switch interval and the collector, until the workers are done
+            try:
+                stopped = self._dispatch(channel, cursor)
+            except BaseException as exc:
+                self._fail(exc)  # the walker's own failure (XPENDING, the lease): the workers drain
+                raise
+            finally:
+                for _ in workers:
+                    self._pages.put(None)
+                for worker in workers:
+                    worker.join()
+                channel.close()
         if self._errors or stopped is None:
             # The error that stopped the sweep, not a page that gave up because of it.
             raise next(
