@@ -59,7 +59,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="runs per cell in every part (default: 5 below N=1,000,000 and 3 from there "
         "on loopback, 3 in the round-trip part)",
     )
-    parser.add_argument("--rtt-ms", default="0,0.5,1", help="round trips the latency proxy adds (ms)")
+    parser.add_argument("--rtt-ms", default="0,0.5,1,5", help="round trips the latency proxy adds (ms)")
     parser.add_argument(
         "--seed-max",
         type=int,
