@@ -20,7 +20,11 @@ from handler.transport.wire import Channel, pack, pack_hsets
     ],
 )
 def test_pack_hsets_is_the_same_resp_as_hiredis(fields: list[bytes]) -> None:
-    writes = [(b"tweet:1", fields), (b"tweet:\xe2\x9c\x93", fields[:2])]
+    writes = [
+        (b"tweet:1", fields),
+        (b"tweet:\xe2\x9c\x93", fields[:2]),
+        (b"tweet:" + b"k" * 5000, fields[:2]),
+    ]
     expected = b"".join(pack((b"HSET", key, *values)) for key, values in writes)
     assert expected == pack_hsets(writes)
 

@@ -20,7 +20,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
 
 import redis
 
@@ -39,7 +38,7 @@ from handler.reclaim.rules import (
 from handler.reclaim.summary import Alerts, Counts
 from handler.reclaim.write_order import Ticket, WriteOrder
 from handler.transport.topology import Node, Topology
-from handler.transport.wire import Channel, Wire, pack, pack_hsets
+from handler.transport.wire import REPLY_ERROR, Channel, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,14 @@ class PageSettings:
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
 
 
-class _Write(NamedTuple):  # a tuple: a page makes thousands of them
-    entry_id: bytes
-    key: bytes  # tweet:<id>
-    fields: list[bytes]
+@dataclass
+class _Writes:
+    """A page's tweets to write, position by position: lists, not an object per entry (a page makes
+    thousands, and the hot path's own CPU sets the pace on small machines)."""
+
+    entry_ids: list[bytes] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)  # tweet:<id>
+    fields: list[list[bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -110,15 +113,17 @@ def handle_page(
         order.give_up_turn(turn)
         raise
     deliveries = {row.entry_id: row.deliveries for row in rows}
-    writes: list[_Write] = []
+    writes = _Writes()
     dead: list[tuple[bytes, DeadLetter]] = []
     for entry_id, fields in claim.entries:
         decision = decide(fields, deliveries[entry_id], config.max_deliveries)
         if isinstance(decision, bytes):
-            writes.append(_Write(entry_id, decision, fields))
+            writes.entry_ids.append(entry_id)
+            writes.keys.append(decision)
+            writes.fields.append(fields)
         else:
             dead.append((entry_id, decision))
-    ticket = order.register(turn, (write.key for write in writes))
+    ticket = order.register(turn, writes.keys)
     try:
         outcome = channel.run(
             partial(_finish, writes=writes, dead=dead, ticket=ticket, order=order, deliveries=deliveries,
@@ -153,7 +158,7 @@ def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
 
 def _finish(
     channel: Channel,
-    writes: list[_Write],
+    writes: _Writes,
     dead: list[tuple[bytes, DeadLetter]],
     ticket: Ticket,
     order: WriteOrder,
@@ -208,42 +213,48 @@ def _write(
     channel: Channel,
     config: PageSettings,
     stream_node: Node,
-    writes: list[_Write],
+    writes: _Writes,
     outcome: _Outcome,
 ) -> None:
     """One HSET per entry, sent to every node at once; only writes that succeeded (and, on a cluster node
     with replicas, reached one) are acknowledged later."""
-    if not writes:
+    if not writes.keys:
         return
     topology, wait_ms = config.topology, config.wait_for_replica_ms
-    by_node: dict[Node, list[int]] = {}
-    for index, write in enumerate(writes):
-        by_node.setdefault(topology.node_of(write.key), []).append(index)
+    keys, fields, entry_ids = writes.keys, writes.fields, writes.entry_ids
     batches: list[tuple[Node, list[int], Wire, bool]] = []
-    for node, indices in by_node.items():
+    for node, indices in topology.by_node(keys).items():
         wire = channel.wire(node.pool)
         # The stream's own node replicates the HSETs before the XACK that follows them, in order.
         wait = node is not stream_node and node.replicas > 0
-        data = pack_hsets((writes[i].key, writes[i].fields) for i in indices)
+        if len(indices) == len(keys):  # one node: the page as it is
+            data = pack_hsets(zip(keys, fields, strict=True))
+        else:
+            data = pack_hsets((keys[i], fields[i]) for i in indices)
         wire.send(data + pack((b"WAIT", 1, wait_ms)) if wait else data, len(indices) + wait)
         batches.append((node, indices, wire, wait))
     for node, indices, wire, wait in batches:
         results = wire.read(len(indices) + wait)
         copied = _reached_a_replica(node, results.pop(), wait_ms) if wait else True
+        if copied and REPLY_ERROR not in map(type, results):  # the usual case: every write succeeded
+            outcome.written.extend(entry_ids[i] for i in indices)
+            continue
         for index, result in zip(indices, results, strict=True):
-            write = writes[index]
+            entry_id = entry_ids[index]
             error = result if isinstance(result, Exception) else None
             if error is None and copied:
-                outcome.written.append(write.entry_id)
+                outcome.written.append(entry_id)
             elif error is None:
-                _refuse(outcome, write.entry_id, "write", "NOREPLICAS", f"{node.name}: no replica confirmed")
+                _refuse(outcome, entry_id, "write", "NOREPLICAS", f"{node.name}: no replica confirmed")
             elif is_permanent_write_error(str(error)):
-                outcome.dead.append((write.entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, str(error))))
+                outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, str(error))))
             else:
                 message = str(error)
                 outcome.cluster_changed = outcome.cluster_changed or message.startswith(CLUSTER_CHANGED)
-                _refuse(outcome, write.entry_id, "write", refusal_reason(message), message)
-                log.warning("writing %r was refused, left pending for a later cycle: %s", write.key, message)
+                _refuse(outcome, entry_id, "write", refusal_reason(message), message)
+                log.warning(
+                    "writing %r was refused, left pending for a later cycle: %s", keys[index], message
+                )
 
 
 def _refuse(outcome: _Outcome, entry_id: bytes, step: str, reason: str, message: str) -> None:

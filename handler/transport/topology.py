@@ -8,6 +8,7 @@ kept with the connection (connect.RedisConnection) and read again after a connec
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,10 @@ class Node:
 class Topology(Protocol):
     def node_of(self, key: bytes | str) -> Node: ...
 
+    def by_node(self, keys: Sequence[bytes]) -> dict[Node, list[int]]:
+        """The positions of `keys` grouped by the node each lives on, in their order within each node."""
+        ...
+
     def refresh(self) -> None:
         """Read the slot map again (after a connection error: a failover may have moved slots)."""
 
@@ -46,6 +51,9 @@ class SingleNode:
 
     def node_of(self, key: bytes | str) -> Node:
         return self._node
+
+    def by_node(self, keys: Sequence[bytes]) -> dict[Node, list[int]]:
+        return {self._node: list(range(len(keys)))} if keys else {}
 
     def refresh(self) -> None:
         pass  # one node: nothing moves
@@ -66,6 +74,12 @@ class ClusterSlots:
         if node is None:
             node = self._by_slot[slot] = self._resolve(slot)
         return node
+
+    def by_node(self, keys: Sequence[bytes]) -> dict[Node, list[int]]:
+        positions: dict[Node, list[int]] = {}
+        for index, key in enumerate(keys):
+            positions.setdefault(self.node_of(key), []).append(index)
+        return positions
 
     def refresh(self) -> None:
         """The page workers share this snapshot: one of them reads the cluster's slot map again and the

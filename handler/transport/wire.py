@@ -24,6 +24,9 @@ T = TypeVar("T")
 RECV_BYTES = 1 << 20
 # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length of str, bytes and numbers.
 _pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+# The class of the error replies a Wire returns in place (hiredis makes exactly this class, no subclass):
+# the hot path tells a page of successes from one with a failure by looking for it among the reply types.
+REPLY_ERROR = redis.exceptions.ResponseError
 NAME_ERRORS = "surrogateescape"  # key names that are not UTF-8 travel as str and back to their own bytes
 
 
@@ -57,7 +60,11 @@ def pack_hsets(writes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     for key, fields in writes:
         count = len(fields)
         append(_HSET_HEADER[count] if count < _HEADED_COUNTS else b"*%d\r\n$4\r\nHSET\r\n" % (count + 2))
-        for item in (key, *fields):
+        size = len(key)
+        append(_BULK_PREFIX[size] if size < _PREFIXED_SIZES else b"$%d\r\n" % size)
+        append(key)
+        append(_CRLF)
+        for item in fields:
             size = len(item)
             append(_BULK_PREFIX[size] if size < _PREFIXED_SIZES else b"$%d\r\n" % size)
             append(item)
@@ -87,7 +94,7 @@ class Wire:
         if sock is None:  # disconnected since the pool handed it out: a connection error like any other
             raise redis.exceptions.ConnectionError("the pooled connection has no socket")
         self._sock: socket.socket = sock
-        self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+        self._reader = hiredis.Reader(replyError=REPLY_ERROR)
         self._buffer = bytearray(RECV_BYTES)  # received into in place: no new bytes object per read
         self._view = memoryview(self._buffer)
         self._healthy = True
