@@ -100,3 +100,24 @@ def test_a_collector_the_process_disabled_itself_stays_disabled() -> None:
     with hot_path():
         pass
     assert (gc.isenabled(), sys.getswitchinterval()) == (False, PROCESS_SWITCH_INTERVAL)
+
+
+def test_an_interrupt_while_the_settings_change_leaves_the_process_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KeyboardInterrupt lands between two of hot_path's own steps (here: as the collector is disabled,
+    after the switch interval changed): nothing stays changed, and the next sweep works as usual."""
+    real_disable = gc.disable
+
+    def interrupted() -> None:
+        real_disable()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gc, "disable", interrupted)
+    with pytest.raises(KeyboardInterrupt), hot_path():
+        pytest.fail("the sweep must not start")
+    assert (gc.isenabled(), sys.getswitchinterval()) == (True, PROCESS_SWITCH_INTERVAL)
+    monkeypatch.setattr(gc, "disable", real_disable)
+    with hot_path():
+        assert (gc.isenabled(), sys.getswitchinterval()) == (False, SWITCH_INTERVAL_SEC)
+    assert (gc.isenabled(), sys.getswitchinterval()) == (True, PROCESS_SWITCH_INTERVAL)

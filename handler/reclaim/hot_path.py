@@ -4,15 +4,21 @@ machines, and two of CPython's defaults cost it throughput there.
 - The GIL switch interval: a worker whose reply has arrived should not wait the default 5 ms for another
   to yield the GIL while Redis sits idle (measured +5-10 % on 2 cores, bench/reclaim_bench.py).
 - The cyclic garbage collector: a page's replies are tens of thousands of new lists and bytes, so the
-  collector runs hundreds of times per cycle, and each older-generation pass walks every object of the
+  collector runs hundreds of times per sweep, and each older-generation pass walks every object of the
   process (in `serve`: FastAPI, pydantic, telemetry). Nothing the hot path keeps forms a reference cycle, so
-  reference counting frees it all the same; pausing the collector during a sweep measured +8-12 % on TLS at
-  1 ms (docs/performance.md). Memory stays flat: a page is freed when its worker lets go of it.
+  reference counting frees it all the same. Pausing the collector during a sweep measured 0.56 -> 0.65 of
+  the server limit for the CLI and 0.56 -> 0.73 for HTTP (TLS at 1 ms, N = 100,000, medians of 5
+  interleaved; docs/performance.md, "Where the time goes").
 
-The invariant: the settings are the process's own again when the last sweep ends, whatever happened inside
-(an exception, a signal). Sweeps may overlap (a caller's own threads): the first one in changes the
-settings and the last one out restores them; a collector the process had disabled itself stays disabled.
-Cyclic garbage made meanwhile (an exception's traceback on a retry) waits for the collector's next pass.
+The invariant: the settings are the process's own again when the last sweep ends, however it ends (an
+exception, KeyboardInterrupt between any two steps here). Sweeps may overlap (a caller's own threads): the
+first one in changes the settings and the last one out restores them; a collector the process had disabled
+itself stays disabled.
+
+The cost, bounded: cyclic garbage made while the collector is paused waits for its next pass, at most one
+sweep later (CYCLE_TIME_BUDGET_SEC, plus timeouts). The sweep's own cycles are few (the exception that
+fails a sweep, with its traceback); other threads of the process (`serve`'s event loop, a /metrics scrape,
+the telemetry export) keep allocating meanwhile, and their cyclic garbage is collected after the sweep.
 """
 
 from __future__ import annotations
@@ -20,14 +26,13 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 SWITCH_INTERVAL_SEC = 0.001
 
 
 class _HotPath:
-    """Counts the sweeps running in this process; the first one in and the last one out change settings."""
+    """Counts the sweeps running in this process; the first one in and the last one out change settings.
+    A context manager itself, so that nothing runs between entering and the `with` block's protection."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -35,32 +40,40 @@ class _HotPath:
         self._saved_switch_interval = 0.0
         self._collector_was_enabled = False
 
-    def enter(self) -> None:
+    def __enter__(self) -> None:
         with self._lock:
-            if self._sweeps == 0:
+            if self._sweeps:
+                self._sweeps += 1
+                return
+            try:
                 self._saved_switch_interval = sys.getswitchinterval()
                 self._collector_was_enabled = gc.isenabled()
+                self._sweeps = 1  # from here on, whatever was changed is restored
                 sys.setswitchinterval(SWITCH_INTERVAL_SEC)
                 gc.disable()
-            self._sweeps += 1
+            except BaseException:
+                if self._sweeps:
+                    self._sweeps = 0
+                    self._restore()
+                raise
 
-    def leave(self) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         with self._lock:
             self._sweeps -= 1
             if self._sweeps == 0:
-                sys.setswitchinterval(self._saved_switch_interval)
-                if self._collector_was_enabled:
-                    gc.enable()
+                self._restore()
+
+    def _restore(self) -> None:
+        try:
+            if self._collector_was_enabled:
+                gc.enable()
+        finally:
+            sys.setswitchinterval(self._saved_switch_interval)
 
 
 _process = _HotPath()
 
 
-@contextmanager
-def hot_path() -> Iterator[None]:
-    """The sweep's interpreter settings for the duration of the `with` block."""
-    _process.enter()
-    try:
-        yield
-    finally:
-        _process.leave()
+def hot_path() -> _HotPath:
+    """The sweep's interpreter settings for the duration of a `with hot_path():` block."""
+    return _process

@@ -38,7 +38,7 @@ from handler.reclaim.rules import (
 from handler.reclaim.summary import Alerts, Counts
 from handler.reclaim.write_order import Ticket, WriteOrder
 from handler.transport.topology import Node, Topology
-from handler.transport.wire import REPLY_ERROR, Channel, Wire, pack, pack_hsets
+from handler.transport.wire import Channel, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class PageSettings:
     max_deliveries: int
     dead_letter_maxlen: int = 0
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
+
+
+_COUNTS_ONLY = {int}  # the reply types of a page of HSETs that all succeeded
 
 
 @dataclass
@@ -236,7 +239,8 @@ def _write(
     for node, indices, wire, wait in batches:
         results = wire.read(len(indices) + wait)
         copied = _reached_a_replica(node, results.pop(), wait_ms) if wait else True
-        if copied and REPLY_ERROR not in map(type, results):  # the usual case: every write succeeded
+        # The usual case, checked in C: every HSET answered its count (an int), none an error reply.
+        if copied and len(results) == len(indices) and set(map(type, results)) == _COUNTS_ONLY:
             outcome.written.extend(entry_ids[i] for i in indices)
             continue
         for index, result in zip(indices, results, strict=True):

@@ -24,9 +24,6 @@ T = TypeVar("T")
 RECV_BYTES = 1 << 20
 # hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length of str, bytes and numbers.
 _pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
-# The class of the error replies a Wire returns in place (hiredis makes exactly this class, no subclass):
-# the hot path tells a page of successes from one with a failure by looking for it among the reply types.
-REPLY_ERROR = redis.exceptions.ResponseError
 NAME_ERRORS = "surrogateescape"  # key names that are not UTF-8 travel as str and back to their own bytes
 
 
@@ -94,7 +91,7 @@ class Wire:
         if sock is None:  # disconnected since the pool handed it out: a connection error like any other
             raise redis.exceptions.ConnectionError("the pooled connection has no socket")
         self._sock: socket.socket = sock
-        self._reader = hiredis.Reader(replyError=REPLY_ERROR)
+        self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
         self._buffer = bytearray(RECV_BYTES)  # received into in place: no new bytes object per read
         self._view = memoryview(self._buffer)
         self._healthy = True
