@@ -1,5 +1,5 @@
-"""The interpreter's settings while a sweep runs: the cycle's hot path is CPU-bound in Python on small
-machines, and two of CPython's defaults cost it throughput there.
+"""The interpreter's settings while a sweep runs: on small machines the cycle's pace is set by its Python
+work and its waits, and two of CPython's defaults cost it throughput there.
 
 - The GIL switch interval: a worker whose reply has arrived should not wait the default 5 ms for another
   to yield the GIL while Redis sits idle (measured +5-10 % on 2 cores, bench/reclaim_bench.py).
