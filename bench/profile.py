@@ -32,7 +32,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import redis
+
 from bench.backlog import abandon, produce, raw_client, verify
+from bench.latency_proxy import cpu_seconds
 from bench.reclaim_bench import PAGE_SIZE, Endpoint, HttpHandler, monitor_env, server_limit
 from bench.results import RESULTS_DIR, git
 from bench.server_limit import command_stream
@@ -41,15 +44,8 @@ from handler.dev.local_redis import LocalRedis, packaged_redis_server
 PY_SPY = Path(sys.executable).with_name("py-spy")
 SAMPLES_PER_SECOND = 500
 TOP_FRAMES = 25
-HOT_PATH_MARK = (
-    "handler/reclaim/"  # a sample is the cycle's work when a frame of the reclaim package is on it
-)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a running process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# A sample is the cycle's work when a frame of the reclaim package is on it.
+HOT_PATH_MARK = "handler/reclaim/"
 
 
 @contextmanager
@@ -174,10 +170,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def accounting(
-    local: LocalRedis, endpoint: Endpoint, handler: HttpHandler | None, size: int, repeat: int
+    local: LocalRedis,
+    client: redis.Redis,
+    endpoint: Endpoint,
+    handler: HttpHandler | None,
+    size: int,
+    repeat: int,
 ) -> list[str]:
     """The server limit and the cycle, interleaved: msg/s, Redis's CPU and the monitor's per entry."""
-    client = raw_client(local.port, **endpoint.client_options())
     chunks = command_stream(client, PAGE_SIZE)
     startup_cpu = 0.0
     if handler is None:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         handler = None if args.cli else HttpHandler(endpoint)
         if handler is not None:
             stack.callback(handler.stop)
-        report += ["", *accounting(local, endpoint, handler, args.size, args.repeat), ""]
+        report += ["", *accounting(local, client, endpoint, handler, args.size, args.repeat), ""]
         abandon(client, args.size)
         report += profiled_cycle(args.cli, endpoint, handler, args.size)
         problem = verify(client, args.size)

@@ -905,9 +905,8 @@ class NodeRun(Run):
                 reload.wait_until_loading()
                 self._http()
             else:
-                self._abandon(
-                    rng, rng.randrange(20, 60)
-                )  # work for the invocation, so that the reload starts in its middle
+                # Work for the invocation, so that the reload starts in its middle.
+                self._abandon(rng, rng.randrange(20, 60))
                 self._http(fault=partial(reload.start_after, rng.uniform(0, 0.1)))
         finally:
             reload.join()

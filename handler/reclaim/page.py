@@ -56,7 +56,7 @@ class PageSettings:
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
 
 
-_COUNTS_ONLY = {int}  # the reply types of a page of HSETs that all succeeded
+_COUNTS_ONLY = frozenset({int})  # the reply types of a page of HSETs that all succeeded
 
 
 @dataclass
