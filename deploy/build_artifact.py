@@ -43,74 +43,10 @@ DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test",
                     "ossaudiodev", "readline", "_sqlite3", "_dbm", "_gdbm", "spwd", "audioop")  # fmt: skip
 # Test folders and modules in the standard library and the dependencies: nothing at run time imports them.
 TEST_ONLY_FOLDERS = {"test", "tests"}
-LAUNCHER = """#!/bin/sh
-# Starts the handler with the Python and C library bundled beside this script (deploy/build_artifact.py).
-# host.json has the image's /bin/sh run it, so no exec bit in this folder is needed: a package published
-# from Windows, unpacked from a zip or mounted from squashfs without its modes still starts.
-# (This text is a str.format template: doubled braces are single braces in the script.)
-# This script's own folder, followed through any links to it (a link on PATH, relative, or to a link).
-self="$0"
-while [ -L "$self" ]; do
-    target=$(readlink "$self")
-    case "$target" in
-        /*) self="$target" ;;
-        *) self="$(dirname "$self")/$target" ;;
-    esac
-done
-here=$(CDPATH= cd -P -- "$(dirname -- "$self")" && pwd -P)
-runtime="$here/runtime"
-python="$runtime/bin/{python}"
-loader="$runtime/lib/{loader}"
-export PYTHONHOME="$runtime" PYTHONPATH="$here/app" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
-# `run` reads monitor/function.json from the app root: this folder, unless the Functions host names one.
-export TWEETS_MONITOR_APP_ROOT="$here"
-# TLS: the image's CA bundle (kept current by the platform), else the one certifi ships in app/.
-if [ -z "${{SSL_CERT_FILE:-}}" ]; then
-    for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt \\
-            "$here/app/certifi/cacert.pem"; do
-        if [ -f "$bundle" ]; then export SSL_CERT_FILE="$bundle"; break; fi
-    done
-fi
-# The loader is the one file the kernel is asked to execute; the interpreter and the libraries are only
-# read and mapped by it. When it cannot run here (no exec bit, or a noexec mount), a private copy runs
-# instead, from the first of $TMPDIR, /tmp, /dev/shm and $HOME where a copy can run. Copies this user left
-# in a local folder more than a minute ago go first (a running process keeps the file it started from);
-# none are removed from $HOME, which instances may share.
-runs() {{ "$1" --version >/dev/null 2>&1; }}
-if ! runs "$loader"; then
-    bundled="$loader"
-    loader=
-    for dir in "${{TMPDIR:-/tmp}}" /tmp /dev/shm "${{HOME:-}}"; do
-        [ -n "$dir" ] && [ -d "$dir" ] && [ -w "$dir" ] || continue
-        if [ "$dir" != "${{HOME:-}}" ]; then
-            find "$dir" -maxdepth 1 -name '{copies}*' -user "$(id -u)" -mmin +1 \\
-                -exec rm -rf {{}} + 2>/dev/null
-        fi
-        folder=$(mktemp -d "$dir/{copies}XXXXXXXX" 2>/dev/null) || continue
-        copy="$folder/{loader}"
-        if cp "$bundled" "$copy" 2>/dev/null && chmod 700 "$copy" && runs "$copy"; then
-            loader="$copy"
-            break
-        fi
-        rm -rf "$folder"
-    done
-    if [ -z "$loader" ]; then
-        echo "tweets-monitor: cannot execute $bundled (no exec bit, or a noexec mount), nor a copy of it:" \\
-            "no writable folder among \\$TMPDIR, /tmp, /dev/shm and \\$HOME allows executing (noexec)" >&2
-        exit 126
-    fi
-    if ! problem=$("$loader" --library-path "$runtime/lib" --list "$python" 2>&1 >/dev/null); then
-        rm -rf "${{loader%/*}}"
-        echo "tweets-monitor: a copy of the loader runs, but the bundled Python does not load from $here" \\
-            "(is it a noexec mount? the kernel maps no code from one): $problem" >&2
-        exit 126
-    fi
-    echo "tweets-monitor: $bundled cannot be executed in place (exec bits lost); running a copy, $loader" >&2
-fi
-# -P (safe path): `-m` would put the working directory first on the import path, so a handler/ or a
-# redis.py there would replace the bundled code; only app/ and the standard library are searched.
-exec "$loader" --library-path "$runtime/lib" "$python" -P -m handler "$@"
-"""
+# The launcher, a /bin/sh script kept as a file so that shellcheck reads it (tests/test_launcher.py). Its
+# @NAME@ placeholders are filled by launcher_text(); nothing else in it changes.
+LAUNCHER_TEMPLATE = ROOT / "deploy" / "launcher.sh"
+PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 FUNCIGNORE = """# Everything here is needed at run time; keep local-only files out of the upload.
 local.settings.json
 .funcignore
@@ -218,7 +154,7 @@ def _remove_tests(folder: Path) -> None:
 
 def _install_dependencies(app: Path) -> None:
     """Exactly the pins (and hashes) of requirements/app.lock, nothing resolved afresh; certifi among them is
-    the CA bundle of last resort, for an image without one (see LAUNCHER)."""
+    the CA bundle of last resort, for an image without one (see deploy/launcher.sh)."""
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
          "--require-hashes", "--no-deps", "--only-binary=:all:", "--target", str(app), "-r", str(APP_LOCK)],
@@ -271,7 +207,7 @@ def _system_libraries(path: Path, inside: Path) -> dict[str, Path]:
 
 def _write_function_app(out: Path) -> None:
     launcher = out / EXECUTABLE
-    launcher.write_text(LAUNCHER.format(loader=LOADER, python=PYTHON_VERSION, copies=LOADER_COPIES))
+    launcher.write_text(launcher_text())
     launcher.chmod(0o755)  # `./tweets-monitor check` in a console; the host itself needs no exec bit
     host = json.loads((ROOT / "host.json").read_text())
     host["customHandler"]["description"].update(
@@ -280,6 +216,25 @@ def _write_function_app(out: Path) -> None:
     (out / "host.json").write_text(json.dumps(host, indent=4) + "\n")
     shutil.copytree(ROOT / "monitor", out / "monitor")
     (out / ".funcignore").write_text(FUNCIGNORE)
+
+
+def launcher_text() -> str:
+    """deploy/launcher.sh with this build's interpreter, loader and copy-folder prefix in place."""
+    return fill_placeholders(
+        LAUNCHER_TEMPLATE.read_text(),
+        {"PYTHON": PYTHON_VERSION, "LOADER": LOADER, "LOADER_COPIES": LOADER_COPIES},
+    )
+
+
+def fill_placeholders(template: str, values: dict[str, str]) -> str:
+    """Every @NAME@ in `template` replaced by values[NAME]. A placeholder without a value, or a value
+    without a placeholder, is a BuildError naming it: a renamed placeholder never ships unfilled."""
+    found = set(PLACEHOLDER.findall(template))
+    if found != set(values):
+        problems = [f"@{name}@ has no value" for name in sorted(found - set(values))]
+        problems += [f"{name} has no @{name}@ to fill" for name in sorted(set(values) - found)]
+        raise BuildError(f"{LAUNCHER_TEMPLATE.name}: " + "; ".join(problems))
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
 def bundled_runtime() -> str:

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from deploy.build_artifact import EXECUTABLE, build, installed_versions, locked_versions, size_mb
+from deploy.build_artifact import (
+    EXECUTABLE,
+    build,
+    installed_versions,
+    launcher_text,
+    locked_versions,
+    size_mb,
+)
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
 from tests.host import FunctionsHost, completed
@@ -256,6 +263,13 @@ def test_without_a_system_ca_bundle_the_launcher_uses_certifis(bullseye_root: Pa
                             text=True, timeout=60, env=clean)  # fmt: skip
     assert 0 == traced.returncode, traced.stderr
     assert f"export SSL_CERT_FILE={APP_ROOT_INSIDE}/app/certifi/cacert.pem" in traced.stderr
+
+
+def test_the_artifacts_launcher_is_deploy_launcher_sh_filled_in(artifact: Path) -> None:
+    """The launcher shellcheck reads (tests/test_launcher.py) is the one that ships, runnable by hand."""
+    launcher = artifact / EXECUTABLE
+    assert launcher_text() == launcher.read_text()
+    assert 0o755 == launcher.stat().st_mode & 0o777
 
 
 def test_the_artifact_holds_exactly_the_locked_dependencies_and_no_dev_tools(artifact: Path) -> None:
