@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from handler.dev.host import FunctionsHost
 from handler.dev.local_redis import free_port
-from tests.host import FunctionsHost
 from tests.telemetry_fakes import Breeze, Tripwire, telemetry_environment
 
 UP_LINE = "telemetry: metrics to"

@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,12 +38,12 @@ import redis
 from bench.backlog import MIN_IDLE_SEC, abandon, produce, raw_client, verify
 from bench.results import Recorder, Run
 from bench.server_limit import command_stream, replay
-from handler.dev.local_redis import LocalRedis, free_port, packaged_redis_server
-from handler.dev.samples import GROUP, MONITOR, STREAM, timer_envelope
+from handler.dev.host import FunctionsHost, completed
+from handler.dev.local_redis import LocalRedis, packaged_redis_server
+from handler.dev.samples import GROUP, MONITOR, STREAM
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 2000
-ENVELOPE = json.dumps(timer_envelope()).encode()
 MAX_MESSAGES = 100_000_000  # CYCLE_MAX_MESSAGES's upper bound: never the reason a benchmark cycle stops
 LARGE = 1_000_000
 # A long budget that still fits the host's default functionTimeout (5 minutes), so the monitor does not warn.
@@ -139,34 +138,19 @@ def project_cli(endpoint: Endpoint, size: int) -> Measured:
 
 
 class HttpHandler:
-    """The handler as the Functions host runs it: `serve`, readiness on GET /, timer POSTs to /monitor."""
+    """The handler as the Functions host runs it (handler/dev/host.py): `serve`, readiness on GET /, timer
+    POSTs to /monitor."""
 
     def __init__(self, endpoint: Endpoint, **overrides: str) -> None:
-        self.port = free_port()
-        env = monitor_env(endpoint, FUNCTIONS_CUSTOMHANDLER_PORT=str(self.port), **overrides)
-        started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "handler", "serve"], env=env, cwd=APP_ROOT)
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"`serve` exited {self.process.returncode} before it was ready")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.025)
-        self.startup_s = time.perf_counter() - started
+        self.host = FunctionsHost(monitor_env(endpoint, **overrides)).start()
+        assert self.host.process is not None
+        self.process = self.host.process
+        self.startup_s = self.host.started_in
 
     def invoke(self) -> tuple[dict[str, Any], float]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/monitor",
-            data=ENVELOPE,
-            method="POST",
-            headers={"Content-Type": "application/json; charset=utf-8"},
-        )
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=900) as answer:
-            summary: dict[str, Any] = json.loads(answer.read())["ReturnValue"]
-        return summary, time.perf_counter() - started
+        answer = self.host.invoke(timeout=900)
+        summary: dict[str, Any] = completed(answer)
+        return summary, answer.seconds
 
     def peak_rss_mb(self) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -174,8 +158,7 @@ class HttpHandler:
         return int(line.split()[1]) / 1024
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
+        self.host.stop(timeout=60)
 
 
 def project_http(handler: HttpHandler, size: int) -> Measured:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from handler.dev.host import FunctionsHost
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
 from handler.transport.client import Client
-from tests.host import FunctionsHost
 from tests.pipeline import age, command, crash_after_reading, expected_hash, produce, set_deliveries, tweet
 
 DEAD_LETTER = "{tweets_stream}:dead-letter"

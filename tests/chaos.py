@@ -48,6 +48,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.cluster import ClusterNode
 
+from handler.dev.host import APP_ROOT, FunctionsHost
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, LocalRedisError, environment_for
 from handler.dev.samples import GROUP, MONITOR, STREAM, tweet_id
@@ -55,7 +56,6 @@ from handler.keys import DEAD_LETTER_SUFFIX, hash_tag_of
 from handler.reclaim.dead_letter import is_part, split_dead_letter
 from handler.transport.client import Client
 from handler.transport.connect import RawStreamCluster
-from tests.host import APP_ROOT, FunctionsHost
 from tests.pipeline import command, create_group, expected_hash, pending_rows, raw
 from tests.proxy import FaultyProxy
 from tests.redis_binaries import BINARIES

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis
 
+from handler.dev.host import FunctionsHost, completed, envelope, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES, timer
 from handler.functions.app import MAX_BODY_BYTES
 from tests import pipeline
-from tests.host import FunctionsHost, completed, envelope, failed
 from tests.pipeline import (
     create_group,
     expected_hash,

@@ -23,9 +23,9 @@ from deploy.build_artifact import (
     locked_versions,
     size_mb,
 )
+from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
-from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 from tests.redis_binaries import CACHE, ensure_debian_tool
 from tests.reliability import DEPLOY_FACTS

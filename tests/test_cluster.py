@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from redis.connection import SSLConnection
 from redis.crc import key_slot
 
+from handler.dev.host import APP_ROOT, FunctionsHost, completed, failed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, MONITOR, STREAM
@@ -25,7 +26,6 @@ from handler.transport.connect import connect
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
-from tests.host import APP_ROOT, FunctionsHost, completed, failed
 from tests.pipeline import create_group, expected_hash, tweet
 from tests.redis_binaries import BINARIES
 from tests.reliability import SECURITY_CHECKS, audit, record

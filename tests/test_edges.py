@@ -16,6 +16,7 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 
+from handler.dev.host import APP_ROOT, FunctionsHost, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, MONITOR, PIPELINE_NAMES, STREAM
 from handler.errors import RedisUnavailableError, SettingsError
@@ -24,7 +25,6 @@ from handler.metrics import Metrics
 from handler.reclaim.streams import StreamsCycle
 from handler.settings import MonitorSettings, load_settings
 from handler.transport.connect import RedisConnection, connect
-from tests.host import APP_ROOT, FunctionsHost, failed
 from tests.pipeline import (
     abandon,
     command,

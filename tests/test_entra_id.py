@@ -25,13 +25,13 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import PIPELINE_NAMES
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.entra_id import REDIS_RESOURCE
-from tests.host import FunctionsHost, completed
 from tests.pipeline import abandon, create_group, tweet
 from tests.reliability import SECURITY_CHECKS
 from tests.tls import Certificates

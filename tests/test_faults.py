@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis
 
+from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, MONITOR, STREAM
 from tests import pipeline
 from tests.backlogs import DEAD_LETTER, FAST, Backlog, abandon_backlog, drain, pending_count
-from tests.host import FunctionsHost, completed
 from tests.pipeline import (
     command,
     create_group,

@@ -14,10 +14,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from handler.dev.host import FunctionsHost, completed, envelope
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.functions.app import MAX_BODY_BYTES
 from handler.functions.envelope import BadEnvelopeError, parse_invocation
-from tests.host import FunctionsHost, completed, envelope
 from tests.pipeline import (
     IDLE_ENOUGH_MS,
     age,

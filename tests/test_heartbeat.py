@@ -10,10 +10,10 @@ import sys
 
 import redis
 
+from handler.dev.host import APP_ROOT, FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.keys import hash_tag_of
 from tests.acl import ACL_RULE
-from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import abandon, command, create_group, tweet
 
 MICROS = 1_000_000

@@ -23,6 +23,7 @@ import pytest
 import redis
 from redis.connection import ConnectionPool
 
+from handler.dev.host import APP_ROOT
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, STREAM
@@ -36,7 +37,6 @@ from handler.transport.wire import Channel, pack
 from tests import pipeline
 from tests.backlogs import DEAD_LETTER
 from tests.conftest import settings_for
-from tests.host import APP_ROOT
 from tests.pipeline import (
     age,
     command,

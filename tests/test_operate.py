@@ -18,13 +18,13 @@ import pytest
 import redis
 
 from handler.dev.demo import SEARCH_QUERIES
+from handler.dev.host import APP_ROOT, FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet_id
 from handler.functions.host_files import APP_ROOT_VARIABLES, app_root, function_schedule
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.runner import next_run
 from tests import pipeline
-from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import (
     age,
     command,

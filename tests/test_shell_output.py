@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from handler.dev.host import APP_ROOT
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.keys import StreamKeys
 from handler.ops import dead_letters
@@ -23,7 +24,6 @@ from handler.reclaim.dead_letter import METADATA_FIELDS
 from handler.transport.client import Client
 from handler.transport.connect import connect
 from tests.conftest import settings_for
-from tests.host import APP_ROOT
 from tests.pipeline import command, create_group, tweet
 from tests.world import World
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from handler.dev.host import APP_ROOT, FunctionsHost, completed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, MONITOR
@@ -21,7 +22,6 @@ from handler.reclaim.streams import StreamFinder, StreamsCycle
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, connect
-from tests.host import APP_ROOT, FunctionsHost, completed
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 
 SHARDS = [f"tweets_stream:{n}" for n in range(4)]

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import redis
 
+from handler.dev.host import APP_ROOT, HOST_VERSION, FunctionsHost, completed, envelope
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
-from tests.host import APP_ROOT, HOST_VERSION, FunctionsHost, completed, envelope
 from tests.pipeline import abandon, create_group, tweet
 from tests.telemetry_fakes import (
     INSTRUMENTATION_KEY,

@@ -3,29 +3,22 @@
 It runs a throwaway Redis 8.2 from a package, sets up the stream and group as the pipeline does, produces
 sample tweets, lets a processor handle most of them and "crash" on the rest (plus a poison entry, an entry
 without an id, a tweet whose key has the wrong type and an entry deleted while pending), then starts
-`python -m handler serve`, waits for it as the host does and sends it the timer invocation.
+`python -m handler serve`, waits for it and sends it the timer invocation as the host does (the host's
+stand-in, handler/dev/host.py, that the tests use too).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
 import redis
 
-from handler.dev.local_redis import (
-    LocalRedis,
-    environment_for,
-    free_port,
-    packaged_redis_server,
-    packaged_search_module,
-)
-from handler.dev.samples import GROUP, MONITOR, STREAM, sample_tweet, timer_envelope
+from handler.dev.host import FunctionsHost
+from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server, packaged_search_module
+from handler.dev.samples import GROUP, MONITOR, STREAM, sample_tweet
 from handler.ops.console import progress
 from handler.reclaim.dead_letter import split_dead_letter
 from handler.transport.client import command
@@ -33,6 +26,7 @@ from handler.transport.client import command
 MIN_IDLE_SEC = 1
 CRASHED_EVERY = 5  # the processor crashed before acknowledging every 5th tweet (the #covid19 ones)
 SHOWN = 3  # search hits shown per query
+HANDLER_LOG = "handler.log"
 
 
 def _say(text: str = "") -> None:
@@ -77,48 +71,18 @@ def set_up_pipeline(client: redis.Redis, tweets: int) -> None:
     _say(f"  produced {tweets + 4} entries; {consumer} processed {processed} and then crashed")
 
 
-def start_handler(server: LocalRedis) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+def start_handler(server: LocalRedis) -> FunctionsHost:
+    """The handler started and polled until ready as the host does (handler/dev/host.py). Its own log lines
+    go to one file, so the demo's story stays readable; Logs show in the answer."""
     env = environment_for(
         server,
         STREAM_NAME=STREAM,
         STREAM_CONSUMER_GROUP_NAME=GROUP,
         MONITORING_CONSUMER_NAME=MONITOR,
         MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC),
-        FUNCTIONS_CUSTOMHANDLER_PORT=str(port),
         MAX_DELIVERIES="10",
     )
-    # The handler's own log lines go to a file, so the demo's story stays readable; Logs show in the answer.
-    log_file = (server.directory / "handler.log").open("ab")
-    handler = subprocess.Popen(
-        [sys.executable, "-m", "handler", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-    )
-    log_file.close()
-    deadline = time.monotonic() + 30  # the host's initialization timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
-                return handler, port
-        except OSError:
-            time.sleep(0.025)  # the host polls every 25 ms
-    handler.terminate()
-    raise RuntimeError("the handler did not answer GET / within 30 s")
-
-
-def invoke_timer(port: int) -> dict[str, Any]:
-    envelope = timer_envelope()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/monitor",
-        data=json.dumps(envelope).encode(),
-        method="POST",
-        headers={
-            "Content-Type": "application/json; charset=utf-8",
-            "X-Azure-Functions-InvocationId": str(uuid.uuid4()),
-        },
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        result: dict[str, Any] = json.loads(answer.read())
-        return result
+    return FunctionsHost(env, log_dir=server.directory, log_names=(HANDLER_LOG, HANDLER_LOG)).start()
 
 
 def show_results(client: redis.Redis) -> None:
@@ -185,17 +149,16 @@ def run_demo(tweets: int) -> int:
         _say("3. before: the pending entries list (XPENDING)")
         show_pending(client)
         _say("4. starting the handler as the Functions host does (python -m handler serve)")
-        handler, port = start_handler(server)
+        host = start_handler(server)
         try:
             _say("5. the host's timer invocation: POST /monitor")
-            answer = invoke_timer(port)
+            answer = host.invoke().json
             _say("   ReturnValue: " + json.dumps(answer["ReturnValue"]))
             for line in answer["Logs"]:
                 _say(f"   log: {line}")
         finally:
-            handler.terminate()
-            handler.wait(timeout=30)
-        _say(f"   (the handler's own log: {server.directory / 'handler.log'}, removed on exit)")
+            host.stop()
+        _say(f"   (the handler's own log: {server.directory / HANDLER_LOG}, removed on exit)")
         _say("6. after")
         show_pending(client)
         show_results(client)

@@ -39,9 +39,9 @@ def _raw_reply(response: Any, **options: Any) -> Any:
 
 
 def leave_stream_replies_raw(client: redis.Redis | RedisCluster) -> None:
-    """The cycle parses these replies itself (plan.py): it needs XCLAIM's entries as flat field lists, so
-    repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both forms;
-    the dead-letter tools read entries as flat field lists too."""
+    """The cycle parses these replies itself (reclaim/rules.py): it needs XCLAIM's entries as flat field
+    lists, so repeated field names and nil entries (deleted before Redis 7.0) survive, and XPENDING in both
+    forms; the dead-letter tools read entries as flat field lists too."""
     for name in RAW_REPLY_COMMANDS:
         client.set_response_callback(name, _raw_reply)
 

@@ -1,5 +1,6 @@
 """A stand-in for the Azure Functions host (which cannot be installed here), playing its side of the
-custom-handler protocol as Azure Functions' custom-handler documentation describes it:
+custom-handler protocol as Azure Functions' custom-handler documentation describes it, for the tests, the
+demo and the benchmarks:
 
 - starts the handler with host.json's arguments in the app root, with FUNCTIONS_CUSTOMHANDLER_PORT and the
   app settings in its environment, and polls `GET /` every 25 ms for up to 30 s (any answer means ready);
@@ -16,6 +17,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -29,11 +31,12 @@ from handler.dev.samples import timer_envelope
 
 envelope = timer_envelope  # the harness sends what the host sends
 
-APP_ROOT = Path(__file__).resolve().parent.parent
+APP_ROOT = Path(__file__).resolve().parents[2]  # the checkout: host.json, monitor/function.json
 STARTED: list[subprocess.Popen[bytes]] = []  # every handler the suite started, killed at its end if alive
 READINESS_POLL_SEC = 0.025
 INITIALIZATION_TIMEOUT_SEC = 30.0
 HOST_VERSION = "4.1036.1.23224"
+SUCCESS = range(200, 300)
 
 
 @dataclass
@@ -57,7 +60,9 @@ class FunctionsHost:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
-    log_dir: Path = field(default_factory=lambda: Path(__import__("tempfile").mkdtemp(prefix="host-")))
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="host-")))
+    # The handler's stdout and stderr, in log_dir; one name for both keeps them in one file, as the host does.
+    log_names: tuple[str, str] = ("stdout.log", "stderr.log")
     launch: list[str] | None = None  # how to start the handler, when not as host.json in APP_ROOT says
     started_in: float = 0.0  # seconds from process start to the first answer to GET /
 
@@ -75,8 +80,8 @@ class FunctionsHost:
             "FUNCTIONS_CUSTOMHANDLER_WORKER_ID": str(uuid.uuid4()),
             "FUNCTIONS_APP_ROOT_PATH": str(APP_ROOT),
         }
-        stdout = (self.log_dir / "stdout.log").open("ab")
-        stderr = (self.log_dir / "stderr.log").open("ab")
+        stdout = (self.log_dir / self.log_names[0]).open("ab")
+        stderr = (self.log_dir / self.log_names[1]).open("ab")
         self.process = subprocess.Popen(
             self.command(), cwd=APP_ROOT, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
         )
@@ -87,10 +92,10 @@ class FunctionsHost:
         return self
 
     def wait_until_ready(self) -> float:
+        process = self._process()
         started = time.monotonic()
         while time.monotonic() - started < INITIALIZATION_TIMEOUT_SEC:
-            assert self.process is not None
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise AssertionError(f"the handler exited at start: {self.stderr}")
             try:
                 self.request("GET", "/", timeout=1)
@@ -101,11 +106,16 @@ class FunctionsHost:
 
     @property
     def stdout(self) -> str:
-        return (self.log_dir / "stdout.log").read_text(errors="replace")
+        return (self.log_dir / self.log_names[0]).read_text(errors="replace")
 
     @property
     def stderr(self) -> str:
-        return (self.log_dir / "stderr.log").read_text(errors="replace")
+        return (self.log_dir / self.log_names[1]).read_text(errors="replace")
+
+    def _process(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise RuntimeError("the handler was not started")
+        return self.process
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -138,6 +148,7 @@ class FunctionsHost:
         chunked: bool = False,
         content_type: str | None = "application/json; charset=utf-8",
         raw: bytes | None = None,
+        timeout: float = 60,
     ) -> Answer:
         """POST /monitor as the host does: its headers, the envelope, Content-Length or chunked."""
         payload = raw if raw is not None else json.dumps(envelope() if body is None else body).encode()
@@ -150,8 +161,8 @@ class FunctionsHost:
             headers["Content-Type"] = content_type
         if chunked:
             pieces = [payload[i : i + 7] for i in range(0, len(payload), 7)]
-            return self.request("POST", "/monitor", iter(pieces), headers)
-        return self.request("POST", "/monitor", payload, headers)
+            return self.request("POST", "/monitor", iter(pieces), headers, timeout)
+        return self.request("POST", "/monitor", payload, headers, timeout)
 
     def invoke_in_background(self) -> tuple[threading.Thread, list[Any]]:
         """Invoke from a thread; the answer (or a killed handler's broken connection) lands in the list."""
@@ -168,19 +179,18 @@ class FunctionsHost:
         return thread, answers
 
     def send_signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
+        self._process().send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
+        process = self._process()
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout=timeout)
 
 
 def completed(answer: Answer) -> dict[str, Any]:
     """What the host accepts as a completed invocation; returns ReturnValue, raises otherwise."""
-    if not 200 <= answer.status < 300:
+    if answer.status not in SUCCESS:
         raise HostRejectedAnswerError(f"invocation failed: HTTP {answer.status}: {answer.body!r}")
     if answer.content_type.split(";")[0].strip() != "application/json":
         raise HostRejectedAnswerError(f"Invalid HttpResponseMessage: content type {answer.content_type!r}")
@@ -200,8 +210,11 @@ def completed(answer: Answer) -> dict[str, Any]:
 
 def failed(answer: Answer) -> str:
     """A non-2xx answer: the host marks the invocation failed; the handler's body must still say why."""
-    assert not 200 <= answer.status < 300, f"expected a failure, got {answer.status}"
-    assert answer.content_type.split(";")[0].strip() == "application/json", answer.content_type
+    if answer.status in SUCCESS:
+        raise AssertionError(f"expected a failure, got {answer.status}")
+    if answer.content_type.split(";")[0].strip() != "application/json":
+        raise AssertionError(answer.content_type)
     message: str = answer.json["error"]
-    assert message
+    if not message:
+        raise AssertionError("a failure's answer must say why")
     return message
