@@ -50,7 +50,7 @@ class MonitorSettings(BaseSettings):
     REDIS_TLS_SERVER_NAME: str = ""
     REDIS_TIMEOUT_SEC: Annotated[float, Field(gt=0, le=60)] = 5.0
     REDIS_CLUSTER: Literal["on", "off", "detect"] = "detect"
-    # Microsoft Entra ID instead of an access key (handler/entra_id.py): the identity of the Function App
+    # Microsoft Entra ID instead of an access key (transport/entra_id.py): the identity of the Function App
     # (managed-identity; AZURE_CLIENT_ID picks a user-assigned one) or an app registration
     # (service-principal: AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_CLIENT_SECRET).
     REDIS_AUTH: Literal["password", "managed-identity", "service-principal"] = "password"

@@ -1,7 +1,7 @@
 """`reclaim --dry-run`: what a cycle would claim, write, dead-letter and acknowledge, changing nothing.
 
-It walks the same pages from the same cursor as the cycle, with the same pure decisions (plan.py), but only
-reads: XPENDING for the pages, XRANGE for the entries, TYPE for the tweet keys it would write.
+It walks the same pages from the same cursor as the cycle, with the same pure decisions (reclaim/rules.py),
+but only reads: XPENDING for the pages, XRANGE for the entries, TYPE for the tweet keys it would write.
 """
 
 from __future__ import annotations
