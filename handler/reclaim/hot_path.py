@@ -2,13 +2,13 @@
 work and its waits, and two of CPython's defaults cost it throughput there.
 
 - The GIL switch interval: a worker whose reply has arrived should not wait the default 5 ms for another
-  to yield the GIL while Redis sits idle (measured +5-10 % on 2 cores, bench/reclaim_bench.py).
+  to yield the GIL while Redis sits idle.
 - The cyclic garbage collector: a page's replies are tens of thousands of new lists and bytes, so the
   collector runs hundreds of times per sweep, and each older-generation pass walks every object of the
   process (in `serve`: FastAPI, pydantic, telemetry). Nothing the hot path keeps forms a reference cycle, so
-  reference counting frees it all the same. Pausing the collector during a sweep measured 0.56 -> 0.65 of
-  the server limit for the CLI and 0.56 -> 0.73 for HTTP (TLS at 1 ms, N = 100,000, medians of 5
-  interleaved; docs/performance.md, "Where the time goes").
+  reference counting frees it all the same.
+
+What each gains, as measured, is in docs/performance.md.
 
 The invariant: the settings are the process's own again when the last sweep ends, however it ends (an
 exception, KeyboardInterrupt between any two steps here). Sweeps may overlap (a caller's own threads): the

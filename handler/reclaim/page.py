@@ -62,7 +62,7 @@ _COUNTS_ONLY = frozenset({int})  # the reply types of a page of HSETs that all s
 @dataclass
 class _Writes:
     """A page's tweets to write, position by position: lists, not an object per entry (a page makes
-    thousands; measured 7.55 -> 5.80 us of the handler's CPU per entry, docs/performance.md)."""
+    thousands, and an object each was a large share of the handler's CPU per entry: docs/performance.md)."""
 
     entry_ids: list[bytes] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)  # tweet:<id>

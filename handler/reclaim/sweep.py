@@ -31,7 +31,7 @@ from handler.transport.wire import Channel, pack
 
 log = logging.getLogger(__name__)
 
-PAGE_WORKERS = 3  # measured on 2 cores (2026-11-30): 2, 3, 4 workers reach 0.69, 0.76, 0.75 of the limit
+PAGE_WORKERS = 3  # a page written while the next is claimed; a fourth gains nothing (docs/performance.md)
 
 
 @dataclass(frozen=True)
