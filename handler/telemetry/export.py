@@ -11,6 +11,7 @@
 - Log records (`run` only): every record the root logger handles, a cycle's counts as attributes.
 - Nothing is made global: no tracer, meter or logger provider is set for the process, so nothing records
   requests (FastAPI's own telemetry stays off), and the host's readiness probes never become requests.
+- Every exporter is wrapped once, whatever it sends (handler/telemetry/guarded_exporter.py).
 - Exporting runs on the SDK's threads, never in an invocation. What the exporters log there (a refused
   connection, each retry, Azure's "Transmission succeeded") is kept off stdout, stderr and every
   invocation's `Logs`; a failed export becomes one warning, at most every 10 minutes
@@ -24,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,16 +34,17 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from handler.telemetry.base import CONNECTION_STRING, OTLP_ENDPOINT, SCOPE, STOP_WITHIN_SEC, Telemetry
+from handler.telemetry.guarded_exporter import GuardedLogExporter, GuardedMetricExporter
 from handler.telemetry.log_gate import GATE, install_gate
 
 if TYPE_CHECKING:
@@ -52,74 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_INGESTION = "https://dc.services.visualstudio.com"
-
-
-class GuardedMetricExporter(MetricExporter):
-    """An exporter that never raises, logs only through the gate, and reports failures to it."""
-
-    def __init__(self, inner: MetricExporter, destination: str) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
-        self.inner = inner
-        self.destination = destination
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        with GATE.exporting():
-            try:
-                result = self.inner.export(metrics_data, timeout_millis=timeout_millis)
-            except Exception as exc:
-                GATE.note(exc)
-                result = MetricExportResult.FAILURE
-        GATE.report(result is MetricExportResult.SUCCESS, "metrics", self.destination)
-        return result
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        with GATE.exporting():
-            try:
-                return self.inner.force_flush(timeout_millis=timeout_millis)
-            except Exception:
-                return False
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        with GATE.exporting():
-            try:
-                self.inner.shutdown(timeout_millis=timeout_millis)
-            except Exception as exc:
-                GATE.note(exc)
-
-
-class GuardedLogExporter(LogRecordExporter):
-    def __init__(self, inner: LogRecordExporter, destination: str) -> None:
-        self.inner = inner
-        self.destination = destination
-
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        with GATE.exporting():
-            try:
-                result = self.inner.export(batch)
-            except Exception as exc:
-                GATE.note(exc)
-                result = LogRecordExportResult.FAILURE
-        GATE.report(result is LogRecordExportResult.SUCCESS, "log records", self.destination)
-        return result
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        with GATE.exporting():
-            try:
-                return self.inner.force_flush(timeout_millis)
-            except Exception:
-                return False
-
-    def shutdown(self) -> None:
-        with GATE.exporting():
-            try:
-                self.inner.shutdown()  # type: ignore[no-untyped-call]
-            except Exception as exc:
-                GATE.note(exc)
 
 
 class RegistryBridge:
