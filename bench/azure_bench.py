@@ -1,11 +1,11 @@
 """The round-trip part of ./scripts/bench: every contender under Azure's conditions, TLS and a network.
 
 Azure Cache for Redis speaks TLS only, and a Function reaches it over a network with a round trip of about
-0.5-1 ms in one region. Here: Debian's redis-server 7.0.15 (the one build at hand with TLS, unpacked by
-tests/redis_binaries.py) with a certificate for 127.0.0.1/localhost from a private CA made with openssl, and
-bench/latency_proxy.py in front of it adding each round trip (0, 0.5 and 1 ms by default). The proxy
-relays the TLS bytes unchanged, so every contender verifies the server's certificate as the monitor does
-in Azure (REDIS_TLS=true, REDIS_TLS_CA_FILE).
+0.5-1 ms in one region. Here: Debian's redis-server 7.0.15 (the one build at hand with TLS,
+handler/dev/redis_binaries.py) with a certificate for 127.0.0.1/localhost from a private CA made with
+openssl, and bench/latency_proxy.py in front of it adding each round trip (0, 0.5 and 1 ms by default).
+The proxy relays the TLS bytes unchanged, so every contender verifies the server's certificate as the
+monitor does in Azure (REDIS_TLS=true, REDIS_TLS_CA_FILE).
 
 Each round trip is measured (sequential PINGs through the proxy) and printed beside the set one, with the
 proxy's own CPU during every run; the server limit is also run without the proxy, beside the 0 ms row, to
@@ -38,7 +38,7 @@ from bench.reclaim_bench import (
 from bench.results import Recorder
 from bench.server_limit import command_stream
 from handler.dev.local_redis import LocalRedis, free_port
-from tests.redis_binaries import debian_redis_with_tls
+from handler.dev.redis_binaries import debian_redis_with_tls
 from tests.tls import issue_certificate, make_ca
 
 NO_PROXY = "server limit (no proxy)"

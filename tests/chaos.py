@@ -51,6 +51,7 @@ from redis.cluster import ClusterNode
 from handler.dev.host import APP_ROOT, FunctionsHost
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, LocalRedisError, environment_for
+from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, MONITOR, STREAM, tweet_id
 from handler.keys import DEAD_LETTER_SUFFIX, hash_tag_of
 from handler.reclaim.dead_letter import is_part, split_dead_letter
@@ -58,7 +59,6 @@ from handler.transport.client import Client
 from handler.transport.connect import RawStreamCluster
 from tests.pipeline import command, create_group, expected_hash, pending_rows, raw
 from tests.proxy import FaultyProxy
-from tests.redis_binaries import BINARIES
 
 SECOND_STREAM = STREAM + ":1"  # on a cluster its slot is on another master than tweets_stream's
 MAX_DELIVERIES = 4  # the handler's; each CLI invocation draws its own from 2-6

@@ -13,8 +13,8 @@ from redis.cluster import RedisCluster
 from handler.dev.host import STARTED
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, packaged_search_module
+from handler.dev.redis_binaries import BINARIES
 from handler.settings import MonitorSettings
-from tests.redis_binaries import BINARIES
 from tests.reliability import table
 from tests.tls import certificates, tls_binary, tls_cluster  # noqa: F401  (session fixtures for the TLS tests)
 

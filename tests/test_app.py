@@ -14,6 +14,7 @@ import redis
 
 from handler.dev.host import FunctionsHost, completed, envelope, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import PIPELINE_NAMES, timer
 from handler.functions.app import MAX_BODY_BYTES
 from tests import pipeline
@@ -24,7 +25,6 @@ from tests.pipeline import (
     tweet,
     tweet_keys,
 )
-from tests.redis_binaries import BINARIES
 from tests.reliability import audit, record
 
 NAMES = PIPELINE_NAMES

@@ -23,35 +23,23 @@ from deploy.build_artifact import (
     locked_versions,
     size_mb,
 )
+from handler.dev import provision
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
-from tests.redis_binaries import CACHE, ensure_debian_tool
 from tests.reliability import DEPLOY_FACTS
 from tests.tls import Certificates, tls_server
 
-BULLSEYE = CACHE / "bullseye-root"
-MIRROR = "http://deb.debian.org/debian"
 APP_ROOT_INSIDE = "/home/site/wwwroot"  # where the host keeps the app on Linux
 NAMES = PIPELINE_NAMES
 
 
 @pytest.fixture(scope="session")
 def bullseye_root() -> Path:
-    """Debian bullseye's minimal base, made once into .cache/ (about a minute from the Debian mirror)."""
-    if not (BULLSEYE / "etc" / "debian_version").exists():
-        debootstrap = ensure_debian_tool("debootstrap", "debootstrap")
-        partial = BULLSEYE.with_name("bullseye-root.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run(
-            [debootstrap, "--variant=minbase", "bullseye", str(partial), MIRROR],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        partial.rename(BULLSEYE)
-    # Every real image names localhost in /etc/hosts; debootstrap leaves the file out.
-    (BULLSEYE / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
-    return BULLSEYE
+    """Debian bullseye's minimal base, made into .cache/ by ./scripts/setup-test-servers (a test installs
+    nothing: where it is missing, the test fails naming the script)."""
+    return provision.bullseye_root()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from redis.crc import key_slot
 from handler.dev.host import APP_ROOT, FunctionsHost, completed, failed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, MONITOR, STREAM
 from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
@@ -27,7 +28,6 @@ from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
 from tests.pipeline import create_group, expected_hash, tweet
-from tests.redis_binaries import BINARIES
 from tests.reliability import SECURITY_CHECKS, audit, record
 from tests.tls import Certificates
 

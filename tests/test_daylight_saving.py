@@ -12,9 +12,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.provision import ensure_debian_tool
 from handler.runner import run_on_schedule
 from tests.pipeline import create_group
-from tests.redis_binaries import ensure_debian_tool
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 
 from handler.dev.host import APP_ROOT, FunctionsHost, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, MONITOR, PIPELINE_NAMES, STREAM
 from handler.errors import RedisUnavailableError, SettingsError
 from handler.logs import MAX_CAPTURED_LINES, capture_logs, configure_logging
@@ -35,7 +36,6 @@ from tests.pipeline import (
     wait_until_claiming,
 )
 from tests.proxy import FaultyProxy
-from tests.redis_binaries import BINARIES
 from tests.test_entra_id import CLIENT_ID, HEADER_SECRET, IdentityEndpoint
 from tests.test_streams import SHARDS, shard_backlog
 from tests.test_streams import settings_for as streams_settings

@@ -26,6 +26,7 @@ from redis.connection import ConnectionPool
 from handler.dev.host import APP_ROOT
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, STREAM
 from handler.metrics import Metrics
 from handler.ops.dead_letters import list_dead_letters, show_dead_letter
@@ -50,7 +51,6 @@ from tests.pipeline import (
     tweet,
     tweet_keys,
 )
-from tests.redis_binaries import BINARIES
 from tests.test_cluster import cluster_settings
 from tests.world import PROCESSOR, World
 

@@ -20,13 +20,13 @@ import redis
 from handler.dev.host import APP_ROOT, FunctionsHost, completed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.redis_binaries import BINARIES
 from handler.functions.host_files import budget_warning, function_timeout
 from handler.reclaim.summary import StopReason
 from handler.settings import MAX_DEAD_LETTER_MAXLEN
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.pipeline import command, create_group, dead_letters, tweet, tweet_keys
-from tests.redis_binaries import BINARIES
 from tests.world import PROCESSOR, World
 
 BUILT_IN = {

@@ -13,7 +13,7 @@ import pytest
 
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, free_port
-from tests.redis_binaries import debian_redis_with_tls
+from handler.dev.redis_binaries import debian_redis_with_tls
 
 
 @dataclass

@@ -11,11 +11,9 @@
 - Log records (`run` only): every record the root logger handles, a cycle's counts as attributes.
 - Nothing is made global: no tracer, meter or logger provider is set for the process, so nothing records
   requests (FastAPI's own telemetry stays off), and the host's readiness probes never become requests.
-- Every exporter is wrapped once, whatever it sends (handler/telemetry/guarded_exporter.py).
 - Exporting runs on the SDK's threads, never in an invocation. What the exporters log there (a refused
   connection, each retry, Azure's "Transmission succeeded") is kept off stdout, stderr and every
-  invocation's `Logs`; a failed export becomes one warning, at most every 10 minutes
-  (handler/telemetry/log_gate.py).
+  invocation's `Logs`; a failed export becomes one warning, at most every 10 minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,18 +32,16 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from handler.telemetry.base import CONNECTION_STRING, OTLP_ENDPOINT, SCOPE, STOP_WITHIN_SEC, Telemetry
-from handler.telemetry.guarded_exporter import GuardedLogExporter, GuardedMetricExporter
-from handler.telemetry.log_gate import GATE, install_gate
+from handler.telemetry.base import CONNECTION_STRING, OTLP_ENDPOINT, STOP_WITHIN_SEC, Telemetry
 
 if TYPE_CHECKING:
     from handler.metrics import Metrics
@@ -53,7 +49,180 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+WARN_EVERY_SEC = 600.0
+SCOPE = "tweets-monitor"
 DEFAULT_INGESTION = "https://dc.services.visualstudio.com"
+# Loggers whose records are the exporters' own business, wherever they log from.
+QUIET_LOGGERS = ("opentelemetry", "azure.monitor.opentelemetry")
+# The SDK's own threads (the Azure exporter's SDK-stats and statsbeat readers): they only ever export.
+QUIET_THREADS = ("Otel",)
+
+
+class Gate(logging.Filter):
+    """Keeps the exporters' own log records off every handler, and turns failed exports into one warning
+    at most every `every` seconds (per process, whatever the destination), naming the last reason. What
+    reading the registry logs on an export's behalf (the gauges' "could not read" while Redis is down) is
+    let through at most as often: the invocations say it anyway, and `tweets_monitor_redis_up` is 0."""
+
+    def __init__(self, every: float = WARN_EVERY_SEC, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._reason = ""
+        self._secrets: set[str] = set()
+        self._warned_at: float | None = None
+        self._read_warned_at: float | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self._local.reading = True
+        try:
+            yield
+        finally:
+            self._local.reading = False
+
+    @contextmanager
+    def exporting(self) -> Iterator[None]:
+        """Whatever is logged in this thread meanwhile is the exporter's (azure-core, urllib3 included)."""
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+    def hide(self, secret: str) -> None:
+        if secret:
+            self._secrets.add(secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(self._local, "reading", False) and record.levelno >= logging.WARNING:
+            return self._first_in_a_while(record)
+        quiet = (
+            getattr(self._local, "depth", 0) > 0
+            or threading.current_thread().name.startswith(QUIET_THREADS)
+            or any(record.name == name or record.name.startswith(name + ".") for name in QUIET_LOGGERS)
+        )
+        if quiet and record.levelno >= logging.WARNING:
+            try:
+                self._reason = record.getMessage()
+            except Exception:  # a record whose arguments do not fit its message
+                self._reason = str(record.msg)
+        return not quiet
+
+    def _first_in_a_while(self, record: logging.LogRecord) -> bool:
+        """One decision per record, whichever handler asks first."""
+        shown: bool | None = getattr(record, "telemetry_shown", None)
+        if shown is None:
+            with self._lock:
+                now = self._clock()
+                shown = self._read_warned_at is None or now - self._read_warned_at >= self._every
+                if shown:
+                    self._read_warned_at = now
+            record.telemetry_shown = shown
+        return shown
+
+    def note(self, exc: BaseException) -> None:
+        self._reason = f"{type(exc).__name__}: {exc}"
+
+    def report(self, ok: bool, what: str, destination: str) -> bool:
+        """True when this failure was worth the warning it logged."""
+        if ok:
+            return False
+        with self._lock:
+            now = self._clock()
+            if self._warned_at is not None and now - self._warned_at < self._every:
+                return False
+            self._warned_at = now
+            reason = self._reason.strip().splitlines()[0][:300] if self._reason.strip() else "no reason given"
+        for secret in self._secrets:
+            reason = reason.replace(secret, "…")
+        log.warning(
+            "telemetry: could not send %s to %s: %s (the monitor carries on; this warning repeats at most "
+            "every %d minutes)",
+            what, destination, reason, round(self._every / 60),
+        )  # fmt: skip
+        return True
+
+
+GATE = Gate()
+
+
+def install_gate() -> None:
+    """On every handler of the root logger (stdout, stderr, the invocations' Logs), once."""
+    for handler in logging.getLogger().handlers:
+        if GATE not in handler.filters:
+            handler.addFilter(GATE)
+
+
+class GuardedMetricExporter(MetricExporter):
+    """An exporter that never raises, logs only through the gate, and reports failures to it."""
+
+    def __init__(self, inner: MetricExporter, destination: str) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.inner = inner
+        self.destination = destination
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        with GATE.exporting():
+            try:
+                result = self.inner.export(metrics_data, timeout_millis=timeout_millis)
+            except Exception as exc:
+                GATE.note(exc)
+                result = MetricExportResult.FAILURE
+        GATE.report(result is MetricExportResult.SUCCESS, "metrics", self.destination)
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        with GATE.exporting():
+            try:
+                return self.inner.force_flush(timeout_millis=timeout_millis)
+            except Exception:
+                return False
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        with GATE.exporting():
+            try:
+                self.inner.shutdown(timeout_millis=timeout_millis)
+            except Exception as exc:
+                GATE.note(exc)
+
+
+class GuardedLogExporter(LogRecordExporter):
+    def __init__(self, inner: LogRecordExporter, destination: str) -> None:
+        self.inner = inner
+        self.destination = destination
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        with GATE.exporting():
+            try:
+                result = self.inner.export(batch)
+            except Exception as exc:
+                GATE.note(exc)
+                result = LogRecordExportResult.FAILURE
+        GATE.report(result is LogRecordExportResult.SUCCESS, "log records", self.destination)
+        return result
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        with GATE.exporting():
+            try:
+                return self.inner.force_flush(timeout_millis)
+            except Exception:
+                return False
+
+    def shutdown(self) -> None:
+        with GATE.exporting():
+            try:
+                self.inner.shutdown()  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                GATE.note(exc)
 
 
 class RegistryBridge:
