@@ -356,7 +356,7 @@ def test_an_unreachable_endpoint_never_fails_or_slows_an_invocation(
 def test_failed_exports_warn_at_most_every_ten_minutes_and_their_own_lines_are_kept_quiet(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from handler.telemetry.export import Gate  # noqa: PLC0415  (OpenTelemetry: this test only)
+    from handler.telemetry.log_gate import Gate  # noqa: PLC0415  (the export's gate: this test only)
 
     now = [1000.0]
     gate = Gate(clock=lambda: now[0])

@@ -1,5 +1,5 @@
-"""What every part of handler/telemetry shares: the variables, the stop bound, and telemetry that does
-nothing (standard library only)."""
+"""What every part of handler/telemetry shares: the variables, the stop bound, the names it logs and
+exports under, and telemetry that does nothing (standard library only)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 STOP_WITHIN_SEC = 2.0  # a stop (SIGTERM, the end of `run`) flushes for at most this long
 MAX_WAITING_SUMMARIES = 1000  # cycles observed while the exporters were still starting
+SCOPE = "tweets-monitor"  # the meter's and the log bridge's scope, and the default service name
+# Every line the export logs is under this one logger name, whichever module of it writes the line.
+EXPORT_LOGGER = "handler.telemetry.export"
 
 
 class Telemetry:

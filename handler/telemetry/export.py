@@ -1,29 +1,27 @@
 """The OpenTelemetry pipeline, imported only when telemetry is wanted (see handler/telemetry/__init__.py).
 
-- Metrics have one source, handler/metrics.py's registry. Before each export a reader takes one reading of
-  `registry.collect()` (the gauges read from Redis included), and observable instruments report it:
-  counters as OTel counters named like the Prometheus family (`tweets_monitor_processed_entries`, which
-  Prometheus shows as `…_total`), gauges as gauges, their labels (`stream`, `outcome`, …) as attributes.
-  A family the registry gains later (a new gauge) becomes an instrument at the next export. The one
-  exception is the cycle-duration histogram: an OTel histogram with the Prometheus buckets, fed by
-  `observe()` inside the invocation's context, so that with the host's sampled `traceparent` its exemplar
-  carries the host's trace and span ids.
+- Metrics have one source, handler/metrics.py's registry, read before each export
+  (handler/telemetry/registry_reader.py) and reported by observable instruments
+  (handler/telemetry/registry_bridge.py). The one exception is the cycle-duration histogram: an OTel
+  histogram with the Prometheus buckets, fed by `observe()` inside the invocation's context, so that with
+  the host's sampled `traceparent` its exemplar carries the host's trace and span ids.
 - Log records (`run` only): every record the root logger handles, a cycle's counts as attributes.
 - Nothing is made global: no tracer, meter or logger provider is set for the process, so nothing records
   requests (FastAPI's own telemetry stays off), and the host's readiness probes never become requests.
+- Every exporter is wrapped once, whatever it sends (handler/telemetry/guarded_exporter.py).
 - Exporting runs on the SDK's threads, never in an invocation. What the exporters log there (a refused
   connection, each retry, Azure's "Transmission succeeded") is kept off stdout, stderr and every
-  invocation's `Logs`; a failed export becomes one warning, at most every 10 minutes.
+  invocation's `Logs`; a failed export becomes one warning, at most every 10 minutes
+  (handler/telemetry/log_gate.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,17 +29,19 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry._logs import SeverityNumber
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from handler.telemetry.base import CONNECTION_STRING, OTLP_ENDPOINT, STOP_WITHIN_SEC, Telemetry
+from handler.telemetry.base import CONNECTION_STRING, OTLP_ENDPOINT, SCOPE, STOP_WITHIN_SEC, Telemetry
+from handler.telemetry.guarded_exporter import GuardedLogExporter, GuardedMetricExporter
+from handler.telemetry.log_gate import GATE, install_gate
+from handler.telemetry.registry_bridge import RegistryBridge
+from handler.telemetry.registry_reader import RegistryReader
 
 if TYPE_CHECKING:
     from handler.metrics import Metrics
@@ -49,292 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WARN_EVERY_SEC = 600.0
-SCOPE = "tweets-monitor"
 DEFAULT_INGESTION = "https://dc.services.visualstudio.com"
-# Loggers whose records are the exporters' own business, wherever they log from.
-QUIET_LOGGERS = ("opentelemetry", "azure.monitor.opentelemetry")
-# The SDK's own threads (the Azure exporter's SDK-stats and statsbeat readers): they only ever export.
-QUIET_THREADS = ("Otel",)
-
-
-class Gate(logging.Filter):
-    """Keeps the exporters' own log records off every handler, and turns failed exports into one warning
-    at most every `every` seconds (per process, whatever the destination), naming the last reason. What
-    reading the registry logs on an export's behalf (the gauges' "could not read" while Redis is down) is
-    let through at most as often: the invocations say it anyway, and `tweets_monitor_redis_up` is 0."""
-
-    def __init__(self, every: float = WARN_EVERY_SEC, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self._every = every
-        self._clock = clock
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._reason = ""
-        self._secrets: set[str] = set()
-        self._warned_at: float | None = None
-        self._read_warned_at: float | None = None
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        self._local.reading = True
-        try:
-            yield
-        finally:
-            self._local.reading = False
-
-    @contextmanager
-    def exporting(self) -> Iterator[None]:
-        """Whatever is logged in this thread meanwhile is the exporter's (azure-core, urllib3 included)."""
-        depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._local.depth = depth
-
-    def hide(self, secret: str) -> None:
-        if secret:
-            self._secrets.add(secret)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(self._local, "reading", False) and record.levelno >= logging.WARNING:
-            return self._first_in_a_while(record)
-        quiet = (
-            getattr(self._local, "depth", 0) > 0
-            or threading.current_thread().name.startswith(QUIET_THREADS)
-            or any(record.name == name or record.name.startswith(name + ".") for name in QUIET_LOGGERS)
-        )
-        if quiet and record.levelno >= logging.WARNING:
-            try:
-                self._reason = record.getMessage()
-            except Exception:  # a record whose arguments do not fit its message
-                self._reason = str(record.msg)
-        return not quiet
-
-    def _first_in_a_while(self, record: logging.LogRecord) -> bool:
-        """One decision per record, whichever handler asks first."""
-        shown: bool | None = getattr(record, "telemetry_shown", None)
-        if shown is None:
-            with self._lock:
-                now = self._clock()
-                shown = self._read_warned_at is None or now - self._read_warned_at >= self._every
-                if shown:
-                    self._read_warned_at = now
-            record.telemetry_shown = shown
-        return shown
-
-    def note(self, exc: BaseException) -> None:
-        self._reason = f"{type(exc).__name__}: {exc}"
-
-    def report(self, ok: bool, what: str, destination: str) -> bool:
-        """True when this failure was worth the warning it logged."""
-        if ok:
-            return False
-        with self._lock:
-            now = self._clock()
-            if self._warned_at is not None and now - self._warned_at < self._every:
-                return False
-            self._warned_at = now
-            reason = self._reason.strip().splitlines()[0][:300] if self._reason.strip() else "no reason given"
-        for secret in self._secrets:
-            reason = reason.replace(secret, "…")
-        log.warning(
-            "telemetry: could not send %s to %s: %s (the monitor carries on; this warning repeats at most "
-            "every %d minutes)",
-            what, destination, reason, round(self._every / 60),
-        )  # fmt: skip
-        return True
-
-
-GATE = Gate()
-
-
-def install_gate() -> None:
-    """On every handler of the root logger (stdout, stderr, the invocations' Logs), once."""
-    for handler in logging.getLogger().handlers:
-        if GATE not in handler.filters:
-            handler.addFilter(GATE)
-
-
-class GuardedMetricExporter(MetricExporter):
-    """An exporter that never raises, logs only through the gate, and reports failures to it."""
-
-    def __init__(self, inner: MetricExporter, destination: str) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
-        self.inner = inner
-        self.destination = destination
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        with GATE.exporting():
-            try:
-                result = self.inner.export(metrics_data, timeout_millis=timeout_millis)
-            except Exception as exc:
-                GATE.note(exc)
-                result = MetricExportResult.FAILURE
-        GATE.report(result is MetricExportResult.SUCCESS, "metrics", self.destination)
-        return result
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        with GATE.exporting():
-            try:
-                return self.inner.force_flush(timeout_millis=timeout_millis)
-            except Exception:
-                return False
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        with GATE.exporting():
-            try:
-                self.inner.shutdown(timeout_millis=timeout_millis)
-            except Exception as exc:
-                GATE.note(exc)
-
-
-class GuardedLogExporter(LogRecordExporter):
-    def __init__(self, inner: LogRecordExporter, destination: str) -> None:
-        self.inner = inner
-        self.destination = destination
-
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        with GATE.exporting():
-            try:
-                result = self.inner.export(batch)
-            except Exception as exc:
-                GATE.note(exc)
-                result = LogRecordExportResult.FAILURE
-        GATE.report(result is LogRecordExportResult.SUCCESS, "log records", self.destination)
-        return result
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        with GATE.exporting():
-            try:
-                return self.inner.force_flush(timeout_millis)
-            except Exception:
-                return False
-
-    def shutdown(self) -> None:
-        with GATE.exporting():
-            try:
-                self.inner.shutdown()  # type: ignore[no-untyped-call]
-            except Exception as exc:
-                GATE.note(exc)
-
-
-class RegistryBridge:
-    """The registry's counters and gauges as observable instruments, all reporting one reading."""
-
-    def __init__(self, registry: CollectorRegistry, meter: Meter, fed: str) -> None:
-        self._registry = registry
-        self._meter = meter
-        self._fed = fed  # the histogram fed directly
-        self._lock = threading.Lock()
-        self._creating = threading.Lock()
-        self._reading: dict[str, list[tuple[dict[str, str], int | float]]] = {}
-        self._instruments: set[str] = set()
-
-    def refresh(self) -> None:
-        reading: dict[str, list[tuple[dict[str, str], int | float]]] = {}
-        families: dict[str, Metric] = {}
-        for family in self._registry.collect():
-            if family.type == "counter":
-                sample = f"{family.name}_total"
-            elif family.type == "gauge":
-                sample = family.name
-            else:  # histograms: the cycle duration is fed directly (see Pipeline.observe)
-                continue
-            reading[family.name] = [
-                (dict(s.labels), _number(s.value))
-                for s in family.samples
-                if s.name == sample and math.isfinite(float(s.value))
-            ]
-            families[family.name] = family
-        with self._lock:
-            self._reading = reading
-        with self._creating:
-            for name, family in families.items():
-                if name not in self._instruments and name != self._fed:
-                    self._instruments.add(name)
-                    create = (
-                        self._meter.create_observable_counter
-                        if family.type == "counter"
-                        else self._meter.create_observable_gauge
-                    )
-                    unit = "s" if name.endswith("_seconds") else ""
-                    create(
-                        name, callbacks=[self._callback(name)], unit=unit, description=family.documentation
-                    )
-
-    def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with self._lock:
-                points = self._reading.get(name, [])
-            return [Observation(value, attributes) for attributes, value in points]
-
-        return observe
-
-
-class RegistryReader(MetricReader):
-    """Every OTEL_METRIC_EXPORT_INTERVAL ms (60 s by default), on a thread of its own: a fresh reading of
-    the registry, the SDK's collection, the export; once more at shutdown. (The SDK's periodic reader
-    cannot read the registry first: its `collect` is final.)"""
-
-    def __init__(self, exporter: GuardedMetricExporter, environ: Mapping[str, str]) -> None:
-        super().__init__(
-            preferred_temporality=exporter._preferred_temporality,
-            preferred_aggregation=exporter._preferred_aggregation,
-        )
-        self.bridge: RegistryBridge | None = None
-        self._exporter = exporter
-        self._interval = _millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60_000) / 1000
-        self._timeout_millis = _millis(environ, "OTEL_METRIC_EXPORT_TIMEOUT", 30_000)
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()  # one collection and export at a time
-        self._thread = threading.Thread(target=self._tick, name="telemetry-export", daemon=True)
-        self._thread.start()
-
-    def _tick(self) -> None:
-        while not self._stopping.wait(self._interval):
-            self.read_and_export(self._timeout_millis)
-        self.read_and_export(self._timeout_millis)  # the last one
-
-    def read_and_export(self, timeout_millis: float) -> None:
-        with self._lock:
-            try:
-                if self.bridge is not None:
-                    with GATE.reading():
-                        self.bridge.refresh()
-                self.collect(timeout_millis=timeout_millis)
-            except Exception as exc:  # the thread keeps ticking whatever one export meets
-                GATE.note(exc)
-                GATE.report(False, "metrics", self._exporter.destination)
-
-    def _receive_metrics(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> None:
-        self._exporter.export(metrics_data, timeout_millis=timeout_millis)
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        self.read_and_export(timeout_millis)
-        return self._exporter.force_flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        deadline = time.monotonic() + timeout_millis / 1000
-        self._stopping.set()
-        self._thread.join(timeout=timeout_millis / 1000)
-        self._exporter.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
-
-
-def _millis(environ: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        value = float(environ.get(name, "") or default)
-    except ValueError:
-        return default
-    return value if 0 < value < math.inf else default
 
 
 @dataclass(frozen=True)
@@ -419,10 +134,6 @@ def _shown(url: str) -> str:
         return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
     except ValueError:
         return "(an endpoint that is not a URL)"
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
 
 
 def _family(metric: Any) -> Metric:

@@ -1,0 +1,100 @@
+"""Every exporter the pipeline hands to the SDK is wrapped: it never raises, what it logs meanwhile goes
+through the gate (handler/telemetry/log_gate.py), and each export's outcome is reported there, so a
+destination that fails is a warning now and then, never an exception on the SDK's threads. The SDK's
+metric and log-record exporters differ only in their signatures and result values: `ExportGuard` holds
+the policy once, parametrised by what is sent and what success and failure are; the two wrappers only
+translate the SDK's calls into it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+from handler.telemetry.log_gate import GATE
+
+Result = TypeVar("Result", MetricExportResult, LogRecordExportResult)
+
+
+class ExportGuard(Generic[Result]):
+    """One exporter's calls: inside the gate's `exporting()`, exceptions noted (never raised), and each
+    export's outcome reported as `what` to `destination`."""
+
+    def __init__(self, what: str, destination: str, success: Result, failure: Result) -> None:
+        self.what = what
+        self.destination = destination
+        self._success: Result = success
+        self._failure: Result = failure
+
+    def export(self, send: Callable[[], Result]) -> Result:
+        with GATE.exporting():
+            try:
+                result = send()
+            except Exception as exc:
+                GATE.note(exc)
+                result = self._failure
+        GATE.report(result is self._success, self.what, self.destination)
+        return result
+
+    def force_flush(self, flush: Callable[[], bool]) -> bool:
+        with GATE.exporting():
+            try:
+                return flush()
+            except Exception:
+                return False
+
+    def shutdown(self, stop: Callable[[], object]) -> None:
+        with GATE.exporting():
+            try:
+                stop()
+            except Exception as exc:
+                GATE.note(exc)
+
+
+class GuardedMetricExporter(MetricExporter):
+    """A metric exporter, guarded; `destination` names it in the warning."""
+
+    def __init__(self, inner: MetricExporter, destination: str) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.inner = inner
+        self.destination = destination
+        self._guard = ExportGuard(
+            "metrics", destination, MetricExportResult.SUCCESS, MetricExportResult.FAILURE
+        )
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        return self._guard.export(lambda: self.inner.export(metrics_data, timeout_millis=timeout_millis))
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._guard.force_flush(lambda: self.inner.force_flush(timeout_millis=timeout_millis))
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._guard.shutdown(lambda: self.inner.shutdown(timeout_millis=timeout_millis))
+
+
+class GuardedLogExporter(LogRecordExporter):
+    """A log-record exporter, guarded; `destination` names it in the warning."""
+
+    def __init__(self, inner: LogRecordExporter, destination: str) -> None:
+        self.inner = inner
+        self.destination = destination
+        self._guard = ExportGuard(
+            "log records", destination, LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE
+        )
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        return self._guard.export(lambda: self.inner.export(batch))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._guard.force_flush(lambda: self.inner.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        self._guard.shutdown(self.inner.shutdown)
