@@ -396,7 +396,7 @@ def test_failed_exports_warn_at_most_every_ten_minutes_and_their_own_lines_are_k
 
 
 def test_grpc_without_its_package_is_one_warning_and_no_otlp(caplog: pytest.LogCaptureFixture) -> None:
-    from handler.telemetry.export import destinations  # noqa: PLC0415  (OpenTelemetry: this test only)
+    from handler.telemetry.destinations import destinations  # noqa: PLC0415  (OpenTelemetry: this test only)
 
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
     with caplog.at_level(logging.WARNING, logger="handler.telemetry.export"):

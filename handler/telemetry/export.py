@@ -1,44 +1,45 @@
-"""The OpenTelemetry pipeline, imported only when telemetry is wanted (see handler/telemetry/__init__.py).
+"""The OpenTelemetry pipeline, imported only when telemetry is wanted (see handler/telemetry/__init__.py):
+it starts the exporters each destination needs and stops them within one bound. Every module of
+handler/telemetry that imports OpenTelemetry is imported through this one, which `__init__` imports only
+then; the parts it assembles each have a module of their own.
 
 - Metrics have one source, handler/metrics.py's registry, read before each export
   (handler/telemetry/registry_reader.py) and reported by observable instruments
   (handler/telemetry/registry_bridge.py). The one exception is the cycle-duration histogram: an OTel
   histogram with the Prometheus buckets, fed by `observe()` inside the invocation's context, so that with
   the host's sampled `traceparent` its exemplar carries the host's trace and span ids.
-- Log records (`run` only): every record the root logger handles, a cycle's counts as attributes.
+- Log records (`run` only): handler/telemetry/log_bridge.py.
+- Where they go: handler/telemetry/destinations.py; each exporter wrapped by
+  handler/telemetry/guarded_exporter.py.
 - Nothing is made global: no tracer, meter or logger provider is set for the process, so nothing records
   requests (FastAPI's own telemetry stays off), and the host's readiness probes never become requests.
-- Every exporter is wrapped once, whatever it sends (handler/telemetry/guarded_exporter.py).
-- Exporting runs on the SDK's threads, never in an invocation. What the exporters log there (a refused
-  connection, each retry, Azure's "Transmission succeeded") is kept off stdout, stderr and every
-  invocation's `Logs`; a failed export becomes one warning, at most every 10 minutes
+- Exporting runs on the SDK's threads, never in an invocation; what the exporters log there stays off
+  every handler, and a failed export becomes one warning, at most every 10 minutes
   (handler/telemetry/log_gate.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.metrics_core import Metric
 
-from handler.telemetry.base import CONNECTION_STRING, OTLP_ENDPOINT, SCOPE, STOP_WITHIN_SEC, Telemetry
+from handler.telemetry.base import EXPORT_LOGGER, SCOPE, STOP_WITHIN_SEC, Telemetry
+from handler.telemetry.destinations import Destination, destinations
 from handler.telemetry.guarded_exporter import GuardedLogExporter, GuardedMetricExporter
+from handler.telemetry.log_bridge import LogBridge
 from handler.telemetry.log_gate import GATE, install_gate
 from handler.telemetry.registry_bridge import RegistryBridge
 from handler.telemetry.registry_reader import RegistryReader
@@ -47,173 +48,13 @@ if TYPE_CHECKING:
     from handler.metrics import Metrics
     from handler.reclaim.summary import CycleSummary
 
-log = logging.getLogger(__name__)
-
-DEFAULT_INGESTION = "https://dc.services.visualstudio.com"
-
-
-@dataclass(frozen=True)
-class Destination:
-    label: str
-    metrics: Callable[[], MetricExporter]
-    logs: Callable[[], LogRecordExporter]
-    azure: bool = False
-
-
-def destinations(environ: Mapping[str, str]) -> list[Destination]:
-    found: list[Destination] = []
-    connection_string = environ.get(CONNECTION_STRING, "").strip()
-    if connection_string:
-        found.append(_azure_monitor(connection_string))
-    if environ.get(OTLP_ENDPOINT, "").strip():
-        protocol = environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip().lower() or "http/protobuf"
-        label = f"the OTLP collector at {_shown(environ[OTLP_ENDPOINT].strip())} ({protocol})"
-        if protocol == "http/protobuf":
-            found.append(_otlp_http(label))
-        elif protocol == "grpc":
-            grpc = _otlp_grpc(label)
-            if grpc is not None:
-                found.append(grpc)
-        else:
-            log.warning(
-                "telemetry: OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported (http/protobuf or grpc)", protocol
-            )
-    return found
-
-
-def _azure_monitor(connection_string: str) -> Destination:
-    from azure.monitor.opentelemetry.exporter import (  # noqa: PLC0415  (only when its variable is set)
-        AzureMonitorLogExporter,
-        AzureMonitorMetricExporter,
-    )
-
-    fields = dict(
-        (part.split("=", 1)[0].strip().lower(), part.split("=", 1)[1].strip())
-        for part in connection_string.split(";")
-        if "=" in part
-    )
-    GATE.hide(fields.get("instrumentationkey", ""))
-    label = f"Azure Monitor at {_shown(fields.get('ingestionendpoint') or DEFAULT_INGESTION)}"
-    return Destination(
-        label,
-        lambda: AzureMonitorMetricExporter(connection_string=connection_string),
-        lambda: AzureMonitorLogExporter(connection_string=connection_string),
-        azure=True,
-    )
-
-
-def _otlp_http(label: str) -> Destination:
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # noqa: PLC0415
-
-    return Destination(label, OTLPMetricExporter, OTLPLogExporter)
-
-
-def _otlp_grpc(label: str) -> Destination | None:
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[import-not-found]  # noqa: PLC0415
-            OTLPLogExporter,
-        )
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found]  # noqa: PLC0415
-            OTLPMetricExporter,
-        )
-    except ImportError:
-        log.warning(
-            "telemetry: OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the opentelemetry-exporter-otlp-proto-grpc "
-            "package, which this app does not carry: nothing goes to %s (http/protobuf needs nothing more)",
-            label,
-        )
-        return None
-    return Destination(label, OTLPMetricExporter, OTLPLogExporter)
-
-
-def _shown(url: str) -> str:
-    """scheme://host:port only: never a password or a query string in a log line."""
-    try:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
-    except ValueError:
-        return "(an endpoint that is not a URL)"
-
-
-def _family(metric: Any) -> Metric:
-    families: list[Metric] = metric.collect()
-    return families[0]
-
-
-def _boundaries(histogram: Metric) -> list[float]:
-    return [
-        float(s.labels["le"])
-        for s in histogram.samples
-        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
-    ]
-
-
-def _resource(environ: Mapping[str, str]) -> Resource:
-    name = environ.get("OTEL_SERVICE_NAME") or environ.get("WEBSITE_SITE_NAME") or SCOPE
-    return Resource.create({"service.name": name})
-
-
-def _severity(levelno: int) -> SeverityNumber:
-    for level, severity in (
-        (logging.CRITICAL, SeverityNumber.FATAL),
-        (logging.ERROR, SeverityNumber.ERROR),
-        (logging.WARNING, SeverityNumber.WARN),
-        (logging.INFO, SeverityNumber.INFO),
-    ):
-        if levelno >= level:
-            return severity
-    return SeverityNumber.DEBUG
-
-
-def log_attributes(record: logging.LogRecord) -> dict[str, str | int | float | bool]:
-    """The logger's name, and a cycle's counts (the summary's keys; `streams` as JSON)."""
-    attributes: dict[str, str | int | float | bool] = {"logger": record.name}
-    summary = getattr(record, "summary", None)
-    if isinstance(summary, dict):
-        for key, value in summary.items():
-            if key == "streams" and value:
-                attributes[key] = json.dumps(value)
-            elif isinstance(value, str | int | float | bool):
-                attributes[key] = value
-    return attributes
-
-
-class LogBridge(logging.Handler):
-    """Every record the root logger handles, as an OpenTelemetry log record."""
-
-    def __init__(self, provider: LoggerProvider) -> None:
-        super().__init__()
-        self._logger = provider.get_logger(SCOPE)
-        self.addFilter(GATE)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._logger.emit(
-                timestamp=int(record.created * 1e9),
-                severity_number=_severity(record.levelno),
-                severity_text=record.levelname,
-                body=record.getMessage(),
-                attributes=log_attributes(record),
-                exception=record.exc_info[1] if record.exc_info else None,
-            )
-        except Exception as exc:  # a log record never fails the code that logged it
-            GATE.note(exc)
+log = logging.getLogger(EXPORT_LOGGER)
 
 
 class Pipeline(Telemetry):
     def __init__(self, metrics: Metrics, environ: Mapping[str, str], *, export_logs: bool) -> None:
         install_gate()
-        found = []
-        for destination in destinations(environ):
-            try:
-                found.append((destination, destination.metrics()))
-            except Exception as exc:  # e.g. a connection string without an instrumentation key
-                log.warning(
-                    "telemetry: nothing goes to %s: %s: %s", destination.label, type(exc).__name__, exc
-                )
-        if not found:
-            raise RuntimeError("no destination could be set up")
+        found = _set_up(destinations(environ))
         resource = _resource(environ)
         readers = [RegistryReader(GuardedMetricExporter(exporter, d.label), environ) for d, exporter in found]
         self._meters = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
@@ -232,10 +73,7 @@ class Pipeline(Telemetry):
         self._logs: LoggerProvider | None = None
         self._handler: LogBridge | None = None
         if export_logs:
-            self._logs = LoggerProvider(resource=resource, shutdown_on_exit=False)
-            for destination, _ in found:
-                exporter = GuardedLogExporter(destination.logs(), destination.label)
-                self._logs.add_log_record_processor(BatchLogRecordProcessor(exporter))
+            self._logs = _log_provider(resource, [d for d, _ in found])
             self._handler = LogBridge(self._logs)
             logging.getLogger().addHandler(self._handler)
         self._azure = any(d.azure for d, _ in found)
@@ -285,6 +123,45 @@ class Pipeline(Telemetry):
             thread.start()
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _set_up(found: list[Destination]) -> list[tuple[Destination, MetricExporter]]:
+    """Each destination with its metric exporter; one that cannot be set up is a warning, none an error."""
+    ready = []
+    for destination in found:
+        try:
+            ready.append((destination, destination.metrics()))
+        except Exception as exc:  # e.g. a connection string without an instrumentation key
+            log.warning("telemetry: nothing goes to %s: %s: %s", destination.label, type(exc).__name__, exc)
+    if not ready:
+        raise RuntimeError("no destination could be set up")
+    return ready
+
+
+def _log_provider(resource: Resource, found: list[Destination]) -> LoggerProvider:
+    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    for destination in found:
+        exporter = GuardedLogExporter(destination.logs(), destination.label)
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    return provider
+
+
+def _resource(environ: Mapping[str, str]) -> Resource:
+    name = environ.get("OTEL_SERVICE_NAME") or environ.get("WEBSITE_SITE_NAME") or SCOPE
+    return Resource.create({"service.name": name})
+
+
+def _family(metric: Any) -> Metric:
+    families: list[Metric] = metric.collect()
+    return families[0]
+
+
+def _boundaries(histogram: Metric) -> list[float]:
+    return [
+        float(s.labels["le"])
+        for s in histogram.samples
+        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+    ]
 
 
 def _azure_statistics() -> list[Callable[[], object]]:
