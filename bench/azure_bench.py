@@ -17,7 +17,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -37,51 +36,27 @@ from bench.reclaim_bench import (
 )
 from bench.results import Recorder
 from bench.server_limit import command_stream
-from handler.dev.local_redis import LocalRedis, free_port
+from handler.dev.local_redis import LocalRedis
 from handler.dev.redis_binaries import debian_redis_with_tls
-from tests.tls import issue_certificate, make_ca
+from handler.dev.tls import Certificates, make_certificates
+from handler.dev.tls import tls_server as start_tls_server
 
 NO_PROXY = "server limit (no proxy)"
 
 
-@dataclass(frozen=True)
-class Certificates:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_certificates(folder: Path) -> Certificates:
-    """A private CA and a server certificate naming localhost and 127.0.0.1 (the proxy's address), made as
-    the suite makes them (tests/tls.py)."""
-    make_ca(folder)
-    cert, key = issue_certificate(folder, "server", "DNS:localhost,IP:127.0.0.1")
-    return Certificates(folder / "ca.pem", cert, key)
-
-
 @contextmanager
 def tls_server() -> Iterator[tuple[LocalRedis, Certificates]]:
-    binary, env = debian_redis_with_tls()
+    """Debian's Redis 7.0.15 speaking only TLS, its certificate naming localhost and 127.0.0.1 (the proxy's
+    address), from a private CA made as the suite makes them (handler/dev/tls.py)."""
     with tempfile.TemporaryDirectory(prefix="tweets-monitor-bench-tls-") as folder:
         certificates = make_certificates(Path(folder))
-        port = free_port()
-        args = [
-            "--tls-port",
-            str(port),
-            "--port",
-            "0",
-            "--tls-cert-file",
-            str(certificates.cert),
-            "--tls-key-file",
-            str(certificates.key),
-            "--tls-ca-cert-file",
-            str(certificates.ca),
-            "--tls-auth-clients",
-            "no",
-        ]
-        probe = {"ssl": True, "ssl_ca_certs": str(certificates.ca)}
-        with LocalRedis(binary, port=port, extra_args=args, env=env, probe_options=probe) as server:
+        server = start_tls_server(
+            debian_redis_with_tls(), certificates.server_cert, certificates.server_key, certificates.ca
+        )
+        try:
             yield server, certificates
+        finally:
+            server.cleanup()
 
 
 def calibrated_proxy(

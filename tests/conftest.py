@@ -13,10 +13,10 @@ from redis.cluster import RedisCluster
 from handler.dev.host import STARTED
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, packaged_search_module
-from handler.dev.redis_binaries import BINARIES
+from handler.dev.redis_binaries import BINARIES, debian_redis_with_tls
+from handler.dev.tls import Binary, Certificates, local_tls_cluster, make_certificates
 from handler.settings import MonitorSettings
 from tests.reliability import table
-from tests.tls import certificates, tls_binary, tls_cluster  # noqa: F401  (session fixtures for the TLS tests)
 
 if TYPE_CHECKING:
     from tests.world import World
@@ -146,3 +146,25 @@ def world8(redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]) -> 
     from tests.world import world_on  # noqa: PLC0415  (tests.world imports this module)
 
     yield from world_on(redis_8, client8, names)
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A private CA, a server certificate for localhost/127.0.0.1, one for another host, another CA."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def tls_binary() -> Binary:
+    """Debian's redis-server 7.0.15, the one build here with TLS."""
+    return debian_redis_with_tls()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(tls_binary: Binary, certificates: Certificates) -> Iterator[LocalCluster]:
+    """Debian's Redis 7.0.15 as a cluster that speaks only TLS: to clients, on its bus and to replicas."""
+    cluster = local_tls_cluster(
+        tls_binary, certificates.server_cert, certificates.server_key, certificates.ca
+    )
+    with cluster:
+        yield cluster

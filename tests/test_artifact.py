@@ -27,9 +27,9 @@ from handler.dev import provision
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
+from handler.dev.tls import Certificates, tls_server
 from tests.pipeline import abandon, create_group, expected_hash, hash_fields, tweet
 from tests.reliability import DEPLOY_FACTS
-from tests.tls import Certificates, tls_server
 
 APP_ROOT_INSIDE = "/home/site/wwwroot"  # where the host keeps the app on Linux
 NAMES = PIPELINE_NAMES

@@ -20,6 +20,7 @@ from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, MONITOR, STREAM
+from handler.dev.tls import Certificates
 from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
@@ -29,7 +30,6 @@ from tests.acl import ACL_RULE
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
 from tests.pipeline import create_group, expected_hash, tweet
 from tests.reliability import SECURITY_CHECKS, audit, record
-from tests.tls import Certificates
 
 
 def cluster_settings(cluster: LocalCluster, **overrides: str) -> MonitorSettings:

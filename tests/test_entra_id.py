@@ -29,12 +29,12 @@ from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import PIPELINE_NAMES
+from handler.dev.tls import Certificates
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.entra_id import REDIS_RESOURCE
 from tests.pipeline import abandon, create_group, tweet
 from tests.reliability import SECURITY_CHECKS
-from tests.tls import Certificates
 
 TOKEN_LIFETIME_SEC = 4  # renewed at 70 %: after 2.8 s
 IDENTITY_OID = "5f1c2a3e-0000-4000-8000-00000000c0de"

@@ -18,6 +18,7 @@ import redis
 from handler.dev.host import APP_ROOT, FunctionsHost, completed, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from handler.dev.tls import Certificates, tls_server
 from handler.functions.app import create_app
 from handler.settings import MonitorSettings
 from handler.transport.connect import connect
@@ -25,7 +26,6 @@ from tests import pipeline
 from tests.acl import ACL_RULE, access_policy_permissions
 from tests.pipeline import age, crash_after_reading, create_group, produce, tweet, tweet_keys
 from tests.reliability import SECURITY_CHECKS
-from tests.tls import Certificates, tls_server
 
 NAMES = PIPELINE_NAMES
 

@@ -22,13 +22,13 @@ from handler.dev.host import APP_ROOT
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis
 from handler.dev.samples import GROUP, STREAM
+from handler.dev.tls import Certificates, issue_certificate, local_tls_cluster, tls_server
 from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
 from handler.transport.connect import connect
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, abandon_backlog
 from tests.pipeline import create_group
 from tests.reliability import SECURITY_CHECKS, audit
-from tests.tls import Certificates, issue_certificate, local_tls_cluster, tls_server
 
 
 def harness_options(ca: Path) -> dict[str, Any]:

@@ -1,19 +1,19 @@
-"""TLS material and servers for the tests: a private CA with server certificates made by openssl, and
-Debian's redis-server 7.0.15 (the one build here with TLS)."""
+"""TLS for the tests and the benchmarks: a private CA with server certificates made by openssl, and Debian's
+redis-server 7.0.15 (the one build here with TLS, handler/dev/redis_binaries.py) serving them, as one node
+or as a cluster."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, free_port
-from handler.dev.redis_binaries import debian_redis_with_tls
+
+Binary = tuple[Path, dict[str, str]]  # redis-server and the environment it needs (redis_binaries.py)
+BOTH_VERSIONS = "TLSv1.2 TLSv1.3"
 
 
 @dataclass
@@ -34,37 +34,14 @@ def issue_certificate(folder: Path, name: str, san: str) -> tuple[Path, Path]:
     """A server certificate `<name>.pem` (and key) signed by the CA in `folder`, with `san` as its
     subjectAltName (e.g. `DNS:localhost`: a host name only, no IP address)."""
     openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        f"/CN={name}",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        cwd=folder,
-    )
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder,
+    )  # fmt: skip
     (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
     openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        f"{name}.ext",
-        "-out",
-        f"{name}.pem",
-        cwd=folder,
-    )
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=folder,
+    )  # fmt: skip
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
@@ -77,10 +54,8 @@ def make_ca(folder: Path, name: str = "ca") -> Path:
     return folder / f"{name}.pem"
 
 
-@pytest.fixture(scope="session")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+def make_certificates(folder: Path) -> Certificates:
     """A private CA, a server certificate for localhost/127.0.0.1, one for another host, another CA."""
-    folder = tmp_path_factory.mktemp("tls")
     for ca in ("ca", "untrusted-ca"):
         make_ca(folder, ca)
     for name, san in (("server", "DNS:localhost,IP:127.0.0.1"), ("other", "DNS:other.example")):
@@ -95,37 +70,20 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     )
 
 
-@pytest.fixture(scope="session")
-def tls_binary() -> tuple[Path, dict[str, str]]:
-    return debian_redis_with_tls()
-
-
-def tls_server(
-    binary: tuple[Path, dict[str, str]], cert: Path, key: Path, ca: Path, protocols: str
-) -> LocalRedis:
+def tls_server(binary: Binary, cert: Path, key: Path, ca: Path, protocols: str = BOTH_VERSIONS) -> LocalRedis:
+    """A started server that speaks only TLS, serving `cert`; the caller cleans it up."""
     port = free_port()
     args = [
-        "--tls-port",
-        str(port),
-        "--port",
-        "0",
-        "--tls-cert-file",
-        str(cert),
-        "--tls-key-file",
-        str(key),
-        "--tls-ca-cert-file",
-        str(ca),
-        "--tls-auth-clients",
-        "no",
-        "--tls-protocols",
-        protocols,
-    ]
+        "--tls-port", str(port), "--port", "0",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+        "--tls-auth-clients", "no", "--tls-protocols", protocols,
+    ]  # fmt: skip
     probe = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
     return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
 
 
 def local_tls_cluster(
-    binary: tuple[Path, dict[str, str]],
+    binary: Binary,
     cert: Path,
     key: Path,
     ca: Path,
@@ -146,15 +104,3 @@ def local_tls_cluster(
         binary[0], replicas_per_master=replicas_per_master, extra_args=args, env=binary[1],
         client_options=options,
     )  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def tls_cluster(
-    tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
-) -> Iterator[LocalCluster]:
-    """Debian's Redis 7.0.15 as a cluster that speaks only TLS: to clients, on its bus and to replicas."""
-    cluster = local_tls_cluster(
-        tls_binary, certificates.server_cert, certificates.server_key, certificates.ca
-    )
-    with cluster:
-        yield cluster
