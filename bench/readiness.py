@@ -1,4 +1,4 @@
-"""The handler's readiness time with and without telemetry: how long tests/host.py's FunctionsHost (the
+"""The handler's readiness time with and without telemetry: how long handler/dev/host.py's FunctionsHost (the
 host's own polling of GET / every 25 ms) waits from starting `python -m handler serve` to its first answer,
 without the telemetry variables and with APPLICATIONINSIGHTS_CONNECTION_STRING set (pointing at a stand-in
 ingestion endpoint on 127.0.0.1, Microsoft's control plane and statsbeat off: nothing leaves the machine).

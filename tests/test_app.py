@@ -1,5 +1,5 @@
 """The Functions host protocol, end to end: a real handler process, a real Redis, the host played by
-tests/host.py."""
+handler/dev/host.py."""
 
 from __future__ import annotations
 
