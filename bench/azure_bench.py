@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
-from bench.backlog import produce, raw_client
+from bench.backlog import produce
 from bench.latency_proxy import LatencyProxy
 from bench.reclaim_bench import (
     PAGE_SIZE,
@@ -36,6 +36,7 @@ from bench.reclaim_bench import (
 )
 from bench.results import Recorder
 from bench.server_limit import command_stream
+from handler.dev.backlog import raw_client
 from handler.dev.local_redis import LocalRedis
 from handler.dev.redis_binaries import debian_redis_with_tls
 from handler.dev.tls import Certificates, make_certificates

@@ -28,9 +28,10 @@ from typing import Any
 
 import redis
 
-from bench.backlog import CHUNK, CRASHED, abandon, produce, raw_client, verify
+from bench.backlog import CHUNK, abandon, produce, verify
 from bench.reclaim_bench import APP_ROOT, Endpoint, monitor_env, run_process, server_info
 from bench.results import Recorder
+from handler.dev.backlog import CRASHED, age, raw_client
 from handler.dev.local_redis import LocalRedis, packaged_redis_server
 from handler.dev.samples import GROUP, STREAM
 
@@ -50,7 +51,7 @@ def age_backlog(client: redis.Redis) -> None:
         if not rows:
             return
         ids = [row[0] for row in rows]
-        client.execute_command("XCLAIM", STREAM, GROUP, CRASHED, 0, *ids, "IDLE", AGED_MS, "JUSTID")  # type: ignore[no-untyped-call]
+        age(client, STREAM, GROUP, CRASHED, ids, AGED_MS)
         start = b"(" + ids[-1]
 
 

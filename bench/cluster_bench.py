@@ -19,8 +19,9 @@ from typing import Any
 
 import redis
 
-from bench.backlog import MIN_IDLE_SEC, abandon, produce, raw_client, verify
+from bench.backlog import MIN_IDLE_SEC, abandon, produce, verify
 from bench.reclaim_bench import MAX_MESSAGES, run_process
+from handler.dev.backlog import raw_client
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server
 from handler.dev.samples import GROUP, MONITOR, STREAM

@@ -24,7 +24,8 @@ from typing import Any
 
 import redis
 
-from bench.backlog import raw_client, tweet
+from bench.backlog import tweet
+from handler.dev.backlog import raw_client
 from handler.dev.samples import GROUP, STREAM
 
 LIVE_PROCESSOR = "processor-live"

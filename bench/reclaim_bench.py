@@ -35,9 +35,10 @@ from typing import Any, Protocol
 
 import redis
 
-from bench.backlog import MIN_IDLE_SEC, abandon, produce, raw_client, verify
+from bench.backlog import MIN_IDLE_SEC, abandon, produce, verify
 from bench.results import Recorder, Run
 from bench.server_limit import command_stream, replay
+from handler.dev.backlog import raw_client
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, packaged_redis_server
 from handler.dev.samples import GROUP, MONITOR, STREAM

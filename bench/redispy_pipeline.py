@@ -18,24 +18,17 @@ import sys
 import time
 from typing import Any
 
-import redis
-
 from bench.backlog import MIN_IDLE_SEC
+from handler.dev.backlog import raw_client
 from handler.dev.samples import GROUP, MONITOR, STREAM
 from handler.reclaim.rules import next_id
 
 PAGE_SIZE = 2000
 
 
-def raw(response: Any, **options: Any) -> Any:
-    return response
-
-
 def reclaim(port: int, ca_file: str | None = None) -> dict[str, Any]:
     tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": ca_file} if ca_file else {}
-    client = redis.Redis(host="127.0.0.1", port=port, protocol=2, **tls)
-    for command in ("XPENDING", "XCLAIM"):
-        client.set_response_callback(command, raw)
+    client = raw_client(port, **tls)
     started = time.perf_counter()
     processed = 0
     start: bytes = b"-"

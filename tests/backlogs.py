@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from handler.dev.backlog import CRASHED, IDLE_ENOUGH_MS, abandon, age, command, expected_hash, set_deliveries
 from handler.dev.host import FunctionsHost
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet
 from handler.transport.client import Client
-from tests.pipeline import age, command, crash_after_reading, expected_hash, produce, set_deliveries, tweet
 
 DEAD_LETTER = "{tweets_stream}:dead-letter"
 NAMES = PIPELINE_NAMES
@@ -40,11 +40,10 @@ def abandon_backlog(client: Client, valid: int, every: int = 100, offset: int = 
         if n % every == 0:
             entries.append(tweet(n + 10_000_000))
             kinds.append("poison")
-    ids = produce(client, STREAM, entries)
-    crash_after_reading(client, STREAM, GROUP, "consumer-crashed", len(ids))
+    ids = abandon(client, STREAM, GROUP, entries, idle_ms=0)
     poison = [entry_id for entry_id, kind in zip(ids, kinds, strict=True) if kind == "poison"]
-    set_deliveries(client, STREAM, GROUP, "consumer-crashed", poison, 50)
-    age(client, STREAM, GROUP, "consumer-crashed", ids, 60_000)
+    set_deliveries(client, STREAM, GROUP, CRASHED, poison, 50)  # which makes them fresh: aged after
+    age(client, STREAM, GROUP, CRASHED, ids, IDLE_ENOUGH_MS)
     tweets = {b"tweet:" + fields[3]: expected_hash(fields)
               for fields, kind in zip(entries, kinds, strict=True) if kind == "valid"}  # fmt: skip
     bad = {entry_id for entry_id, kind in zip(ids, kinds, strict=True) if kind != "valid"}

@@ -23,6 +23,7 @@ import pytest
 import redis
 from redis.connection import ConnectionPool
 
+from handler.dev.backlog import with_raw_replies as raw_client
 from handler.dev.host import APP_ROOT
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
@@ -46,7 +47,6 @@ from tests.pipeline import (
     expected_hash,
     hash_fields,
     pending_rows,
-    raw_client,
     set_deliveries,
     tweet,
     tweet_keys,

@@ -22,15 +22,22 @@ def tweet_id(number: int) -> bytes:
     return b"%d" % (FIRST_TWEET_ID + number)
 
 
-def sample_tweet(number: int) -> dict[str, str]:
-    """A tweet as the producer writes it: string values, fields in alphabetical order (`id` second)."""
+def sample_tweet(number: int, **changes: str) -> dict[str, str]:
+    """A tweet as the producer writes it: string values, fields in alphabetical order (`id` second);
+    `changes` replace values in place (or add fields at the end)."""
     return {
         "hashtags": TAGS[number % len(TAGS)],
         "id": tweet_id(number).decode(),
         "location": PLACES[number % len(PLACES)],
         "text": f"hello world, tweet number {number}",
         "user": USERS[number % len(USERS)],
+        **changes,
     }
+
+
+def tweet(number: int, **changes: str) -> list[bytes]:
+    """The same as the flat field list XADD takes: `id` is the fourth item, its value the fourth."""
+    return [part.encode() for pair in sample_tweet(number, **changes).items() for part in pair]
 
 
 def timer(schedule_status: Any = None, is_past_due: bool = False) -> dict[str, Any]:
