@@ -3,7 +3,7 @@
 Azure Cache for Redis speaks TLS only, and a Function reaches it over a network with a round trip of about
 0.5-1 ms in one region. Here: Debian's redis-server 7.0.15 (the one build at hand with TLS,
 handler/dev/redis_binaries.py) with a certificate for 127.0.0.1/localhost from a private CA made with
-openssl, and bench/latency_proxy.py in front of it adding each round trip (0, 0.5 and 1 ms by default).
+openssl, and handler/dev/latency_proxy.py in front of it adding each round trip (0, 0.5 and 1 ms by default).
 The proxy relays the TLS bytes unchanged, so every contender verifies the server's certificate as the
 monitor does in Azure (REDIS_TLS=true, REDIS_TLS_CA_FILE).
 
@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 
 from bench.backlog import produce
-from bench.latency_proxy import LatencyProxy
 from bench.reclaim_bench import (
     PAGE_SIZE,
     PINGS,
@@ -37,6 +36,7 @@ from bench.reclaim_bench import (
 from bench.results import Recorder
 from bench.server_limit import command_stream
 from handler.dev.backlog import raw_client
+from handler.dev.latency_proxy import LatencyProxy
 from handler.dev.local_redis import LocalRedis
 from handler.dev.redis_binaries import debian_redis_with_tls
 from handler.dev.tls import Certificates, make_certificates

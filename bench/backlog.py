@@ -19,8 +19,8 @@ CHUNK = 10_000
 
 
 def tweet(number: int) -> list[bytes]:
-    """The sample tweet with a longer text, like a v1.1 sample tweet: about 160 bytes of fields and values,
-    the size the results in bench/results/ were measured with."""
+    """The sample tweet with a longer text: about 200 bytes, like a v1.1 sample tweet (160 of them its
+    fields and values), the size the results in bench/results/ were measured with."""
     text = f"Day {number % 365}: hello world, this is what a tweet about #covid19 and medicine looks like"
     return samples.tweet(number, text=f"{text} in 2021 ({number})")
 

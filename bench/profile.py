@@ -35,11 +35,11 @@ from pathlib import Path
 import redis
 
 from bench.backlog import abandon, produce, verify
-from bench.latency_proxy import cpu_seconds
 from bench.reclaim_bench import PAGE_SIZE, Endpoint, HttpHandler, monitor_env, server_limit
 from bench.results import RESULTS_DIR, git
 from bench.server_limit import command_stream
 from handler.dev.backlog import raw_client
+from handler.dev.latency_proxy import cpu_seconds
 from handler.dev.local_redis import LocalRedis, packaged_redis_server
 
 PY_SPY = Path(sys.executable).with_name("py-spy")

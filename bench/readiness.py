@@ -19,7 +19,7 @@ from pathlib import Path
 
 from handler.dev.host import FunctionsHost
 from handler.dev.local_redis import free_port
-from tests.telemetry_fakes import Breeze, Tripwire, telemetry_environment
+from handler.dev.telemetry_fakes import Breeze, Tripwire, telemetry_environment
 
 UP_LINE = "telemetry: metrics to"
 

@@ -222,7 +222,7 @@ def azure_section(data: dict[str, Any]) -> str | None:
     direct = measured_rtt(data, "azure", None)
     lines = [
         f"Debian Redis {server.get('redis_version', '?')} with TLS (certificate verified), every row through "
-        "bench/latency_proxy.py adding the set round trip, except the server limit without the proxy. "
+        "handler/dev/latency_proxy.py adding the set round trip, except the server limit without the proxy. "
         "*PING* is the measured round trip through the proxy (median of 200 sequential PINGs, TLS)"
         + (f"; without the proxy it is {direct['median_ms']:.3f} ms." if direct else ".")
         + " *proxy CPU* is the proxy process's own CPU during the run, as a share of the run's wall time.",

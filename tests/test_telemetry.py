@@ -1,5 +1,5 @@
 """Telemetry (handler/telemetry/): real handlers and real `run` processes against real Redis, exporting to
-stand-ins on 127.0.0.1 that decode what they receive (tests/telemetry_fakes.py): Application Insights'
+stand-ins on 127.0.0.1 that decode what they receive (handler/dev/telemetry_fakes.py): Application Insights'
 ingestion endpoint through the connection string's `IngestionEndpoint`, and an OTLP/HTTP collector.
 Every process here has Microsoft's control plane and statsbeat off, a fresh temporary folder for the
 exporter's offline storage, and a tripwire as its HTTP(S) proxy: nothing leaves the machine, and no test
@@ -24,8 +24,7 @@ import redis
 
 from handler.dev.host import APP_ROOT, HOST_VERSION, FunctionsHost, completed, envelope
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
-from tests.pipeline import abandon, create_group, tweet
-from tests.telemetry_fakes import (
+from handler.dev.telemetry_fakes import (
     INSTRUMENTATION_KEY,
     Breeze,
     OtlpCollector,
@@ -34,6 +33,7 @@ from tests.telemetry_fakes import (
     telemetry_environment,
     wait_for,
 )
+from tests.pipeline import abandon, create_group, tweet
 
 TWEETS = 317
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -1,7 +1,7 @@
 """A loopback latency proxy: every chunk it relays arrives half a round trip late, in each direction, and
 throughput is not limited (there is no `tc netem` here).
 
-    python -m bench.latency_proxy --target-port 6379 --rtt-ms 1
+    python -m handler.dev.latency_proxy --target-port 6379 --rtt-ms 1
 
 Each direction of each connection is a timestamped queue and one thread: every chunk received is stamped
 with the time it is due (received + rtt/2), and the thread waits (select, microsecond timeouts) for
@@ -11,7 +11,8 @@ would allow one chunk per delay), and no chunk waits for another thread to wake 
 unchanged: TLS passes through, so the server's certificate must name the proxy's address.
 
 It prints `listening 127.0.0.1:<port>` when ready and runs until SIGTERM or SIGINT. Run as its own process,
-so its CPU is its own: the benchmark reads it from /proc/<pid>/stat (`cpu_seconds`).
+so its CPU is its own: the benchmark reads it from /proc/<pid>/stat (`cpu_seconds`). The round-trip
+benchmark (bench/azure_bench.py) and the profile (bench/profile.py) put it in front of Debian's TLS Redis.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 CHUNK = 1 << 18
 PR_SET_TIMERSLACK = 29
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the child imports this checkout's module
 
 
 def cpu_seconds(pid: int) -> float:
@@ -140,12 +142,11 @@ class LatencyProxy:
         self.rtt_ms = rtt_ms
         self.added_ms = rtt_ms if added_ms is None else added_ms
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.latency_proxy", "--target-port", str(target_port),
+            [sys.executable, "-m", "handler.dev.latency_proxy", "--target-port", str(target_port),
              "--rtt-ms", str(self.added_ms)],
-            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE, text=True, cwd=CHECKOUT,
         )  # fmt: skip
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("listening "):
             self.stop()
             raise RuntimeError(f"the latency proxy did not start: {line!r}")
