@@ -1,6 +1,7 @@
 # Shared by the scripts: a virtualenv in .venv with the project, installed at the exact pins (and hashes) of
-# requirements/dev.lock, or requirements/app.lock when the argument is empty (what the deployed app carries).
-# Needs only Python 3.11+ and the package registries. ./scripts/lock writes the lock files.
+# requirements/dev.lock, or requirements/app.lock when the argument is empty (what the deployed app carries),
+# with pip and setuptools at requirements/installer.lock's. Needs only Python 3.11+ and the package
+# registries. ./scripts/lock writes the lock files.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -16,6 +17,8 @@ if [ -z "${1:-}" ]; then
     lock=requirements/app.lock
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-"${pip[@]}" --upgrade pip
+# First pip itself and setuptools (the build backend), at requirements/installer.lock's pins.
+"${pip[@]}" --require-hashes --only-binary=:all: -r requirements/installer.lock
 "${pip[@]}" --require-hashes --only-binary=:all: -r "$lock"
-"${pip[@]}" --no-deps -e .
+# Built with that setuptools, not with whichever one an isolated build would fetch.
+"${pip[@]}" --no-deps --no-build-isolation -e .
