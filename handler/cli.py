@@ -13,20 +13,19 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
-import redis
-
-from handler.errors import MonitorError, RedisUnavailableError, SettingsError
+from handler.errors import MonitorError, SettingsError
 from handler.keys import StreamKeys
 from handler.logs import configure_logging
-from handler.reclaim.streams import StreamsCycle
+from handler.monitor import CycleFailed, Monitor, failure_of
 from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings, host_port, load_settings, split_host_port
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, connect
-from handler.transport.retry import CLUSTER_UNREACHABLE
+from handler.transport.failures import REDIS_FAILURES
 
 # Each command imports what only it needs (FastAPI and uvicorn, rich, prometheus, croniter) when it runs:
 # `reclaim` stays lean in memory and start-up time.
@@ -117,52 +116,58 @@ def seconds(text: str) -> float:
     return value
 
 
+Command = Callable[[argparse.Namespace], int]  # a subcommand: its parsed arguments in, the exit code out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return demo(args.tweets)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"tweets-monitor: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
-    configure_logging(
-        settings.log_level, info_to_stdout=args.command == "serve", json_lines=settings.LOG_FORMAT == "json"
-    )
-    if settings.MIN_IDLE_TIME_SEC == 0:
-        log.warning("MIN_IDLE_TIME_SEC is 0: entries are taken from live processors as well")
-    if args.command == "serve":
-        return serve(settings)
-    if args.command == "check":
-        return check(settings, args.user, args.json)
-    if args.command == "run":
+    return COMMANDS[args.command](args)
+
+
+def with_settings(
+    command: Callable[[argparse.Namespace, MonitorSettings], int],
+) -> Command:
+    """A command that needs the settings: they are loaded (bad ones exit 2), logging is set up from them,
+    and what the command meets is said in one line: bad settings exit 2, a failure exits 1."""
+
+    def run(args: argparse.Namespace) -> int:
         try:
-            return run(settings, args)
+            settings = load_settings()
         except SettingsError as exc:
-            log.error("run: %s", exc)
+            print(f"tweets-monitor: {exc}", file=sys.stderr)
             return EXIT_BAD_SETTINGS
-    client: Client | None = None
-    try:
-        client = connect(settings)
-        return COMMANDS[args.command](client, settings, args)
-    except SettingsError as exc:
-        log.error("%s: %s", args.command, exc)
-        return EXIT_BAD_SETTINGS
-    except MonitorError as exc:
-        log.error("%s failed: %s", args.command, exc)
-        return EXIT_FAILED
-    except (redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:
-        log.error(
-            "%s failed: Redis at %s: %s: %s", args.command, settings.redis_shown, type(exc).__name__, exc
+        configure_logging(
+            settings.log_level,
+            info_to_stdout=args.command == "serve",
+            json_lines=settings.LOG_FORMAT == "json",
         )
-        return EXIT_FAILED
+        if settings.MIN_IDLE_TIME_SEC == 0:
+            log.warning("MIN_IDLE_TIME_SEC is 0: entries are taken from live processors as well")
+        try:
+            return command(args, settings)
+        except SettingsError as exc:
+            log.error("%s: %s", args.command, exc)
+            return EXIT_BAD_SETTINGS
+        except (MonitorError, *REDIS_FAILURES) as exc:
+            log.error("%s failed: %s", args.command, failure_of(exc, settings).message)
+            return EXIT_FAILED
+
+    return run
+
+
+@contextmanager
+def connected(settings: MonitorSettings) -> Iterator[Client]:
+    """A client for one command, closed when it ends."""
+    client = connect(settings)
+    try:
+        yield client
     finally:
-        if client is not None:
-            client.close()
+        client.close()
 
 
-def demo(tweets: int) -> int:
-    """The walkthrough behind ./scripts/demo; handler/dev is left out of the deployed app."""
+def demo(args: argparse.Namespace) -> int:
+    """The walkthrough behind ./scripts/demo (no settings: it starts its own Redis); handler/dev is left out
+    of the deployed app."""
     try:
         from handler.dev.demo import run_demo
     except ModuleNotFoundError as exc:
@@ -174,7 +179,7 @@ def demo(tweets: int) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_SETTINGS
-    return run_demo(tweets)
+    return run_demo(args.tweets)
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:
@@ -191,67 +196,55 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
 
-def reclaim(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
-    if args.dry_run:
-        from handler.ops import console
-        from handler.ops.dry_run import dry_run
+def reclaim(args: argparse.Namespace, settings: MonitorSettings) -> int:
+    with connected(settings) as client:
+        if args.dry_run:
+            from handler.ops import console
+            from handler.ops.dry_run import dry_run
 
-        report = dry_run(client, settings)
-        if sys.stdout.isatty():
-            console.dry_run_report(report)
-        else:
-            print(json.dumps(report.as_dict()))
-        return EXIT_OK
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    summary = StreamsCycle(RedisConnection(settings, client), settings).run(stop.is_set)
-    print(json.dumps(summary.as_dict()), flush=True)
+            report = dry_run(client, settings)
+            if sys.stdout.isatty():
+                console.dry_run_report(report)
+            else:
+                print(json.dumps(report.as_dict()))
+            return EXIT_OK
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        result = Monitor(settings, RedisConnection(settings, client)).run_once(stop.is_set)
+    if isinstance(result, CycleFailed):
+        log.error("reclaim failed: %s", result.message)
+        return EXIT_FAILED
+    print(json.dumps(result.as_dict()), flush=True)
     return EXIT_OK
 
 
-def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: MonitorSettings) -> int:
     """A scheduler: it connects when a cycle needs Redis, and keeps going whatever a cycle meets (each
     failure is logged and counted, the next cycle tries again); only bad settings end it (exit 2)."""
     from prometheus_client import start_http_server
 
     from handler.functions.host_files import function_schedule, resolve_app_settings
-    from handler.metrics import CycleFailure, Metrics
     from handler.runner import checked_schedule, run_on_schedule, schedule_zone
-    from handler.telemetry import start_telemetry
 
     schedule = None
     if not args.once:  # SettingsError: exit 2
         schedule = checked_schedule(resolve_app_settings(args.schedule or function_schedule()))
     stop = threading.Event()
     _stop_on_signals(stop)
-    connection = RedisConnection(settings)
-    cycle = StreamsCycle(connection, settings)
-    metrics = Metrics()
-    metrics.watch_group(connection, settings)
+    monitor = Monitor.observed(settings)
+    assert monitor.metrics is not None  # noqa: S101  (Monitor.observed)
     host, port = split_host_port(settings.METRICS_ADDRESS)
-    start_http_server(port, addr=host, registry=metrics.registry)
+    start_http_server(port, addr=host, registry=monitor.metrics.registry)
     log.info("metrics on http://%s/metrics", host_port(host, port))
     # The same metrics, and the log records (no host here to send them), when the environment asks for it.
-    telemetry = start_telemetry(metrics, export_logs=True, wait=True)
+    monitor.start_telemetry(export_logs=True, wait=True)
 
     def one_cycle() -> CycleSummary | None:
-        try:
-            summary = cycle.run_scheduled(stop.is_set)
-        except RedisUnavailableError as exc:
-            log.error("reclaim cycle failed: %s", exc)
-            metrics.observe_failure(CycleFailure.REDIS_UNAVAILABLE)
+        result = monitor.run_scheduled(stop.is_set)
+        if isinstance(result, CycleFailed):
+            log.error("reclaim cycle failed: %s", result.message)
             return None
-        except (MonitorError, redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:
-            log.error("reclaim cycle failed: %s: %s", type(exc).__name__, exc)
-            metrics.observe_failure(CycleFailure.ERROR)
-            return None
-        except Exception:  # a scheduler outlives any one cycle; the traceback says what to fix
-            log.exception("reclaim cycle failed unexpectedly")
-            metrics.observe_failure(CycleFailure.ERROR)
-            return None
-        metrics.observe(summary, settings.STREAM_NAME)
-        telemetry.observe(summary)
-        return summary
+        return result
 
     try:
         if schedule is None:
@@ -260,16 +253,15 @@ def run(settings: MonitorSettings, args: argparse.Namespace) -> int:
         run_on_schedule(schedule, schedule_zone(settings.WEBSITE_TIME_ZONE), one_cycle, stop)
         return EXIT_OK
     finally:
-        telemetry.stop()  # flushes for at most 2 s
-        connection.close()
+        monitor.close()  # telemetry flushes for at most 2 s
 
 
-def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def status(args: argparse.Namespace, settings: MonitorSettings) -> int:
     from handler.ops import console
     from handler.ops.status import gather_status
 
     keys = StreamKeys.from_settings(settings)
-    with console.progress("reading the group", None):
+    with connected(settings) as client, console.progress("reading the group", None):
         result = gather_status(
             client, keys, settings.DEAD_LETTER_MAXLEN, settings.DEAD_LETTER_WARN_AT,
             settings.SWEEP_STALE_AFTER_SEC,
@@ -281,23 +273,28 @@ def status(client: Client, settings: MonitorSettings, args: argparse.Namespace) 
     return EXIT_OK
 
 
-def check(settings: MonitorSettings, user: str | None, as_json: bool = False) -> int:
+def check(args: argparse.Namespace, settings: MonitorSettings) -> int:
     """Connects by itself: failing to connect is one of the checks it reports."""
     from handler.ops.check import run_checks
 
     passed, results = True, []
-    for result in run_checks(settings, user):
-        if as_json:
+    for result in run_checks(settings, args.user):
+        if args.json:
             results.append(result.as_dict())
         else:
             print(result.line(), flush=True)
         passed = passed and not result.failed
-    if as_json:
+    if args.json:
         print(json.dumps(results))
     return EXIT_OK if passed else EXIT_FAILED
 
 
-def dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def dead_letter(args: argparse.Namespace, settings: MonitorSettings) -> int:
+    with connected(settings) as client:
+        return _dead_letter(client, settings, args)
+
+
+def _dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
     from handler.ops import console, dead_letters
 
     keys = StreamKeys.from_settings(settings)
@@ -364,13 +361,14 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
+def consumers(args: argparse.Namespace, settings: MonitorSettings) -> int:
     from handler.reclaim.consumers import prune_idle_consumers
 
     keys = StreamKeys.from_settings(settings)
-    removed = prune_idle_consumers(
-        client, keys.stream, keys.group, args.idle_sec, [keys.consumer], args.dry_run
-    )
+    with connected(settings) as client:
+        removed = prune_idle_consumers(
+            client, keys.stream, keys.group, args.idle_sec, [keys.consumer], args.dry_run
+        )
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "idle_sec": args.idle_sec, "consumers": removed}))
         return EXIT_OK
@@ -381,15 +379,7 @@ def consumers(client: Client, settings: MonitorSettings, args: argparse.Namespac
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[Client, MonitorSettings, argparse.Namespace], int]] = {
-    "reclaim": reclaim,
-    "status": status,
-    "dead-letter": dead_letter,
-    "consumers": consumers,
-}
-
-
-def serve(settings: MonitorSettings) -> int:
+def serve(args: argparse.Namespace, settings: MonitorSettings) -> int:
     import uvicorn
 
     from handler.functions.app import create_app
@@ -420,3 +410,15 @@ def serve(settings: MonitorSettings) -> int:
     )
     HandlerServer(config).run()
     return EXIT_OK
+
+
+COMMANDS: dict[str, Command] = {
+    "serve": with_settings(serve),
+    "reclaim": with_settings(reclaim),
+    "run": with_settings(run),
+    "status": with_settings(status),
+    "check": with_settings(check),
+    "dead-letter": with_settings(dead_letter),
+    "consumers": with_settings(consumers),
+    "demo": demo,
+}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict
-from enum import StrEnum
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,20 +21,13 @@ from handler.errors import MonitorError
 from handler.keys import StreamKeys, display_name, raw_name
 from handler.reclaim import heartbeat
 from handler.reclaim.streams import StreamFinder
-from handler.reclaim.summary import CycleSummary, count_names
+from handler.reclaim.summary import CycleFailure, CycleSummary, count_names
 from handler.settings import MonitorSettings
 from handler.transport.client import command
 from handler.transport.connect import RedisConnection
-from handler.transport.retry import CLUSTER_UNREACHABLE
+from handler.transport.failures import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
-
-
-class CycleFailure(StrEnum):
-    """The `outcome` of a cycle that ended in an error rather than a StopReason."""
-
-    REDIS_UNAVAILABLE = "redis-unavailable"  # unreachable, timing out or refusing authentication (HTTP 503)
-    ERROR = "error"  # anything else (HTTP 500, exit code 1)
 
 
 class _GroupGauges(Collector):
@@ -86,7 +78,7 @@ class _GroupGauges(Collector):
                 dead.add_metric(label, length)
                 if age is not None:
                     since.add_metric(label, age)
-        except (redis.exceptions.RedisError, MonitorError, *CLUSTER_UNREACHABLE) as exc:
+        except (*REDIS_FAILURES, MonitorError) as exc:
             log.warning("metrics: could not read the group's gauges: %s", exc)
             up.add_metric([], 0)
             yield up

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "handler"
 LAYERS: list[set[str]] = [
     {"cli", "__main__"},  # the edge: every command
     {"functions", "ops", "runner", "dev"},  # the custom handler, operator commands, the schedule, dev tools
+    {"monitor"},  # the one object between those edges and the core
     {"metrics", "telemetry"},  # the metrics, and their export (OpenTelemetry)
     {"reclaim"},  # the cycle
     {"transport"},  # Redis plumbing that knows nothing about tweets

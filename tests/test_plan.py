@@ -11,10 +11,8 @@ from handler.reclaim.rules import (
     PendingRow,
     claimable_ids,
     decide,
-    is_permanent_write_error,
     next_id,
     parse_pending_rows,
-    refusal_reason,
     stream_field,
     walk_start,
 )
@@ -101,39 +99,9 @@ def test_decide_write_or_dead_letter(
         assert expected == decision.reason
 
 
-@pytest.mark.parametrize(
-    ("message", "permanent"),
-    [
-        ("WRONGTYPE Operation against a key holding the wrong kind of value", True),
-        ("OOM command not allowed when used memory > 'maxmemory'.", False),
-        ("READONLY You can't write against a read only replica.", False),
-        ("LOADING Redis is loading the dataset in memory", False),
-    ],
-)
-def test_only_wrongtype_is_a_permanent_write_failure(message: str, permanent: bool) -> None:
-    assert permanent == is_permanent_write_error(message)
-
-
 def test_parse_pending_rows() -> None:
     reply = [[b"1-0", b"consumer-a", 15_000, 2], [b"1-1", b"monitoring_app", 3, 1]]
     assert [
         PendingRow(b"1-0", b"consumer-a", 15_000, 2),
         PendingRow(b"1-1", b"monitoring_app", 3, 1),
     ] == parse_pending_rows(reply)
-
-
-@pytest.mark.parametrize(
-    ("message", "expected"),
-    [
-        ("OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
-        ("ERR Error running script (call to f_1): @user_script:25: @user_script: 25: -OOM command not "
-         "allowed when used memory > 'maxmemory'.", "OOM"),  # Redis 6 wraps a script's refusal
-        ("NOPERM this user has no permissions to run the 'hset' command", "NOPERM"),
-        ("ERR ACL failure in script: this user has no permissions to run the 'xlen' command", "NOPERM"),
-        ("READONLY You can't write against a read only replica.", "READONLY"),
-        ("WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE"),
-        ("ERR something else", "ERR"),
-    ],
-)  # fmt: skip
-def test_a_refusal_is_named_by_its_error_code(message: str, expected: str) -> None:
-    assert expected == refusal_reason(message)

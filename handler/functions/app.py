@@ -18,14 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handler.errors import MonitorError, RedisUnavailableError
 from handler.functions.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
 from handler.logs import capture_logs
-from handler.metrics import CycleFailure, Metrics
-from handler.reclaim.streams import StreamsCycle
-from handler.reclaim.summary import CycleSummary
+from handler.monitor import CycleFailed, Monitor
 from handler.settings import MonitorSettings
-from handler.transport.connect import RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +37,20 @@ class _InvocationError(Exception):
         self.message = message
 
 
-def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -> FastAPI:  # noqa: PLR0915
+def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -> FastAPI:
     """The handler's app; `stop` is set on SIGTERM/SIGINT so a running cycle ends after its page."""
     stop_requested = stop or threading.Event()
-    one_cycle_at_a_time = threading.Lock()
-    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        connection = RedisConnection(settings)  # connects on the first invocation, not at start
-        app.state.cycle = StreamsCycle(connection, settings)
-        metrics.watch_group(connection, settings)
-        from handler.telemetry import start_telemetry  # noqa: PLC0415  (no OpenTelemetry unless it is asked for)
-
-        # Exports those metrics (not logs: the host sends those); starts on a thread, readiness never waits.
-        app.state.telemetry = telemetry = start_telemetry(metrics, export_logs=False, wait=False)
+        monitor = Monitor.observed(settings)  # connects on the first invocation, not at start
+        # Exports the metrics (not logs: the host sends those); starts on a thread, readiness never waits.
+        monitor.start_telemetry(export_logs=False, wait=False)
+        app.state.monitor = monitor
         try:
             yield
         finally:
-            telemetry.stop()  # flushes for at most 2 s, before the gauges' connection closes
-            connection.close()
+            monitor.close()
 
     app = FastAPI(
         title="tweets-monitor",
@@ -80,54 +70,42 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
         return {"status": "ready"}
 
     @app.get("/metrics")
-    def prometheus_metrics() -> Response:
-        # A sync route: scraping reads three gauges from Redis, off the event loop.
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    def prometheus_metrics(request: Request) -> Response:
+        # A sync route: scraping reads gauges from Redis, off the event loop.
+        monitor: Monitor = request.app.state.monitor
+        assert monitor.metrics is not None  # noqa: S101  (Monitor.observed)
+        return Response(generate_latest(monitor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(f"/{FUNCTION_NAME}")
-    async def monitor(request: Request) -> JSONResponse:
-        telemetry = request.app.state.telemetry  # the host's traceparent, if any, is the cycle's context
+    async def invocation(request: Request) -> JSONResponse:
+        monitor: Monitor = request.app.state.monitor
         with (
             capture_logs(request.headers.get(INVOCATION_ID_HEADER) or "-") as lines,
-            telemetry.invocation(request.headers),
+            monitor.telemetry.invocation(request.headers),  # the host's traceparent, if any, joins the cycle
         ):
             try:
-                summary = await invoke(request)
+                await _check_request(request)
             except _InvocationError as exc:
-                log.error("invocation failed (HTTP %d): %s", exc.status, exc.message)
-                return JSONResponse({"error": exc.message}, status_code=exc.status)
-            telemetry.observe(summary)
-            return JSONResponse(invocation_response(lines, summary.as_dict()))
-
-    async def invoke(request: Request) -> CycleSummary:
-        _require_json(request.headers.get("content-type"))
-        timer = _parse_or_400(await _read_body(request))
-        if timer.IsPastDue:
-            log.info("the timer is past due; running one cycle now")
-        if not one_cycle_at_a_time.acquire(blocking=False):
-            busy = CycleSummary.skipped_because("a cycle is already running here")
-            log.info(busy.log_line())
-            metrics.observe(busy, settings.STREAM_NAME)
-            return busy
-        try:
-            cycle: StreamsCycle = request.app.state.cycle
-            summary: CycleSummary = await run_in_threadpool(cycle.run_scheduled, stop_requested.is_set)
-        except RedisUnavailableError as exc:
-            metrics.observe_failure(CycleFailure.REDIS_UNAVAILABLE)
-            raise _InvocationError(503, str(exc)) from exc
-        except MonitorError as exc:
-            metrics.observe_failure(CycleFailure.ERROR)
-            raise _InvocationError(500, str(exc)) from exc
-        except Exception as exc:
-            metrics.observe_failure(CycleFailure.ERROR)
-            log.exception("unexpected failure of the reclaim cycle")
-            raise _InvocationError(500, f"unexpected failure of the reclaim cycle: {exc!r}") from exc
-        finally:
-            one_cycle_at_a_time.release()
-        metrics.observe(summary, settings.STREAM_NAME)
-        return summary
+                return _failed(exc.status, exc.message)
+            result = await run_in_threadpool(monitor.run_scheduled, stop_requested.is_set)
+            if isinstance(result, CycleFailed):
+                return _failed(503 if result.unavailable else 500, result.message)
+            return JSONResponse(invocation_response(lines, result.as_dict()))
 
     return app
+
+
+def _failed(status: int, message: str) -> JSONResponse:
+    log.error("invocation failed (HTTP %d): %s", status, message)
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _check_request(request: Request) -> None:
+    """The envelope the host sends (415, 413 or 400 otherwise); its content does not change the cycle."""
+    _require_json(request.headers.get("content-type"))
+    timer = _parse_or_400(await _read_body(request))
+    if timer.IsPastDue:
+        log.info("the timer is past due; running one cycle now")
 
 
 def _parse_or_400(body: bytes) -> TimerInfo:

@@ -26,7 +26,7 @@ from handler.reclaim.streams import find_streams
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command, server_holding, text
 from handler.transport.connect import connect
-from handler.transport.retry import CLUSTER_UNREACHABLE
+from handler.transport.failures import LOST_CONNECTION, REDIS_FAILURES, FailureKind, kind_of
 from handler.transport.topology import server_address
 
 # Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
@@ -114,12 +114,12 @@ def run_checks(settings: MonitorSettings, user: str | None = None) -> Iterator[C
     except redis.exceptions.AuthenticationError as exc:
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
-    except (MonitorError, redis.exceptions.RedisError, ssl.SSLError) as exc:
+    except (*REDIS_FAILURES, MonitorError, ssl.SSLError) as exc:
         yield Check("connectivity", False, f"cannot reach {where}: {exc}")
         return
     try:
         yield from _checks_on(client, settings, user)
-    except (redis.exceptions.RedisError, MonitorError, ssl.SSLError, *CLUSTER_UNREACHABLE) as exc:
+    except (*REDIS_FAILURES, MonitorError, ssl.SSLError) as exc:
         yield Check("check", False, f"stopped: Redis answered {type(exc).__name__}: {exc}")
     finally:
         client.close()
@@ -136,7 +136,7 @@ def _settings_warnings(settings: MonitorSettings) -> Iterator[Check]:
 def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> Iterator[Check]:
     try:
         streams = find_streams(client, settings)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
+    except (*LOST_CONNECTION, ssl.SSLError) as exc:
         yield Check("connectivity", False, f"cannot list the streams: {exc}")
         return
     except redis.exceptions.ResponseError as exc:  # NOPERM: a pattern needs SCAN
@@ -155,7 +155,7 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
     except redis.exceptions.AuthenticationError as exc:
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ssl.SSLError) as exc:
+    except (*LOST_CONNECTION, ssl.SSLError) as exc:
         yield Check("connectivity", False, f"cannot reach {server_address(stream_node)}: {exc}")
         return
     tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
@@ -252,7 +252,7 @@ def _stream_and_group(client: Client, keys: StreamKeys) -> Check:
     try:
         pending = parse_pending_count(command(client, "XPENDING", keys.stream, keys.group))
     except redis.exceptions.ResponseError as exc:
-        if str(exc).startswith("NOGROUP"):
+        if kind_of(exc) == FailureKind.NO_GROUP:
             return Check("stream and group", False, f"no group '{keys.group}' on stream '{stream}'")
         return Check("stream and group", False, f"stream '{stream}': {exc}")
     detail = f"stream '{stream}' has group '{keys.group}' ({pending:,} pending)"

@@ -28,6 +28,7 @@ from handler.reclaim.dead_letter import (
 from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.rules import next_id
 from handler.transport.client import Client, command, server_holding
+from handler.transport.failures import FailureKind, kind_of
 
 REPLAY_ATTEMPTS = 100  # a replay that keeps meeting concurrent changes gives up with a message
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def replay(
                 keys.group, *batch,
             )  # fmt: skip
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" in str(exc):
+            if kind_of(exc) == FailureKind.NO_GROUP:
                 raise _group_gone(keys, moved, exc) from exc
             raise
         moved += int(replayed)
@@ -226,7 +227,7 @@ def _replay_continued(node: redis.Redis, keys: StreamKeys, entry_id: bytes) -> i
                 continue
             except redis.exceptions.ResponseError as exc:
                 pipe.unwatch()
-                if "NOGROUP" in str(exc):
+                if kind_of(exc) == FailureKind.NO_GROUP:
                     raise _group_gone(keys, 0, exc) from exc
                 raise
             except ValueError as exc:

@@ -11,26 +11,32 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import redis
 
 from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
 from handler.keys import StreamKeys, display_name, raw_name
 from handler.reclaim.consumers import prune_idle_consumers
+from handler.reclaim.cursor import CURSOR_TTL_MS, read_cursor
 from handler.reclaim.lease import Lease, holder_identity
-from handler.reclaim.page import CLUSTER_CHANGED
-from handler.reclaim.rules import START, is_stream_id, parse_pending_count
+from handler.reclaim.rules import START, parse_pending_count
 from handler.reclaim.summary import Alerts, CycleSummary, StopReason
-from handler.reclaim.sweep import Limits, Sweep
+from handler.reclaim.sweep import Limits, Sweep, SweepPlan
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
 from handler.transport.connect import RedisConnection, unavailable
-from handler.transport.retry import CLUSTER_UNREACHABLE, RETRIED, with_retries
+from handler.transport.failures import (
+    LOST_CONNECTION,
+    REDIS_FAILURES,
+    STATE_IN_WORDS,
+    FailureKind,
+    code_of,
+    kind_of,
+)
+from handler.transport.retry import with_retries
 
 log = logging.getLogger(__name__)
 
-CURSOR_TTL_MS = 24 * 3600 * 1000  # a forgotten cursor only costs one walk from the start
 LAST_REFUSAL_TTL_MS = 24 * 3600 * 1000
 PRUNE_CONSUMERS = "prune consumers"  # the housekeeping task's name in the metric
 # Refusals of the lease's SET after which the cycle sweeps without a lease (it only saves duplicate work).
@@ -52,6 +58,7 @@ class ReclaimCycle:
         self._connection = connection
         self._settings = settings
         self._keys = StreamKeys.from_settings(settings, stream)
+        self._plan = SweepPlan.for_stream(settings, self._keys)
         self._holder = holder_identity(settings.MONITORING_CONSUMER_NAME)
 
     @property
@@ -62,53 +69,59 @@ class ReclaimCycle:
         """One cycle; Redis failures become MonitorError subclasses that name what failed."""
         try:
             summary = self._run(should_stop, limits or Limits.from_settings(self._settings))
-        except redis.exceptions.ResponseError as exc:
-            if _cluster_changed(exc):
-                self._refresh_topology()
-            state = transient_state(exc)
-            if state in ("READONLY", "MASTERDOWN"):
-                self._connection.reset()  # after a failover the name may lead elsewhere: connect afresh
-            if state is not None:
-                raise RedisUnavailableError(
-                    f"Redis at {self._settings.redis_shown} {TRANSIENT_STATES[state]} ({state}: {exc}); "
-                    "the next invocation tries again"
-                ) from exc
+        except REDIS_FAILURES as exc:
             raise self._explain(exc) from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if not isinstance(exc, redis.exceptions.TimeoutError):
-                self._refresh_topology()  # a failover shows first as a node that refuses or drops connections
-            raise unavailable(self._settings, exc) from exc
-        except CLUSTER_UNREACHABLE as exc:  # no node of the cluster answered for its slot map
-            raise unavailable(self._settings, exc) from exc
         several = self._settings.stream_names != (self._keys.stream,)
         line = summary.log_line(display_name(self._keys.stream) if several else None)
         log.info(line, extra={"summary": summary.as_dict()})
         return summary
 
-    def _explain(self, exc: redis.exceptions.ResponseError) -> MonitorError:
-        if str(exc).startswith("NOGROUP"):
-            return StreamOrGroupMissingError(
-                f"stream '{self._keys.stream}' or its consumer group '{self._keys.group}' does not "
-                "exist: create them as the processor does (XGROUP CREATE … MKSTREAM)"
-            )
-        if isinstance(exc, redis.exceptions.MovedError) and self._settings.REDIS_CLUSTER == "off":
-            return MonitorError(
-                f"REDIS_CLUSTER=off, but Redis answered MOVED {exc}: it is a Redis Cluster node; set "
-                "REDIS_CLUSTER=detect or on"
-            )
-        if _cluster_changed(exc):
+    def _explain(self, exc: Exception) -> MonitorError:
+        """The failure in the monitor's words: RedisUnavailableError when the next invocation may succeed
+        (the slot map is read again first where it may have changed), MonitorError when something must be
+        fixed."""
+        if isinstance(exc, LOST_CONNECTION):  # LOADING as redis-py parses it too
+            if not isinstance(exc, redis.exceptions.TimeoutError):
+                self._refresh_topology()  # a failover shows first as a node that refuses or drops connections
+            return unavailable(self._settings, exc)
+        kind = kind_of(exc)
+        if kind == FailureKind.CLUSTER_UNREACHABLE:  # no node of the cluster answered for its slot map
+            return unavailable(self._settings, exc)
+        if kind == FailureKind.CLUSTER_CHANGED:
+            self._refresh_topology()
+            if code_of(exc) == "MOVED" and self._settings.REDIS_CLUSTER == "off":
+                return MonitorError(
+                    f"REDIS_CLUSTER=off, but Redis answered MOVED {exc}: it is a Redis Cluster node; set "
+                    "REDIS_CLUSTER=detect or on"
+                )
             return RedisUnavailableError(
                 f"the Redis Cluster moved the stream's slot or is failing over ({exc}); the next cycle "
                 "reads the slot map again"
             )
-        if str(exc).startswith("NOPERM") or isinstance(exc, redis.exceptions.NoPermissionError):
+        if kind == FailureKind.PASSING_STATE:
+            state = code_of(exc)
+            if state in ("READONLY", "MASTERDOWN"):
+                self._connection.reset()  # after a failover the name may lead elsewhere: connect afresh
+            return RedisUnavailableError(
+                f"Redis at {self._settings.redis_shown} {STATE_IN_WORDS[state]} ({state}: {exc}); "
+                "the next invocation tries again"
+            )
+        if kind == FailureKind.NO_GROUP:
+            return StreamOrGroupMissingError(
+                f"stream '{self._keys.stream}' or its consumer group '{self._keys.group}' does not "
+                "exist: create them as the processor does (XGROUP CREATE … MKSTREAM)"
+            )
+        if kind == FailureKind.NOT_PERMITTED:
             return MonitorError(f"the Redis user may not run a command the monitor needs: {exc}")
         return MonitorError(f"Redis refused a command of the reclaim cycle: {exc}")
 
-    def _refresh_topology(self) -> None:
+    def _refresh_topology(self, only_if_stale: bool = False) -> None:
         try:
-            self._connection.refresh()
-        except (redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:  # the next cycle tries again
+            if only_if_stale:
+                self._connection.refresh_if_stale()
+            else:
+                self._connection.refresh()
+        except REDIS_FAILURES as exc:  # the next cycle tries again
             log.warning("could not read the cluster's slot map again: %s", exc)
 
     def _run(self, should_stop: Callable[[], bool], limits: Limits) -> CycleSummary:
@@ -137,18 +150,16 @@ class ReclaimCycle:
                 skipped=f"lease held by {holder}",
             )  # fmt: skip
         try:
-            cursor = with_retries(partial(self._read_cursor, client))
+            cursor = with_retries(partial(read_cursor, client, keys.cursor))
             topology = self._connection.topology()
             keep_lease = partial(with_retries, lease.keep)
-            sweep = Sweep(topology, self._settings, keys, should_stop, started, keep_lease, limits)
-            stopped_by, next_start = sweep.walk(cursor)
-            if sweep.cluster_changed:
-                self._refresh_topology()
-            with_retries(partial(self._save_cursor, lease, next_start))
-            connected = self._prune_idle_consumers(client, sweep.alerts)
+            swept = Sweep(self._plan, topology, limits, started, should_stop, keep_lease).walk(cursor)
+            self._refresh_topology(only_if_stale=True)  # a page met MOVED, ASK…: read the slot map again
+            with_retries(partial(self._save_cursor, lease, swept.next_start))
+            connected = self._prune_idle_consumers(client, swept.alerts)
             if not connected:
                 lease.abandon()  # it expires by itself; the work is done and the summary goes out
-        except RETRIED:
+        except LOST_CONNECTION:
             # Redis stopped answering: releasing would cost one more timeout, and the lease expires by
             # itself within its TTL. The invocation answers 503 within three timeouts (retry.py).
             lease.abandon()
@@ -156,14 +167,14 @@ class ReclaimCycle:
         finally:
             _release_quietly(lease)
         if connected:
-            self._report(client, sweep.alerts)
+            self._report(client, swept.alerts)
         return CycleSummary(
             pending=pending,
-            counts=sweep.counts,
-            alerts=sweep.alerts,
+            counts=swept.counts,
+            alerts=swept.alerts,
             duration_ms=_ms_since(started),
-            pages=sweep.pages,
-            stopped_by=stopped_by,
+            pages=swept.pages,
+            stopped_by=swept.stopped_by,
         )
 
     def _report(self, client: Client, alerts: Alerts) -> None:
@@ -201,33 +212,17 @@ class ReclaimCycle:
                     prune_idle_consumers, client, raw_name(keys.stream), keys.group, idle_sec, [keys.consumer]
                 )
             )
-        except (redis.exceptions.ResponseError, *RETRIED) as exc:
+        except (redis.exceptions.ResponseError, *LOST_CONNECTION) as exc:
             alerts.housekeeping_failed[PRUNE_CONSUMERS] += 1
             log.warning(
                 "could not remove idle consumers (DELETE_IDLE_CONSUMERS_AFTER_SEC); the cycle's work is done "
                 "all the same: %s",
                 exc,
             )
-            return not isinstance(exc, RETRIED)
+            return not isinstance(exc, LOST_CONNECTION)
         if removed:
             log.info("removed %d idle consumers with nothing pending: %s", len(removed), ", ".join(removed))
         return True
-
-    def _read_cursor(self, client: Client) -> bytes | None:
-        """Where the last invocation stopped. Only a hint: a value that is not a stream ID, or a key of
-        another type, is ignored with a warning (the walk starts from the head) and replaced when saved."""
-        try:
-            value: Any = client.get(raw_name(self._keys.cursor))
-        except redis.exceptions.ResponseError as exc:  # WRONGTYPE: somebody's key of another type
-            log.warning("ignoring the cursor %s: %s", display_name(self._keys.cursor), exc)
-            return None
-        if value is None or is_stream_id(value):
-            return value if value is None else bytes(value)
-        log.warning(
-            "ignoring the cursor %s: %r is not a stream ID; walking from the head",
-            display_name(self._keys.cursor), value[:100],
-        )  # fmt: skip
-        return None
 
     def _save_cursor(self, lease: Lease, start: bytes) -> None:
         """Remember where the next invocation starts, only while the lease is still ours: a monitor that
@@ -246,40 +241,9 @@ class ReclaimCycle:
             )
 
 
-# Passing server states: like a lost connection, they answer 503 and the next invocation tries again.
-TRANSIENT_STATES = {
-    "LOADING": "is loading its data set after a restart",
-    "READONLY": "is a read-only replica (a failover may be under way)",
-    "MASTERDOWN": "is a replica whose master is down",
-    "BUSY": "is busy running a script",
-}
-
-
-def transient_state(exc: redis.exceptions.RedisError) -> str | None:
-    """LOADING, READONLY, MASTERDOWN or BUSY, whether redis-py parsed the reply (and dropped the code from
-    the message) or the hot path passed it on as it came."""
-    # LOADING parsed by redis-py is a BusyLoadingError, a ConnectionError: it never reaches this check and
-    # answers 503 as a lost connection does.
-    parsed = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.MasterDownError: "MASTERDOWN"}
-    for kind, state in parsed.items():
-        if isinstance(exc, kind):
-            return state
-    word = str(exc).split(" ", 1)[0]
-    return word if word in TRANSIENT_STATES else None
-
-
-def _cluster_changed(exc: redis.exceptions.ResponseError) -> bool:
-    """MOVED, ASK, CLUSTERDOWN or TRYAGAIN, whether redis-py parsed the reply or the hot path passed it on."""
-    parsed = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterDownError,
-              redis.exceptions.TryAgainError)  # fmt: skip
-    return isinstance(exc, parsed) or str(exc).startswith(CLUSTER_CHANGED)
-
-
 def _may_sweep_without_lease(exc: redis.exceptions.ResponseError) -> bool:
-    """Redis out of memory (redis-py drops the OOM code from the message) or unable to persist."""
-    return isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
-        LEASE_REFUSALS_TO_SWEEP_THROUGH
-    )
+    """Redis out of memory, or unable to persist: the lease only saves duplicate work."""
+    return code_of(exc) in LEASE_REFUSALS_TO_SWEEP_THROUGH
 
 
 def _release_quietly(lease: Lease) -> None:

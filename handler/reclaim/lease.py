@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from handler.transport.client import Client, text
+from handler.transport.failures import code_of
 
 log = logging.getLogger(__name__)
 NO_TTL, GONE = -1, -2  # what PTTL answers for a key without a TTL, and for no key
@@ -69,12 +70,6 @@ return 0
 """
 
 
-def refused_by_acl(exc: redis.exceptions.ResponseError) -> bool:
-    """NOPERM, as a command's reply or from inside a script ("ACL failure in script: … no permissions")."""
-    said = str(exc)
-    return isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in said or "no permissions" in said
-
-
 def holder_identity(consumer: str) -> str:
     """Who holds the lease, in words an operator can act on: consumer, host, process, and a nonce."""
     return f"{consumer}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -101,7 +96,7 @@ class Lease:
         try:
             reply: Any = self._client.eval(HOLDER_LUA, 1, self._key, self._ttl_ms)
         except redis.exceptions.ResponseError as exc:
-            if not refused_by_acl(exc):
+            if code_of(exc) != "NOPERM":
                 raise
             # An ACL rule from before +pttl: read the holder as before, without the TTL-less check.
             log.warning(

@@ -32,18 +32,16 @@ from handler.reclaim.rules import (
     PendingRow,
     claimable_ids,
     decide,
-    is_permanent_write_error,
-    refusal_reason,
 )
 from handler.reclaim.summary import Alerts, Counts
 from handler.reclaim.write_order import Ticket, WriteOrder
+from handler.transport.failures import FailureKind, code_of, kind_of
 from handler.transport.topology import Node, Topology
 from handler.transport.wire import Channel, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
 WAIT_FOR_REPLICA_MS = 1000  # at most; and at most half the socket timeout, so WAIT never times the socket out
-CLUSTER_CHANGED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 
 @dataclass(frozen=True)
@@ -78,14 +76,12 @@ class _Outcome:
     refused: list[bytes] = field(default_factory=list)  # left pending: their delivery is given back
     counts: Counts = field(default_factory=Counts)
     alerts: Alerts = field(default_factory=Alerts)
-    cluster_changed: bool = False  # a node answered MOVED/ASK/CLUSTERDOWN/TRYAGAIN: read the slot map again
 
 
 @dataclass(frozen=True)
 class PageResult:
     counts: Counts
     alerts: Alerts
-    cluster_changed: bool  # a node answered MOVED/ASK/CLUSTERDOWN/TRYAGAIN: read the slot map again
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ def handle_page(
     ids = claimable_ids(rows, config.min_idle_ms)
     if not ids:
         order.give_up_turn(turn)
-        return PageResult(Counts(), Alerts(), cluster_changed=False)
+        return PageResult(Counts(), Alerts())
     try:
         claim = channel.run(partial(_claim, ids=ids, config=config))
     except BaseException:
@@ -139,7 +135,7 @@ def handle_page(
         order.done(ticket)
     outcome.counts.claimed = len(claim.entries)
     outcome.counts.deleted += claim.deleted
-    return PageResult(outcome.counts, outcome.alerts, outcome.cluster_changed)
+    return PageResult(outcome.counts, outcome.alerts)
 
 
 def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
@@ -250,12 +246,13 @@ def _write(
                 outcome.written.append(entry_id)
             elif error is None:
                 _refuse(outcome, entry_id, "write", "NOREPLICAS", f"{node.name}: no replica confirmed")
-            elif is_permanent_write_error(str(error)):
+            elif (kind := kind_of(error)) == FailureKind.WRONG_TYPE:  # can never succeed
                 outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, str(error))))
             else:
                 message = str(error)
-                outcome.cluster_changed = outcome.cluster_changed or message.startswith(CLUSTER_CHANGED)
-                _refuse(outcome, entry_id, "write", refusal_reason(message), message)
+                if kind == FailureKind.CLUSTER_CHANGED:
+                    config.topology.mark_stale()
+                _refuse(outcome, entry_id, "write", code_of(error), message)
                 log.warning(
                     "writing %r was refused, left pending for a later cycle: %s", keys[index], message
                 )
@@ -304,7 +301,7 @@ def _acknowledge_and_dead_letter(
     for (entry_id, letter), result in zip(outcome.dead, results, strict=True):
         if isinstance(result, Exception):
             message = str(result)
-            _refuse(outcome, entry_id, "dead-letter", refusal_reason(message), message)
+            _refuse(outcome, entry_id, "dead-letter", code_of(result), message)
             log.warning("dead-lettering %s was refused, left pending: %s", entry_id.decode(), message)
             continue
         moved, trimmed = parse_move_reply(result)

@@ -112,24 +112,3 @@ def decide(fields: Sequence[bytes], deliveries_before: int, max_deliveries: int)
         reason = "no 'id' field" if tweet_id is None else "the 'id' field is empty"
         return DeadLetter(DeadLetterReason.MISSING_ID, reason)
     return TWEET_KEY_PREFIX + tweet_id
-
-
-# Error codes Redis refuses a write with, as they appear at the start of a reply or, from inside a Lua
-# script, after the script's location ("ERR Error running script …: -OOM command not allowed …").
-REFUSAL_CODES = ("OOM", "READONLY", "NOPERM", "LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS", "WRONGTYPE",
-                 "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MISCONF")  # fmt: skip
-
-
-def refusal_reason(message: str) -> str:
-    """The error code of a refused write, for metrics and status: `OOM`, `NOPERM`…, or `ERR` for others."""
-    if "ACL failure" in message or "no permissions" in message:  # a refused command inside a Lua script
-        return "NOPERM"
-    for word in message.replace(":", " ").replace("-", " ").split():
-        if word in REFUSAL_CODES:
-            return word
-    return "ERR"
-
-
-def is_permanent_write_error(message: str) -> bool:
-    """A write that can never succeed, as opposed to one worth retrying (OOM, READONLY, LOADING…)."""
-    return message.startswith("WRONGTYPE")

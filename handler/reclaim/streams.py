@@ -29,7 +29,8 @@ from handler.reclaim.sweep import Limits
 from handler.settings import MonitorSettings, is_pattern
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, unavailable
-from handler.transport.retry import CLUSTER_UNREACHABLE, with_retries
+from handler.transport.failures import CLUSTER_UNREACHABLE, LOST_CONNECTION, REDIS_FAILURES
+from handler.transport.retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class StreamsCycle:
         started = time.monotonic()
         try:
             names = self.streams()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *CLUSTER_UNREACHABLE) as exc:
+        except (*LOST_CONNECTION, *CLUSTER_UNREACHABLE) as exc:
             raise unavailable(self._settings, exc) from exc
         except redis.exceptions.ResponseError as exc:  # NOPERM: a pattern needs +scan
             raise MonitorError(
@@ -138,7 +139,7 @@ class StreamsCycle:
             client = self._connection.client()
             for name in self.streams():
                 heartbeat.record(client, StreamKeys.from_settings(self._settings, name).last_cycle)
-        except (redis.exceptions.RedisError, MonitorError, *CLUSTER_UNREACHABLE) as exc:
+        except (*REDIS_FAILURES, MonitorError) as exc:
             log.warning("could not record the completed cycle's time (the heartbeat): %s", exc)
 
     def _sweep(

@@ -26,6 +26,13 @@ class StopReason(StrEnum):
     SKIPPED = "skipped"  # did not run at all; `skipped` says why
 
 
+class CycleFailure(StrEnum):
+    """The `outcome` of a cycle that ended in a failure rather than a StopReason."""
+
+    REDIS_UNAVAILABLE = "redis-unavailable"  # unreachable, timing out or refusing authentication (HTTP 503)
+    ERROR = "error"  # anything else (HTTP 500, exit code 1)
+
+
 # With several streams the invocation reports the first of these that any stream gave.
 STOP_PRECEDENCE = (
     StopReason.SIGNAL,

@@ -22,8 +22,9 @@ from handler.keys import StreamKeys
 from handler.reclaim.hot_path import hot_path
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
 from handler.reclaim.rate import ClaimPacer
-from handler.reclaim.rules import END, START, PendingRow, next_id, parse_id, parse_pending_rows, walk_start
+from handler.reclaim.rules import END, START, PendingRow, parse_id, parse_pending_rows
 from handler.reclaim.summary import Alerts, Counts, StopReason
+from handler.reclaim.walk import Walk
 from handler.reclaim.write_order import WriteOrder, WriteOrderAbandonedError
 from handler.settings import MonitorSettings
 from handler.transport.topology import Topology
@@ -51,6 +52,47 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SweepPlan:
+    """What every sweep of one stream shares, made once per stream from the settings."""
+
+    keys: StreamKeys
+    page_size: int  # RECLAIM_PAGE_SIZE; RECLAIM_MAX_RATE may make a page smaller
+    min_idle_ms: int
+    max_deliveries: int
+    dead_letter_maxlen: int
+    wait_for_replica_ms: int
+
+    @classmethod
+    def for_stream(cls, settings: MonitorSettings, keys: StreamKeys) -> SweepPlan:
+        return cls(
+            keys,
+            settings.RECLAIM_PAGE_SIZE,
+            settings.min_idle_ms,
+            settings.MAX_DELIVERIES,
+            settings.DEAD_LETTER_MAXLEN,
+            # WAIT must never outlast the socket's timeout: at most half of it.
+            min(WAIT_FOR_REPLICA_MS, int(settings.REDIS_TIMEOUT_SEC * 1000 / 2)),
+        )
+
+    def pages_on(self, topology: Topology) -> PageSettings:
+        return PageSettings(
+            self.keys, topology, self.min_idle_ms, self.max_deliveries, self.dead_letter_maxlen,
+            self.wait_for_replica_ms,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one sweep did: why it stopped, where the next invocation starts, and what its pages counted."""
+
+    stopped_by: StopReason
+    next_start: bytes
+    counts: Counts
+    alerts: Alerts
+    pages: int
+
+
+@dataclass(frozen=True)
 class _Page:
     index: int
     turn: int  # its place among the pages handed out (write_order.py)
@@ -63,48 +105,37 @@ class Sweep:
 
     def __init__(
         self,
+        plan: SweepPlan,
         topology: Topology,
-        settings: MonitorSettings,
-        keys: StreamKeys,
-        should_stop: Callable[[], bool],
-        started: float,
-        keep_lease: Callable[[], bool],
         limits: Limits,
+        started: float,
+        should_stop: Callable[[], bool],
+        keep_lease: Callable[[], bool],
     ) -> None:
+        self._plan = plan
         self._topology = topology
-        self._keep_lease = keep_lease
-        self._lease_lost = False
-        self._settings = settings
-        self._keys = keys
-        self._should_stop = should_stop
+        self._config = plan.pages_on(topology)
         self._deadline = started + limits.budget_sec
         self._max_messages = limits.max_messages
         self._pacer = limits.pacer
-        self._config = PageSettings(
-            keys,
-            topology,
-            settings.min_idle_ms,
-            settings.MAX_DELIVERIES,
-            settings.DEAD_LETTER_MAXLEN,
-            min(WAIT_FOR_REPLICA_MS, int(settings.REDIS_TIMEOUT_SEC * 1000 / 2)),
-        )
+        self._should_stop = should_stop
+        self._keep_lease = keep_lease
+        self._lease_lost = False
         self._pages: queue.Queue[_Page | None] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._unclaimed: list[bytes] = []
-        self.counts = Counts()
-        self.alerts = Alerts()
+        self._counts = Counts()
+        self._alerts = Alerts()
         self._order = WriteOrder()
         self._first_page_done = threading.Event()
         self._turns = 0
-        self.cluster_changed = False  # a node answered MOVED/ASK/…: the cycle reads the slot map again
-        self.pages = 0
         # The longest a page has taken from claim to acknowledgement: no page is claimed unless it can
         # finish before the deadline, so an invocation does not overrun its budget.
         self._page_seconds = 0.0
 
-    def walk(self, cursor: bytes | None) -> tuple[StopReason, bytes]:
-        """Walk and process pages; returns why it stopped and where the next invocation should start."""
+    def walk(self, cursor: bytes | None) -> SweepResult:
+        """Walk and process pages from `cursor`; once only."""
         # Each worker runs in a copy of this context, so its log lines carry the invocation's id and reach the
         # host's Logs like the walker's own.
         workers = [
@@ -116,9 +147,10 @@ class Sweep:
         for worker in workers:
             worker.start()
         channel = Channel(on_reconnect=self._topology.refresh)
+        walk = Walk(cursor, self._max_messages)
         with hot_path():  # the GIL switch interval and the collector, until the workers are done
             try:
-                stopped = self._dispatch(channel, cursor)
+                stopped = self._dispatch(channel, walk)
             except BaseException as exc:
                 self._fail(exc)  # the walker's own failure (XPENDING, the lease): the workers drain
                 raise
@@ -138,34 +170,31 @@ class Sweep:
             next_start = min(self._unclaimed, key=_order)
             if stopped_by == StopReason.END:  # the walk reached the end, but not every page was claimed
                 stopped_by = self._refusal_reason()
-        return stopped_by, next_start
+        return SweepResult(stopped_by, next_start, self._counts, self._alerts, walk.pages)
 
-    def _dispatch(self, channel: Channel, cursor: bytes | None) -> tuple[StopReason, bytes] | None:
+    def _dispatch(self, channel: Channel, walk: Walk) -> tuple[StopReason, bytes] | None:
         """Hand pages out until a reason to stop; None when a page worker failed (walk raises its error)."""
-        settings, keys = self._settings, self._keys
-        rows_handed_out = 0
-        start = walk_start(cursor)
+        keys = self._plan.keys
         while True:
             if self._errors:
                 return None
-            reason = self._reason_to_stop(rows_handed_out)
+            reason = self._reason_to_stop(walk)
             if reason:
-                return reason, start
-            count = min(
-                self._pacer.page_size(settings.RECLAIM_PAGE_SIZE), self._max_messages - rows_handed_out
-            )
+                return reason, walk.start
+            count = walk.next_count(self._pacer.page_size(self._plan.page_size))
             if count <= 0:
-                return StopReason.CAP, start  # nothing left to hand out, not even a first page
+                return StopReason.CAP, walk.start  # nothing left to hand out, not even a first page
             if self._pacer.due_in():  # RECLAIM_MAX_RATE: not before the page is due
                 if (
-                    self.pages
+                    walk.pages
                     and time.monotonic() + self._pacer.due_in() + self._page_seconds >= self._deadline
                 ):
-                    return StopReason.BUDGET, start
+                    return StopReason.BUDGET, walk.start
                 self._pacer.wait()
-                reason = self._reason_to_stop(rows_handed_out)
+                reason = self._reason_to_stop(walk)
                 if reason:
-                    return reason, start
+                    return reason, walk.start
+            start = walk.start
             command = pack((b"XPENDING", keys.stream, keys.group, start, END, count))
             (reply,) = channel.run(partial(_call_one, self._topology, keys.stream, command))
             if isinstance(reply, Exception):
@@ -173,16 +202,13 @@ class Sweep:
             rows = parse_pending_rows(reply)
             if rows:
                 self._pacer.handed_out(len(rows))
-                self._hand_out(_Page(self.pages, self._turns, start, rows))
+                self._hand_out(_Page(walk.pages, self._turns, start, rows))
                 self._turns += 1
-                rows_handed_out += len(rows)
-            self.pages += 1
-            if len(rows) < count:
-                return StopReason.END, START  # the end: the next invocation starts from the head
-            start = next_id(rows[-1].entry_id)
+            if walk.advance(rows, count):
+                return StopReason.END, walk.start  # the end: the next invocation starts from the head
 
-    def _reason_to_stop(self, rows_handed_out: int) -> StopReason | None:
-        if self.pages == 0:
+    def _reason_to_stop(self, walk: Walk) -> StopReason | None:
+        if walk.pages == 0:
             return None  # every invocation handles at least one page
         if self._should_stop():
             return StopReason.SIGNAL
@@ -190,11 +216,7 @@ class Sweep:
             self._lease_lost = True
             log.warning("the lease passed to another monitor; this cycle stops claiming")
             return StopReason.LEASE_LOST
-        if rows_handed_out >= self._max_messages:
-            return StopReason.CAP
-        if self._out_of_time():
-            return StopReason.BUDGET
-        return None
+        return walk.reason_to_stop(time.monotonic(), self._page_seconds, self._deadline)
 
     def _out_of_time(self) -> bool:
         return time.monotonic() + self._page_seconds >= self._deadline
@@ -247,9 +269,8 @@ class Sweep:
                 # Retries inside, step by step; the page takes or gives up its turn in the write order.
                 result = handle_page(channel, page.rows, self._config, self._order, page.turn)
                 with self._lock:
-                    self.counts += result.counts
-                    self.alerts += result.alerts
-                    self.cluster_changed = self.cluster_changed or result.cluster_changed
+                    self._counts += result.counts
+                    self._alerts += result.alerts
                     self._page_seconds = max(self._page_seconds, time.monotonic() - began)
                 if page.turn == 0:
                     self._first_page_done.set()  # only now is a page's time known

@@ -29,6 +29,7 @@ from redis.retry import Retry
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
+from handler.transport.failures import LOST_CONNECTION
 from handler.transport.topology import Topology, topology_of
 
 RAW_REPLY_COMMANDS = ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE")
@@ -215,7 +216,7 @@ def connect(settings: MonitorSettings, credentials: Any = None) -> Client:
                 "REDIS_CLUSTER=off or detect"
             ) from exc
         raise unavailable(settings, exc) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except LOST_CONNECTION as exc:
         raise unavailable(settings, exc) from exc
     if isinstance(client, redis.Redis):
         leave_stream_replies_raw(client)
@@ -259,6 +260,12 @@ class RedisConnection:
             topology = self._topology
         if topology is not None:
             topology.refresh()
+
+    def refresh_if_stale(self) -> None:
+        with self._lock:
+            topology = self._topology
+        if topology is not None:
+            topology.refresh_if_stale()
 
     def reset(self) -> None:
         """Drop the client (its pooled connections may lead to a demoted node); the next use connects

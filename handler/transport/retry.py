@@ -14,16 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import redis
-from redis.exceptions import RedisClusterException
+from handler.transport.failures import LOST_CONNECTION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_DELAYS_SEC = (0.1, 0.4)  # two retries: a blip is ridden out, a dead server fails the cycle in seconds
-RETRIED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# What the cluster client raises when it cannot read any node's slot map (RedisClusterException, not a
-# RedisError), or when its own redirections ran out (ClusterError, "TTL exhausted").
-CLUSTER_UNREACHABLE = (RedisClusterException, redis.exceptions.ClusterError)
 
 
 def with_retries(call: Callable[[], T], before_retry: Callable[[BaseException], None] | None = None) -> T:
@@ -32,7 +27,7 @@ def with_retries(call: Callable[[], T], before_retry: Callable[[BaseException], 
     for delay in (*RETRY_DELAYS_SEC, None):
         try:
             return call()
-        except RETRIED as exc:
+        except LOST_CONNECTION as exc:
             if delay is None:
                 raise
             log.warning("lost the connection to Redis (%s); retrying in %.1f s", exc, delay)

@@ -2,7 +2,8 @@
 
 On one node everything goes to one connection pool. On a cluster a stream lives in one slot, while the
 tweet hashes spread over all 16384; the cycle groups its writes per node from a snapshot of the slot map,
-kept with the connection (connect.RedisConnection) and read again after a connection error or MOVED.
+kept with the connection (connect.RedisConnection), read again after a connection error, and marked stale
+where a reply says a slot moved (MOVED, ASK…) to be read again before the next use that needs it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class Topology(Protocol):
     def refresh(self) -> None:
         """Read the slot map again (after a connection error: a failover may have moved slots)."""
 
+    def mark_stale(self) -> None:
+        """A node answered MOVED, ASK, CLUSTERDOWN or TRYAGAIN: the map is read again by refresh_if_stale."""
+
+    def refresh_if_stale(self) -> None:
+        """Read the slot map again if it was marked stale since it was last read."""
+
 
 def server_address(client: redis.Redis) -> str:
     """`host:port` of the server a plain client talks to, for messages."""
@@ -58,6 +65,12 @@ class SingleNode:
     def refresh(self) -> None:
         pass  # one node: nothing moves
 
+    def mark_stale(self) -> None:
+        pass
+
+    def refresh_if_stale(self) -> None:
+        pass
+
 
 class ClusterSlots:
     """A snapshot of the cluster's slot map, resolved slot by slot as keys need it."""
@@ -67,6 +80,7 @@ class ClusterSlots:
         self._by_slot: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._by_name: dict[str, Node] = {}
         self._lock = threading.Lock()
+        self._stale = False
 
     def node_of(self, key: bytes | str) -> Node:
         slot = key_slot(key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key)
@@ -86,9 +100,17 @@ class ClusterSlots:
         nodes are resolved afresh. A node that is down but not yet replaced fails the retry: the cycle then
         ends with an error, and the next one reads the map again."""
         with self._lock:
+            self._stale = False
             self._cluster.nodes_manager.initialize()
             self._by_name = {}
             self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
+    def refresh_if_stale(self) -> None:
+        if self._stale:
+            self.refresh()
 
     def _resolve(self, slot: int) -> Node:
         cluster = self._cluster

@@ -17,7 +17,8 @@ import hiredis
 import redis
 from redis.connection import Connection, ConnectionPool
 
-from handler.transport.retry import CLUSTER_UNREACHABLE, RETRIED, with_retries
+from handler.transport.failures import LOST_CONNECTION, REDIS_FAILURES
+from handler.transport.retry import with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,7 +167,7 @@ class Channel:
         """step(self), retried on fresh connections by the one retry policy (retry.py)."""
         try:
             return with_retries(lambda: step(self), self._reconnecting)
-        except RETRIED:
+        except LOST_CONNECTION:
             self.close()
             raise
 
@@ -178,7 +179,7 @@ class Channel:
             return
         try:
             self._on_reconnect()
-        except (redis.exceptions.RedisError, *CLUSTER_UNREACHABLE) as exc:  # the retry will say what is wrong
+        except REDIS_FAILURES as exc:  # the retry will say what is wrong
             log.warning("could not prepare the retry: %s", exc)
 
     def close(self) -> None:
