@@ -12,16 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from handler.keys import StreamKeys
-from handler.reclaim.rules import (
-    END,
-    DeadLetter,
-    DeadLetterReason,
-    claimable_ids,
-    decide,
-    next_id,
-    parse_pending_rows,
-    walk_start,
-)
+from handler.reclaim.cursor import read_cursor
+from handler.reclaim.rate import ClaimPacer
+from handler.reclaim.rules import END, DeadLetter, DeadLetterReason, claimable_ids, decide, parse_pending_rows
+from handler.reclaim.walk import Walk
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
 
@@ -47,19 +41,23 @@ def dry_run(client: Client, settings: MonitorSettings, examples: int = 10) -> Dr
     if not report.pending:
         return report
     deadline = time.monotonic() + settings.CYCLE_TIME_BUDGET_SEC
+    page_size = ClaimPacer(settings.RECLAIM_MAX_RATE).page_size(settings.RECLAIM_PAGE_SIZE)
     dead: Counter[str] = Counter()
-    cursor: Any = client.get(keys.cursor)
-    start = walk_start(cursor)
-    while report.pages == 0 or (
-        report.would_claim < settings.CYCLE_MAX_MESSAGES and time.monotonic() < deadline
-    ):
-        count = min(settings.RECLAIM_PAGE_SIZE, settings.CYCLE_MAX_MESSAGES - report.would_claim)
-        rows = parse_pending_rows(command(client, "XPENDING", keys.stream, keys.group, start, END, count))
-        report.pages += 1
-        _judge_page(client, keys, settings, rows, report, dead, examples)
-        if len(rows) < count:
+    walk = Walk(read_cursor(client, keys.cursor), settings.CYCLE_MAX_MESSAGES)
+    page_seconds = 0.0  # the longest page so far, as the cycle judges its budget (here: reading it)
+    while not walk.reason_to_stop(time.monotonic(), page_seconds, deadline):
+        count = walk.next_count(page_size)
+        if count <= 0:
             break
-        start = next_id(rows[-1].entry_id)
+        began = time.monotonic()
+        rows = parse_pending_rows(
+            command(client, "XPENDING", keys.stream, keys.group, walk.start, END, count)
+        )
+        _judge_page(client, keys, settings, rows, report, dead, examples)
+        page_seconds = max(page_seconds, time.monotonic() - began)
+        if walk.advance(rows, count):
+            break
+    report.pages = walk.pages
     report.would_dead_letter = dict(dead)
     return report
 
