@@ -24,12 +24,12 @@ from bench.reclaim_bench import MAX_MESSAGES, run_process
 from handler.dev.backlog import raw_client
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server
-from handler.dev.samples import GROUP, MONITOR, STREAM
+from handler.dev.samples import PIPELINE_NAMES, STREAM
 
 
 def monitor_env(node: LocalRedis) -> dict[str, str]:
     return environment_for(
-        node, STREAM_NAME=STREAM, STREAM_CONSUMER_GROUP_NAME=GROUP, MONITORING_CONSUMER_NAME=MONITOR,
+        node, **PIPELINE_NAMES,
         MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC), CYCLE_TIME_BUDGET_SEC="600",
         CYCLE_MAX_MESSAGES=str(MAX_MESSAGES), LOG_LEVEL="WARNING",
     )  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from handler.dev.host import FunctionsHost
 from handler.dev.local_redis import free_port
+from handler.dev.samples import PIPELINE_NAMES
 from handler.dev.telemetry_fakes import Breeze, Tripwire, telemetry_environment
 
 UP_LINE = "telemetry: metrics to"
@@ -31,9 +32,7 @@ def main() -> int:
     settings = {
         "REDIS_HOST": f"127.0.0.1:{free_port()}",  # readiness never waits for Redis: nothing listens here
         "REDIS_TLS": "false",
-        "STREAM_NAME": "tweets_stream",
-        "STREAM_CONSUMER_GROUP_NAME": "redisearch_app_group",
-        "MONITORING_CONSUMER_NAME": "monitoring_app",
+        **PIPELINE_NAMES,
         "MIN_IDLE_TIME_SEC": "10",
     }
     ready: dict[str, list[float]] = {"without telemetry": [], "with telemetry": []}

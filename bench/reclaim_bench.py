@@ -41,7 +41,7 @@ from bench.server_limit import command_stream, replay
 from handler.dev.backlog import raw_client
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, packaged_redis_server
-from handler.dev.samples import GROUP, MONITOR, STREAM
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 2000
@@ -104,9 +104,7 @@ class Cell:
 
 def monitor_env(endpoint: Endpoint, **overrides: str) -> dict[str, str]:
     settings = {
-        "STREAM_NAME": STREAM,
-        "STREAM_CONSUMER_GROUP_NAME": GROUP,
-        "MONITORING_CONSUMER_NAME": MONITOR,
+        **PIPELINE_NAMES,
         "MIN_IDLE_TIME_SEC": str(MIN_IDLE_SEC),
         "CYCLE_TIME_BUDGET_SEC": str(BUDGET_SEC),
         "CYCLE_MAX_MESSAGES": str(MAX_MESSAGES),

