@@ -295,18 +295,18 @@ def dead_letter(args: argparse.Namespace, settings: MonitorSettings) -> int:
 
 
 def _dead_letter(client: Client, settings: MonitorSettings, args: argparse.Namespace) -> int:
-    from handler.ops import console, dead_letters
+    from handler.ops import console, dead_letter_tools
 
     keys = StreamKeys.from_settings(settings)
     if args.action == "list":
-        entries = dead_letters.list_dead_letters(client, keys, args.count, args.newest)
+        entries = dead_letter_tools.list_dead_letters(client, keys, args.count, args.newest)
         if args.json:
             print(json.dumps([entry.row() for entry in entries]))
         else:
             console.dead_letter_table(entries, sys.stdout.isatty())
         return EXIT_OK
     if args.action == "show":
-        entry = dead_letters.show_dead_letter(client, keys, args.id)
+        entry = dead_letter_tools.show_dead_letter(client, keys, args.id)
         if entry is None:
             log.error("no dead letter %s in %s", args.id, keys.dead_letter)
             return EXIT_FAILED
@@ -320,7 +320,7 @@ def _dead_letter(client: Client, settings: MonitorSettings, args: argparse.Names
 
 
 def _replay_or_purge(client: Client, keys: StreamKeys, args: argparse.Namespace) -> int:
-    from handler.ops import console, dead_letters
+    from handler.ops import console, dead_letter_tools
 
     limit = getattr(args, "count", None)
     if bool(args.ids) == bool(args.all or limit):
@@ -330,7 +330,7 @@ def _replay_or_purge(client: Client, keys: StreamKeys, args: argparse.Namespace)
         return EXIT_BAD_SETTINGS
     # Named IDs are taken as given; --all and --count are read from Redis a batch at a time as they are
     # applied, so memory stays flat however many dead letters there are.
-    total = len(args.ids) if args.ids else dead_letters.count_dead_letters(client, keys)
+    total = len(args.ids) if args.ids else dead_letter_tools.count_dead_letters(client, keys)
     total = min(total, limit) if limit else total
     if args.dry_run:
         print(f"would {args.action} {total:,} dead letters from {keys.dead_letter}")
@@ -344,12 +344,12 @@ def _replay_or_purge(client: Client, keys: StreamKeys, args: argparse.Namespace)
             bar.advance(bar.task_ids[0], moved)
 
         if args.action == "replay":
-            ids = args.ids or dead_letters.oldest_ids(client, keys, limit)
-            done = dead_letters.replay(client, keys, ids, advance, rate=args.rate)
+            ids = args.ids or dead_letter_tools.oldest_ids(client, keys, limit)
+            done = dead_letter_tools.replay(client, keys, ids, advance, rate=args.rate)
         elif args.all:
-            done = dead_letters.purge_all(client, keys, advance)
+            done = dead_letter_tools.purge_all(client, keys, advance)
         else:
-            done = dead_letters.purge(client, keys, args.ids)
+            done = dead_letter_tools.purge(client, keys, args.ids)
     print(f"{PAST_TENSE[args.action]} {done:,} of {total:,} dead letters")
     return EXIT_OK
 

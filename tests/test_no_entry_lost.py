@@ -30,7 +30,7 @@ from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, STREAM
 from handler.metrics import Metrics
-from handler.ops.dead_letters import list_dead_letters, show_dead_letter
+from handler.ops.dead_letter_tools import list_dead_letters, show_dead_letter
 from handler.ops.status import gather_status
 from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.streams import StreamsCycle

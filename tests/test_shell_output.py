@@ -19,7 +19,7 @@ import redis
 from handler.dev.host import APP_ROOT
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.keys import StreamKeys
-from handler.ops import dead_letters
+from handler.ops import dead_letter_tools
 from handler.reclaim.dead_letter import METADATA_FIELDS
 from handler.transport.client import Client
 from handler.transport.connect import connect
@@ -133,7 +133,7 @@ def test_replay_rate_paces_the_entries(world8: World) -> None:
 
 
 def _replay_all(monitor: Client, keys: StreamKeys) -> int:
-    return dead_letters.replay(monitor, keys, dead_letters.oldest_ids(monitor, keys))
+    return dead_letter_tools.replay(monitor, keys, dead_letter_tools.oldest_ids(monitor, keys))
 
 
 def _peak_bytes(call: Any) -> int:
@@ -160,7 +160,7 @@ def test_replay_all_and_purge_all_keep_memory_flat(
         peaks["replay"][count] = _peak_bytes(partial(_replay_all, monitor, keys))
         assert count == client8.xlen(stream)
         add_dead_letters(client8, keys.dead_letter, count)
-        peaks["purge"][count] = _peak_bytes(partial(dead_letters.purge_all, monitor, keys))
+        peaks["purge"][count] = _peak_bytes(partial(dead_letter_tools.purge_all, monitor, keys))
         assert 0 == client8.xlen(keys.dead_letter)
         monitor.close()
         client8.delete(stream, keys.dead_letter)

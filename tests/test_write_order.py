@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from handler.reclaim.write_order import WriteOrder, WriteOrderAbandonedError
+from handler.reclaim.write_order import Ticket, WriteOrder, WriteOrderAbandonedError
 
 BOUND_SEC = 5.0  # what a thread that should finish gets; one that is right finishes in microseconds
 
@@ -69,7 +69,9 @@ def test_a_page_registers_only_in_its_turn() -> None:
     assert later.is_alive(), "page 1 registered before page 0 had its turn"
     first = order.register(0, [b"tweet:1"])
     assert finishes(later)
-    assert [first.done] == tickets[0].waits  # registered after page 0, so it waits for it
+    (ticket,) = tickets
+    assert isinstance(ticket, Ticket)
+    assert [first.done] == ticket.waits  # registered after page 0, so it waits for it
 
 
 def test_a_turn_given_up_passes_to_the_next_page() -> None:

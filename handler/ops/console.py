@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from handler.ops.dead_letters import DeadLetterEntry
+from handler.ops.dead_letter_tools import DeadLetterEntry
 from handler.ops.dry_run import DryRunReport
 from handler.ops.status import GroupStatus
 

@@ -20,7 +20,7 @@ from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.cursor import CURSOR_TTL_MS, read_cursor
 from handler.reclaim.lease import Lease, holder_identity
 from handler.reclaim.rules import START, parse_pending_count
-from handler.reclaim.summary import Alerts, CycleSummary, StopReason
+from handler.reclaim.summary import CycleSummary, Incidents, StopReason
 from handler.reclaim.sweep import Limits, Sweep, SweepPlan
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command
@@ -43,7 +43,7 @@ PRUNE_CONSUMERS = "prune consumers"  # the housekeeping task's name in the metri
 LEASE_REFUSALS_TO_SWEEP_THROUGH = ("OOM", "MISCONF")
 
 
-def never() -> bool:
+def no_stop_requested() -> bool:
     return False
 
 
@@ -65,7 +65,9 @@ class ReclaimCycle:
     def keys(self) -> StreamKeys:
         return self._keys
 
-    def run(self, should_stop: Callable[[], bool] = never, limits: Limits | None = None) -> CycleSummary:
+    def run(
+        self, should_stop: Callable[[], bool] = no_stop_requested, limits: Limits | None = None
+    ) -> CycleSummary:
         """One cycle; Redis failures become MonitorError subclasses that name what failed."""
         try:
             summary = self._run(should_stop, limits or Limits.from_settings(self._settings))
@@ -177,7 +179,7 @@ class ReclaimCycle:
             stopped_by=swept.stopped_by,
         )
 
-    def _report(self, client: Client, alerts: Alerts) -> None:
+    def _report(self, client: Client, alerts: Incidents) -> None:
         """Say what an operator must hear about: trimmed dead letters, and the last refused attempt, which
         is also kept (best effort: Redis may be refusing writes) where `status` shows it."""
         if alerts.dead_letters_trimmed:
@@ -198,7 +200,7 @@ class ReclaimCycle:
         except redis.exceptions.ResponseError as exc:  # refused (OOM…); a lost connection goes up: 503
             log.debug("could not keep the last refusal for `status`: %s", exc)
 
-    def _prune_idle_consumers(self, client: Client, alerts: Alerts) -> bool:
+    def _prune_idle_consumers(self, client: Client, alerts: Incidents) -> bool:
         """Opt-in (DELETE_IDLE_CONSUMERS_AFTER_SEC): remove consumers idle that long with nothing pending.
         Housekeeping: a refusal (no +xinfo, say) or a lost connection is a warning and a metric, never the
         invocation's status. False when Redis stopped answering (nothing more is sent this cycle)."""

@@ -33,7 +33,7 @@ from handler.reclaim.rules import (
     claimable_ids,
     decide,
 )
-from handler.reclaim.summary import Alerts, Counts
+from handler.reclaim.summary import Counts, Incidents
 from handler.reclaim.write_order import Ticket, WriteOrder
 from handler.transport.failures import FailureKind, code_of, kind_of
 from handler.transport.topology import Node, Topology
@@ -75,13 +75,13 @@ class _Outcome:
     dead: list[tuple[bytes, DeadLetter]] = field(default_factory=list)
     refused: list[bytes] = field(default_factory=list)  # left pending: their delivery is given back
     counts: Counts = field(default_factory=Counts)
-    alerts: Alerts = field(default_factory=Alerts)
+    alerts: Incidents = field(default_factory=Incidents)
 
 
 @dataclass(frozen=True)
 class PageResult:
     counts: Counts
-    alerts: Alerts
+    alerts: Incidents
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def handle_page(
     ids = claimable_ids(rows, config.min_idle_ms)
     if not ids:
         order.give_up_turn(turn)
-        return PageResult(Counts(), Alerts())
+        return PageResult(Counts(), Incidents())
     try:
         claim = channel.run(partial(_claim, ids=ids, config=config))
     except BaseException:

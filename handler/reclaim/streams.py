@@ -22,7 +22,7 @@ from redis.cluster import RedisCluster
 from handler.errors import MonitorError, StreamOrGroupMissingError
 from handler.keys import StreamKeys, display_name, is_dead_letter_stream, key_name
 from handler.reclaim import heartbeat
-from handler.reclaim.cycle import ReclaimCycle, never
+from handler.reclaim.cycle import ReclaimCycle, no_stop_requested
 from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.summary import WORK_LEFT, CycleSummary, StopReason, total
 from handler.reclaim.sweep import Limits
@@ -102,7 +102,7 @@ class StreamsCycle:
     def streams(self) -> list[str]:
         return self._finder.find(self._connection.client())
 
-    def run(self, should_stop: Callable[[], bool] = never) -> CycleSummary:
+    def run(self, should_stop: Callable[[], bool] = no_stop_requested) -> CycleSummary:
         if self._settings.stream_names == (self._settings.STREAM_NAME,) and not is_pattern(
             self._settings.STREAM_NAME
         ):
@@ -125,7 +125,7 @@ class StreamsCycle:
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})
         return summary
 
-    def run_scheduled(self, should_stop: Callable[[], bool] = never) -> CycleSummary:
+    def run_scheduled(self, should_stop: Callable[[], bool] = no_stop_requested) -> CycleSummary:
         """A cycle the timer (or `run`) started: once it completes, its time is recorded (the heartbeat).
         A manual `reclaim` calls run() and records nothing, so it cannot hide a stopped timer."""
         summary = self.run(should_stop)

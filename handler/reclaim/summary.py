@@ -67,7 +67,7 @@ class Counts:
 
 
 @dataclass
-class Alerts:
+class Incidents:
     """What an operator should hear about beside the counts: refused attempts by step and reason, dead
     letters trimmed by DEAD_LETTER_MAXLEN, and housekeeping that failed. They go to the metrics and the
     log, not into the summary's JSON."""
@@ -77,8 +77,8 @@ class Alerts:
     dead_letters_trimmed: int = 0
     housekeeping_failed: Counter[str] = field(default_factory=Counter)  # task -> failures (never fatal)
 
-    def __add__(self, other: Alerts) -> Alerts:
-        return Alerts(
+    def __add__(self, other: Incidents) -> Incidents:
+        return Incidents(
             self.refused + other.refused,
             other.last_refusal or self.last_refusal,
             self.dead_letters_trimmed + other.dead_letters_trimmed,
@@ -108,7 +108,7 @@ class CycleSummary:
     # With several streams (STREAM_NAME lists them): each stream's own summary, by name; the fields above
     # are then their totals.
     streams: dict[str, CycleSummary] | None = None
-    alerts: Alerts = field(default_factory=Alerts)  # not part of the JSON
+    alerts: Incidents = field(default_factory=Incidents)  # not part of the JSON
 
     @classmethod
     def skipped_because(cls, reason: str, stopped_by: StopReason = StopReason.SKIPPED) -> CycleSummary:
@@ -147,7 +147,7 @@ class CycleSummary:
 def total(summaries: dict[str, CycleSummary], duration_ms: int) -> CycleSummary:
     """The invocation's summary over several streams: their totals, the most telling stop reason, and each
     stream's own summary under `streams`."""
-    counts, alerts = Counts(), Alerts()
+    counts, alerts = Counts(), Incidents()
     for summary in summaries.values():
         counts += summary.counts
         alerts += summary.alerts

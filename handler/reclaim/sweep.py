@@ -19,11 +19,11 @@ from functools import partial
 from typing import Any
 
 from handler.keys import StreamKeys
-from handler.reclaim.hot_path import hot_path
+from handler.reclaim.interpreter_settings import settings_for_sweeping
 from handler.reclaim.page import WAIT_FOR_REPLICA_MS, PageSettings, handle_page
 from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.rules import END, START, PendingRow, parse_id, parse_pending_rows
-from handler.reclaim.summary import Alerts, Counts, StopReason
+from handler.reclaim.summary import Counts, Incidents, StopReason
 from handler.reclaim.walk import Walk
 from handler.reclaim.write_order import WriteOrder, WriteOrderAbandonedError
 from handler.settings import MonitorSettings
@@ -88,7 +88,7 @@ class SweepResult:
     stopped_by: StopReason
     next_start: bytes
     counts: Counts
-    alerts: Alerts
+    alerts: Incidents
     pages: int
 
 
@@ -126,7 +126,7 @@ class Sweep:
         self._errors: list[BaseException] = []
         self._unclaimed: list[bytes] = []
         self._counts = Counts()
-        self._alerts = Alerts()
+        self._alerts = Incidents()
         self._order = WriteOrder()
         self._first_page_done = threading.Event()
         self._turns = 0
@@ -148,7 +148,7 @@ class Sweep:
             worker.start()
         channel = Channel(on_reconnect=self._topology.refresh)
         walk = Walk(cursor, self._max_messages)
-        with hot_path():  # the GIL switch interval and the collector, until the workers are done
+        with settings_for_sweeping():  # the GIL switch interval and the collector, until the workers are done
             try:
                 stopped = self._dispatch(channel, walk)
             except BaseException as exc:

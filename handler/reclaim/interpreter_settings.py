@@ -30,7 +30,7 @@ import threading
 SWITCH_INTERVAL_SEC = 0.001
 
 
-class _HotPath:
+class _SweepSettings:
     """Counts the sweeps running in this process; the first one in and the last one out change settings.
     A context manager itself, so that nothing runs between entering and the `with` block's protection."""
 
@@ -71,9 +71,9 @@ class _HotPath:
             sys.setswitchinterval(self._saved_switch_interval)
 
 
-_process = _HotPath()
+_process = _SweepSettings()
 
 
-def hot_path() -> _HotPath:
-    """The sweep's interpreter settings for the duration of a `with hot_path():` block."""
+def settings_for_sweeping() -> _SweepSettings:
+    """The sweep's interpreter settings for the duration of a `with settings_for_sweeping():` block."""
     return _process

@@ -1,6 +1,6 @@
-"""The interpreter's settings during a sweep (handler/reclaim/hot_path.py): the collector paused and the GIL
-switch interval lowered while pages are handled, and the process's own settings back afterwards, whatever
-happened."""
+"""The interpreter's settings during a sweep (handler/reclaim/interpreter_settings.py): the collector paused
+and the GIL switch interval lowered while pages are handled, and the process's own settings back afterwards,
+whatever happened."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from handler.reclaim.hot_path import SWITCH_INTERVAL_SEC, hot_path
+from handler.reclaim.interpreter_settings import SWITCH_INTERVAL_SEC, settings_for_sweeping
 from tests.pipeline import tweet
 from tests.world import World
 
@@ -63,7 +63,7 @@ def test_a_real_sweep_pauses_the_collector_and_restores_the_process_settings(wor
 
 
 def test_a_sweep_that_fails_restores_the_settings() -> None:
-    with pytest.raises(RuntimeError, match="the sweep failed"), hot_path():
+    with pytest.raises(RuntimeError, match="the sweep failed"), settings_for_sweeping():
         assert (gc.isenabled(), sys.getswitchinterval()) == (False, SWITCH_INTERVAL_SEC)
         raise RuntimeError("the sweep failed")
     assert (gc.isenabled(), sys.getswitchinterval()) == (True, PROCESS_SWITCH_INTERVAL)
@@ -74,14 +74,14 @@ def test_overlapping_sweeps_restore_the_settings_only_when_the_last_one_ends() -
     during_second: list[tuple[bool, float]] = []
 
     def first() -> None:
-        with hot_path():
+        with settings_for_sweeping():
             first_in.set()
             second_in.wait(10)
         first_out.set()
 
     def second() -> None:
         first_in.wait(10)
-        with hot_path():
+        with settings_for_sweeping():
             second_in.set()
             first_out.wait(10)  # the first sweep has ended: this one still runs with the hot settings
             during_second.append((gc.isenabled(), sys.getswitchinterval()))
@@ -97,7 +97,7 @@ def test_overlapping_sweeps_restore_the_settings_only_when_the_last_one_ends() -
 
 def test_a_collector_the_process_disabled_itself_stays_disabled() -> None:
     gc.disable()
-    with hot_path():
+    with settings_for_sweeping():
         pass
     assert (gc.isenabled(), sys.getswitchinterval()) == (False, PROCESS_SWITCH_INTERVAL)
 
@@ -105,8 +105,8 @@ def test_a_collector_the_process_disabled_itself_stays_disabled() -> None:
 def test_an_interrupt_while_the_settings_change_leaves_the_process_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """KeyboardInterrupt lands between two of hot_path's own steps (here: as the collector is disabled,
-    after the switch interval changed): nothing stays changed, and the next sweep works as usual."""
+    """KeyboardInterrupt lands between two of settings_for_sweeping's own steps (here: as the collector is
+    disabled, after the switch interval changed): nothing stays changed, and the next sweep works as usual."""
     real_disable = gc.disable
 
     def interrupted() -> None:
@@ -114,10 +114,10 @@ def test_an_interrupt_while_the_settings_change_leaves_the_process_settings(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gc, "disable", interrupted)
-    with pytest.raises(KeyboardInterrupt), hot_path():
+    with pytest.raises(KeyboardInterrupt), settings_for_sweeping():
         pytest.fail("the sweep must not start")
     assert (gc.isenabled(), sys.getswitchinterval()) == (True, PROCESS_SWITCH_INTERVAL)
     monkeypatch.setattr(gc, "disable", real_disable)
-    with hot_path():
+    with settings_for_sweeping():
         assert (gc.isenabled(), sys.getswitchinterval()) == (False, SWITCH_INTERVAL_SEC)
     assert (gc.isenabled(), sys.getswitchinterval()) == (True, PROCESS_SWITCH_INTERVAL)
