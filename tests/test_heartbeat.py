@@ -13,7 +13,10 @@ import redis
 from handler.dev.host import APP_ROOT, FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.keys import hash_tag_of
+from handler.reclaim.streams import StreamsCycle
+from handler.transport.connect import RedisConnection
 from tests.acl import ACL_RULE
+from tests.conftest import settings_for
 from tests.pipeline import abandon, command, create_group, tweet
 
 MICROS = 1_000_000
@@ -130,3 +133,30 @@ def test_the_documented_acl_rule_allows_the_heartbeat(
         host.stop()
     assert "heartbeat" not in host.stderr, host.stderr[-2000:]
     assert client8.get(heartbeat_key(names)) is not None
+
+
+def test_only_the_streams_an_invocation_reached_get_the_heartbeat_and_check_names_the_others(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    """Too many streams for one invocation: the heartbeat is recorded for the streams it reached only, so
+    `check` fails for a stream the invocations do not reach instead of reporting it served."""
+    prefix, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
+    streams = [f"{prefix}:{n:03d}" for n in range(300)]
+    for index, stream in enumerate(streams):
+        create_group(client8, stream, group)
+        abandon(client8, stream, group, [tweet(index * 20 + n) for n in range(20)])
+        client8.set(heartbeat_key(names, stream), redis_micros(client8) - 1000 * MICROS)  # long stopped
+    env = env_for(redis_8, {**names, "STREAM_NAME": prefix + ":*"}, CYCLE_TIME_BUDGET_SEC="0.3")
+    settings = settings_for(redis_8, {**names, "STREAM_NAME": prefix + ":*"}, CYCLE_TIME_BUDGET_SEC=0.3)
+    summary = StreamsCycle(RedisConnection(settings), settings).run_scheduled().as_dict()
+    served = {name for name, one in summary["streams"].items() if one["processed"]}
+    assert served and len(served) < len(streams), len(served)
+    fresh = {
+        stream for stream in streams
+        if redis_micros(client8) - int(client8.get(heartbeat_key(names, stream)) or 0) < 100 * MICROS
+    }  # fmt: skip
+    assert served == fresh
+    check = cli({**env, "SWEEP_STALE_AFTER_SEC": "300"}, "check")
+    stale = [line for line in check.stdout.splitlines() if "last completed cycle" in line and "FAIL" in line]
+    assert len(streams) - len(served) == len(stale), check.stdout[-3000:]
+    assert 1 == check.returncode

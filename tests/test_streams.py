@@ -4,6 +4,7 @@ per-stream summaries and metrics; on one node and on a cluster."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -11,14 +12,19 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import generate_latest
 from redis.cluster import RedisCluster
 
 from handler.dev.host import APP_ROOT, FunctionsHost, completed
+from handler.dev.latency_proxy import LatencyProxy
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, MONITOR
-from handler.errors import SettingsError, StreamOrGroupMissingError
+from handler.errors import MonitorError, SettingsError, StreamOrGroupMissingError
+from handler.monitor import Monitor
+from handler.reclaim import streams as streams_module
 from handler.reclaim.streams import StreamFinder, StreamsCycle
+from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection, connect
@@ -188,3 +194,198 @@ def test_a_pattern_that_matches_nothing_says_so(redis_8: LocalRedis, client8: re
     settings = settings_for(redis_8.address, "no_such_stream:*")
     summary = StreamsCycle(RedisConnection(settings, connect(settings)), settings).run()
     assert ("skipped", "no stream matches 'no_such_stream:*'") == (summary.stopped_by, summary.skipped)
+
+
+def many_shards(client: Client, prefix: str, count: int, each: int) -> list[str]:
+    """`count` streams with the group, each with `each` abandoned tweets (ids never repeat)."""
+    streams = [f"{prefix}:{n:04d}" for n in range(count)]
+    for index, stream in enumerate(streams):
+        create_group(client, stream, GROUP)
+        abandon(client, stream, GROUP, [tweet(index * each + n) for n in range(each)])
+    return streams
+
+
+def reached(summary: Any) -> set[str]:
+    """The streams an invocation's cycle ran on (not those reported as not reached)."""
+    assert summary.streams is not None
+    return {
+        name for name, one in summary.streams.items() if not (one.skipped or "").startswith("not reached")
+    }
+
+
+def test_more_streams_than_budget_slices_are_served_in_rotation(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    """Far more streams than slices of MIN_SLICE_SEC in the budget: every invocation still makes progress,
+    each stream it reaches gets a page, the next starts at the first stream not reached, and a stream not
+    read is reported as not read (pending null), never as 0 pending."""
+    streams = many_shards(client8, names["STREAM_NAME"], 400, 20)
+    settings = settings_for(redis_8.address, names["STREAM_NAME"] + ":*", CYCLE_TIME_BUDGET_SEC=0.3)
+    cycle = StreamsCycle(RedisConnection(settings, connect(settings)), settings)
+    first = cycle.run()
+    got = reached(first)
+    assert got, first.log_line()  # progress in every invocation
+    assert first.counts.processed == 20 * len(got)  # each stream reached got at least a page (its all)
+    assert first.streams is not None
+    missed = set(first.streams) - got
+    assert missed, "every stream was reached: make the test's budget smaller"
+    for name in missed:
+        document = first.streams[name].as_dict()
+        assert (None, "budget", "not reached: budget") == (
+            document["pending"],
+            document["stopped_by"],
+            document["skipped"],
+        ), document
+    second = cycle.run()
+    got_next = reached(second)
+    # The second invocation starts at the first stream the first did not reach: it reaches only streams
+    # the first missed, or all of them.
+    assert got_next <= missed or missed <= got_next, (sorted(got_next)[:5], sorted(missed)[:5])
+    served = got | got_next
+    for _ in range(len(streams) // len(got) + 2):
+        if len(served) == len(streams):
+            break
+        served |= reached(cycle.run())
+    assert set(streams) == served
+    assert 0 == sum(int(client8.xpending(stream, GROUP)["pending"]) for stream in streams)
+
+
+def scrape(monitor: Monitor) -> str:
+    assert monitor.metrics is not None
+    return generate_latest(monitor.metrics.registry).decode()
+
+
+def test_streams_that_are_gone_leave_the_metrics(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted stream's series (counters and gauges) are removed once discovery no longer finds it."""
+    monkeypatch.setattr(streams_module, "RESCAN_AFTER_SEC", 0.0)
+    prefix = names["STREAM_NAME"]
+    kept, gone = many_shards(client8, prefix, 2, 5)
+    monitor = Monitor.observed(settings_for(redis_8.address, prefix + ":*"))
+    try:
+        first = monitor.run_scheduled(lambda: False)
+        assert isinstance(first, CycleSummary) and 10 == first.counts.processed
+        assert f'stream="{gone}"' in scrape(monitor)
+        client8.delete(gone)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            later = monitor.run_scheduled(lambda: False)
+            assert isinstance(later, CycleSummary) and later.streams is not None
+            if gone not in later.streams:
+                break
+            time.sleep(0.05)
+        text = scrape(monitor)
+    finally:
+        monitor.close()
+    assert f'stream="{kept}"' in text
+    assert f'stream="{gone}"' not in text, [line for line in text.splitlines() if gone in line]
+
+
+def test_streams_without_the_group_neither_starve_the_others_nor_fill_the_metrics(
+    redis_8: LocalRedis,
+    client8: redis.Redis,
+    names: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Hundreds of streams a pattern matches that lack the group (another pipeline's, or made on purpose):
+    the stream with the group is swept in the first invocation, and the scrape makes no series and one
+    warning for them all."""
+    prefix = names["STREAM_NAME"]
+    pipe = client8.pipeline(transaction=False)
+    for n in range(300):
+        pipe.xadd(f"{prefix}:other:{n:03d}", {"a": "b"})
+    pipe.execute()
+    (real,) = many_shards(client8, prefix + ":real", 1, 50)
+    monitor = Monitor.observed(settings_for(redis_8.address, prefix + ":*", CYCLE_TIME_BUDGET_SEC=0.3))
+    try:
+        summary = monitor.run_scheduled(lambda: False)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            text = scrape(monitor)
+    finally:
+        monitor.close()
+    assert isinstance(summary, CycleSummary) and summary.streams is not None
+    assert 50 == summary.streams[real].counts.processed
+    series = [line for line in text.splitlines() if f"{prefix}:other" in line]
+    assert [] == series, series[:5]
+    assert f'tweets_monitor_processed_entries_total{{stream="{real}"}} 50.0' in text
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert 1 == len(warnings), [record.getMessage()[:200] for record in warnings[:5]]
+    assert "300" in warnings[0].getMessage()
+
+
+def test_a_pattern_takes_a_bounded_number_of_streams(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    """Past 1,000 streams (MAX_STREAMS) the invocation fails with a message that says so, instead of
+    serving nothing."""
+    prefix = names["STREAM_NAME"]
+    pipe = client8.pipeline(transaction=False)
+    for n in range(1001):
+        pipe.xadd(f"{prefix}:{n:04d}", {"a": "b"})
+    pipe.execute()
+    settings = settings_for(redis_8.address, prefix + ":*")
+    with pytest.raises(MonitorError, match="more than the 1,000"):
+        StreamsCycle(RedisConnection(settings, connect(settings)), settings).run()
+
+
+def test_the_scrape_reads_every_stream_in_a_few_round_trips(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    """Behind 5 ms round trips, 100 streams' four gauges each are read pipelined, from the streams the
+    invocations found (the scrape does not SCAN the keyspace again)."""
+    prefix = names["STREAM_NAME"]
+    many_shards(client8, prefix, 100, 1)
+    pipe = client8.pipeline(transaction=False)
+    for n in range(20_000):
+        pipe.set(f"tweet-filler:{n}", "x")
+    pipe.execute()
+    proxy = LatencyProxy(redis_8.port, rtt_ms=5)
+    try:
+        monitor = Monitor.observed(settings_for(f"127.0.0.1:{proxy.port}", prefix + ":*"))
+        try:
+            assert isinstance(monitor.run_scheduled(lambda: False), CycleSummary)
+            began = time.monotonic()
+            text = scrape(monitor)
+            took = time.monotonic() - began
+        finally:
+            monitor.close()
+    finally:
+        proxy.stop()
+    assert 100 == sum(1 for line in text.splitlines() if line.startswith("tweets_monitor_pending_entries{"))
+    assert took < 0.5, took
+
+
+def test_a_pattern_is_expanded_again_off_the_invocations_clock(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind 5 ms round trips with 100,000 keys, SCAN takes about half a second: only the first
+    invocation waits for it; later expansions happen beside the invocations, and a new stream is still
+    picked up."""
+    monkeypatch.setattr(streams_module, "RESCAN_AFTER_SEC", 0.0)
+    prefix = names["STREAM_NAME"]
+    many_shards(client8, prefix, 2, 1)
+    pipe = client8.pipeline(transaction=False)
+    for n in range(100_000):
+        pipe.set(f"tweet-filler:{n}", "x")
+    pipe.execute()
+    proxy = LatencyProxy(redis_8.port, rtt_ms=5)
+    try:
+        settings = settings_for(f"127.0.0.1:{proxy.port}", prefix + ":*")
+        connection = RedisConnection(settings)
+        cycle = StreamsCycle(connection, settings)
+        first = cycle.run()
+        assert first.duration_ms > 400  # the first expansion is on the clock: nothing is known yet
+        create_group(client8, f"{prefix}:new", GROUP)
+        durations, found = [], False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not found:
+            later = cycle.run()
+            durations.append(later.duration_ms)
+            found = later.streams is not None and f"{prefix}:new" in later.streams
+        connection.close()
+    finally:
+        proxy.stop()
+    assert found
+    assert max(durations) < 200, durations
