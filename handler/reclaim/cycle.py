@@ -155,7 +155,13 @@ class ReclaimCycle:
             cursor = with_retries(partial(read_cursor, client, keys.cursor))
             topology = self._connection.topology()
             keep_lease = partial(with_retries, lease.keep)
-            swept = Sweep(self._plan, topology, limits, started, should_stop, keep_lease).walk(cursor)
+            sweep = Sweep(self._plan, topology, limits, started, should_stop, keep_lease)
+            try:
+                swept = sweep.walk(cursor)
+            except REDIS_FAILURES as exc:
+                if kind_of(exc) != FailureKind.CLUSTER_CHANGED:
+                    raise
+                return self._slot_moved(exc, sweep, pending, started)  # the lease is released below
             self._refresh_topology(only_if_stale=True)  # a page met MOVED, ASK…: read the slot map again
             with_retries(partial(self._save_cursor, lease, swept.next_start))
             connected = self._prune_idle_consumers(client, swept.alerts)
@@ -178,6 +184,22 @@ class ReclaimCycle:
             pages=swept.pages,
             stopped_by=swept.stopped_by,
         )
+
+    def _slot_moved(self, exc: Exception, sweep: Sweep, pending: int, started: float) -> CycleSummary:
+        """The stream's own slot moved (MOVED, ASK) or its node is failing over (CLUSTERDOWN, TRYAGAIN) in
+        the middle of the walk: the stream's outcome, not the invocation's failure. The map is read
+        again, what the finished pages did is reported, and the cursor is left as it was: the next turn
+        (this invocation's next round, or the next invocation) walks on from there with the new map."""
+        self._refresh_topology()
+        counts, alerts, pages = sweep.done_before_failing()
+        log.warning(
+            "the slot of %s moved during its cycle (%s): the slot map is read again and the rest of its "
+            "pending list waits for its next turn", display_name(self._keys.stream), exc,
+        )  # fmt: skip
+        return CycleSummary(
+            pending=pending, counts=counts, alerts=alerts, duration_ms=_ms_since(started), pages=pages,
+            stopped_by=StopReason.SLOT_MOVED,
+        )  # fmt: skip
 
     def _report(self, client: Client, alerts: Incidents) -> None:
         """Say what an operator must hear about: trimmed dead letters, and the last refused attempt, which

@@ -214,15 +214,19 @@ def _write(
     stream_node: Node,
     writes: _Writes,
     outcome: _Outcome,
+    only: list[int] | None = None,
 ) -> None:
     """One HSET per entry, sent to every node at once; only writes that succeeded (and, on a cluster node
-    with replicas, reached one) are acknowledged later."""
+    with replicas, reached one) are acknowledged later. Writes refused with MOVED (the slot map is older
+    than a resharding) are sent once more (`only` their positions) after the map is read again."""
     if not writes.keys:
         return
     topology, wait_ms = config.topology, config.wait_for_replica_ms
     keys, fields, entry_ids = writes.keys, writes.fields, writes.entry_ids
     batches: list[tuple[Node, list[int], Wire, bool]] = []
-    for node, indices in topology.by_node(keys).items():
+    moved: list[int] = []
+    refusals: dict[tuple[str, str], list[str]] = {}  # (node, reason) -> messages: one log line each
+    for node, indices in _by_node(topology, keys, only).items():
         wire = channel.wire(node.pool)
         # The stream's own node replicates the HSETs before the XACK that follows them, in order.
         wait = node is not stream_node and node.replicas > 0
@@ -246,16 +250,55 @@ def _write(
                 outcome.written.append(entry_id)
             elif error is None:
                 _refuse(outcome, entry_id, "write", "NOREPLICAS", f"{node.name}: no replica confirmed")
-            elif (kind := kind_of(error)) == FailureKind.WRONG_TYPE:  # can never succeed
+            elif kind_of(error) == FailureKind.WRONG_TYPE:  # can never succeed
                 outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, str(error))))
             else:
-                message = str(error)
-                if kind == FailureKind.CLUSTER_CHANGED:
-                    config.topology.mark_stale()
-                _refuse(outcome, entry_id, "write", code_of(error), message)
-                log.warning(
-                    "writing %r was refused, left pending for a later cycle: %s", keys[index], message
-                )
+                again = moved if only is None else None  # sent once more at most
+                _write_refused(config, node, keys[index], index, entry_id, error, outcome, refusals, again)
+    _log_refusals(refusals)
+    if moved:
+        topology.refresh_if_stale()  # once, whichever page worker gets there first
+        _write(channel, config, stream_node, writes, outcome, moved)
+
+
+def _by_node(topology: Topology, keys: list[bytes], only: list[int] | None) -> dict[Node, list[int]]:
+    """Positions in `keys` by node: all of them, or only those in `only`."""
+    if only is None:
+        return topology.by_node(keys)
+    grouped = topology.by_node([keys[i] for i in only])
+    return {node: [only[i] for i in found] for node, found in grouped.items()}
+
+
+def _write_refused(
+    config: PageSettings,
+    node: Node,
+    key: bytes,
+    index: int,
+    entry_id: bytes,
+    error: Exception,
+    outcome: _Outcome,
+    refusals: dict[tuple[str, str], list[str]],
+    moved: list[int] | None,
+) -> None:
+    """A write refused for a passing reason. Refused with MOVED (the slot map is older than a
+    resharding), and `moved` given: kept to be sent again to the slot's new node. Otherwise left pending,
+    its delivery given back, and gathered for one log line per node and reason."""
+    message, code = str(error), code_of(error)
+    if kind_of(error) == FailureKind.CLUSTER_CHANGED:
+        config.topology.mark_stale()
+        if code == "MOVED" and moved is not None:
+            moved.append(index)
+            return
+    _refuse(outcome, entry_id, "write", code, message)
+    refusals.setdefault((node.name, code), []).append(f"{key!r}: {message}")
+
+
+def _log_refusals(refusals: dict[tuple[str, str], list[str]]) -> None:
+    for (name, code), messages in refusals.items():
+        log.warning(
+            "%s refused %d of this page's writes (%s), left pending for a later cycle; the first: %s",
+            name, len(messages), code, messages[0],
+        )  # fmt: skip
 
 
 def _refuse(outcome: _Outcome, entry_id: bytes, step: str, reason: str, message: str) -> None:

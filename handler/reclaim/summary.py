@@ -23,6 +23,7 @@ class StopReason(StrEnum):
     CAP = "cap"  # CYCLE_MAX_MESSAGES entries were handed out
     SIGNAL = "signal"  # SIGTERM or SIGINT: the page in hand was finished first
     LEASE_LOST = "lease-lost"  # another monitor took the sweep lease over
+    SLOT_MOVED = "slot-moved"  # the stream's slot moved to another node: map read again, the rest retried
     SKIPPED = "skipped"  # did not run at all; `skipped` says why
 
 
@@ -39,12 +40,13 @@ STOP_PRECEDENCE = (
     StopReason.BUDGET,
     StopReason.CAP,
     StopReason.LEASE_LOST,
+    StopReason.SLOT_MOVED,
     StopReason.END,
     StopReason.EMPTY,
     StopReason.SKIPPED,
 )
 # A stream stopped for one of these still has work: it stays in the next round of a multi-stream sweep.
-WORK_LEFT = frozenset({StopReason.BUDGET, StopReason.CAP, StopReason.LEASE_LOST})
+WORK_LEFT = frozenset({StopReason.BUDGET, StopReason.CAP, StopReason.LEASE_LOST, StopReason.SLOT_MOVED})
 
 
 @dataclass
@@ -99,7 +101,7 @@ def count_names() -> tuple[str, ...]:
 class CycleSummary:
     """One cycle's result: the same keys in ReturnValue, the CLI's JSON and the cycle's log line."""
 
-    pending: int = 0  # pending entries in the group before the cycle
+    pending: int | None = 0  # pending entries in the group before the cycle; None: not read (not reached)
     counts: Counts = field(default_factory=Counts)
     duration_ms: int = 0
     pages: int = 0
@@ -152,8 +154,9 @@ def total(summaries: dict[str, CycleSummary], duration_ms: int) -> CycleSummary:
         counts += summary.counts
         alerts += summary.alerts
     reasons = {summary.stopped_by for summary in summaries.values()}
+    read = [summary.pending for summary in summaries.values() if summary.pending is not None]
     return CycleSummary(
-        pending=sum(summary.pending for summary in summaries.values()),
+        pending=sum(read) if read or not summaries else None,  # of the streams read; None if none was
         counts=counts,
         duration_ms=duration_ms,
         pages=sum(summary.pages for summary in summaries.values()),

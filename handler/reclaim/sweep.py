@@ -172,6 +172,12 @@ class Sweep:
                 stopped_by = self._refusal_reason()
         return SweepResult(stopped_by, next_start, self._counts, self._alerts, walk.pages)
 
+    def done_before_failing(self) -> tuple[Counts, Incidents, int]:
+        """What the pages finished before walk() raised: counts, incidents and pages, for a caller that
+        reports the failure as the stream's outcome (its slot moved) rather than the invocation's."""
+        with self._lock:
+            return self._counts, self._alerts, self._turns
+
     def _dispatch(self, channel: Channel, walk: Walk) -> tuple[StopReason, bytes] | None:
         """Hand pages out until a reason to stop; None when a page worker failed (walk raises its error)."""
         keys = self._plan.keys

@@ -3,7 +3,8 @@
 On one node everything goes to one connection pool. On a cluster a stream lives in one slot, while the
 tweet hashes spread over all 16384; the cycle groups its writes per node from a snapshot of the slot map,
 kept with the connection (connect.RedisConnection), read again after a connection error, and marked stale
-where a reply says a slot moved (MOVED, ASK…) to be read again before the next use that needs it.
+where a reply says a slot moved (MOVED, ASK…) to be read again before the next use that needs it: a page
+whose writes met MOVED reads it at once and sends them again (reclaim/page.py).
 """
 
 from __future__ import annotations
@@ -109,8 +110,15 @@ class ClusterSlots:
         self._stale = True
 
     def refresh_if_stale(self) -> None:
-        if self._stale:
-            self.refresh()
+        """Several page workers meet the same MOVED at once: the first reads the map again, the others
+        wait for it and then find the map fresh."""
+        with self._lock:
+            if not self._stale:
+                return
+            self._stale = False
+            self._cluster.nodes_manager.initialize()
+            self._by_name = {}
+            self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
 
     def _resolve(self, slot: int) -> Node:
         cluster = self._cluster
@@ -124,6 +132,20 @@ class ClusterSlots:
                 pool = cluster.get_redis_connection(primary).connection_pool
                 node = self._by_name[primary.name] = Node(primary.name, pool, len(holders) - 1)
             return node
+
+
+def by_server(client: Client, keys: Sequence[str]) -> list[tuple[redis.Redis, list[str]]]:
+    """`keys` grouped by the server holding each, with a plain client for that server: one pipeline per
+    node instead of a round trip per key (the scrape's gauges, the heartbeats of many streams)."""
+    if not isinstance(client, RedisCluster):
+        return [(client, list(keys))] if keys else []
+    grouped: dict[str, tuple[redis.Redis, list[str]]] = {}
+    for key in keys:
+        node = client.get_node_from_key(key.encode("utf-8", "surrogateescape"))  # type: ignore[no-untyped-call]
+        if node.name not in grouped:
+            grouped[node.name] = (client.get_redis_connection(node), [])  # type: ignore[no-untyped-call]
+        grouped[node.name][1].append(key)
+    return list(grouped.values())
 
 
 def topology_of(client: Client) -> Topology:
