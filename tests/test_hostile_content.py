@@ -1,0 +1,289 @@
+"""Entries a buggy or hostile producer can write cannot wedge or exhaust the monitor: what one entry and one
+page may cost is bounded, one entry's failure stays that entry's, poison is moved without being read, no
+script blocks Redis for long, log lines are bounded, and the dead-letter tools read only what they show.
+
+Most cases use lowered bounds (ENTRY_MAX_BYTES, PAGE_MAX_BYTES) so that the suite stays fast; one case runs
+the command line under an address-space limit with the default bounds."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from handler.dev.backlog import IDLE_ENOUGH_MS, age, crash_after_reading
+from handler.dev.host import APP_ROOT
+from handler.logs import capture_logs, configure_logging
+from handler.ops import dead_letter_tools
+from handler.reclaim.dead_letter import is_part
+from handler.transport.connect import connect
+from handler.transport.wire import pack
+from tests.cli import env_for
+from tests.conftest import settings_for
+from tests.pipeline import (
+    command,
+    dead_letters,
+    expected_hash,
+    hash_fields,
+    pending_rows,
+    set_deliveries,
+    tweet,
+    tweet_keys,
+)
+from tests.world import PROCESSOR, World
+
+SMALL_BOUNDS = {"ENTRY_MAX_BYTES": 64 * 1024, "PAGE_MAX_BYTES": 256 * 1024}
+
+
+def _many_fields(pairs: int, value: bytes = b"vv") -> list[bytes]:
+    """An entry of `pairs` tiny field pairs and no id: a listpack keeps it in a few bytes per pair, Python
+    in about forty."""
+    return [part for n in range(pairs) for part in (b"%d" % n, value)]
+
+
+def _produce_raw(server_address: str, stream: str, fields: list[bytes], copies: int) -> None:
+    """XADD the same big entry `copies` times, packed once and written raw (redis-py would take minutes)."""
+    host, port = server_address.rsplit(":", 1)
+    data = pack((b"XADD", stream, b"*", *fields))
+    with socket.create_connection((host, int(port))) as sock:
+        for _ in range(copies):
+            sock.sendall(data)
+        received, want = b"", copies
+        while received.count(b"\r\n") < 2 * want:  # `$<length>` and the ID, each on its line
+            received += sock.recv(1 << 16)
+
+
+def _abandon_between(world: World, big: list[list[bytes]], valid: int) -> tuple[list[bytes], list[bytes]]:
+    """`valid` tweets around the `big` entries, all read by a processor that died: (big ids, valid ids)."""
+    half = valid // 2
+    before = world.abandon([tweet(n) for n in range(half)])
+    middle = world.abandon(big)
+    after = world.abandon([tweet(n) for n in range(half, valid)])
+    return middle, before + after
+
+
+def _key(n: int) -> bytes:
+    """The tweet key tweet(n) is written to."""
+    fields = tweet(n)
+    return b"tweet:" + fields[fields.index(b"id") + 1]
+
+
+def _the_dead_letter(world: World) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """The one dead letter in the dead-letter stream (whichever layout), as `dead-letter show` reads it."""
+    entries = command(world.client, "XRANGE", world.keys.dead_letter, "-", "+")
+    heads = [entry_id for entry_id, fields in entries if not is_part(list(fields))]
+    assert len(heads) == 1, heads
+    client = connect(settings_for(world.server, world.names))
+    try:
+        letter = dead_letter_tools.show_dead_letter(client, world.keys, heads[0])
+    finally:
+        client.close()
+    assert letter is not None
+    return letter.metadata, letter.original
+
+
+def _deliveries(world: World) -> dict[bytes, int]:
+    return {row[0]: row[3] for row in pending_rows(world.client, world.stream, world.group)}
+
+
+@pytest.fixture
+def slowlog(world8: World) -> Iterator[redis.Redis]:
+    """SLOWLOG recording every command over 50 ms, restored afterwards."""
+    client = world8.client
+    before = client.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
+    client.config_set("slowlog-log-slower-than", 50_000)
+    client.slowlog_reset()
+    yield client
+    client.config_set("slowlog-log-slower-than", before)
+
+
+def _scripts_over_50_ms(client: redis.Redis) -> list[tuple[int, list[bytes]]]:
+    return [
+        (entry["duration"], entry["command"][:40])
+        for entry in client.slowlog_get(128)
+        if entry["command"].split(b" ", 1)[0].upper() in (b"EVAL", b"EVALSHA", b"FCALL")
+    ]
+
+
+def test_an_entry_past_max_deliveries_is_dead_lettered_without_being_read(world8: World) -> None:
+    """The XPENDING row says it was delivered too often: it is claimed with JUSTID and moved as it is, even
+    when reading it would be over every bound."""
+    big = _many_fields(40_000)  # about 600 kB of RESP: over both lowered bounds
+    (poison,), _valid = _abandon_between(world8, [big], 2)
+    set_deliveries(world8.client, world8.stream, world8.group, PROCESSOR, [poison], 11)
+    age(world8.client, world8.stream, world8.group, PROCESSOR, [poison], IDLE_ENOUGH_MS)
+    summary = world8.run(**SMALL_BOUNDS)
+    assert (summary.counts.processed, summary.counts.dead_lettered) == (2, 1)
+    metadata, original = _the_dead_letter(world8)
+    assert metadata[b"dlq:reason"] == b"max-deliveries"
+    assert metadata[b"dlq:deliveries"] == b"11"
+    assert original == big
+    assert world8.pending() == set()
+    assert {_key(n) for n in range(2)} == tweet_keys(world8.client)
+
+
+def test_an_entry_over_the_entry_bound_is_dead_lettered_as_too_large_and_its_neighbours_are_written(
+    world8: World, slowlog: redis.Redis
+) -> None:
+    big = _many_fields(40_000)
+    (culprit,), _valid = _abandon_between(world8, [big], 6)
+    summary = world8.run(**SMALL_BOUNDS)
+    assert (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed) == (6, 1, 0)
+    assert {_key(n) for n in range(6)} == tweet_keys(world8.client)
+    for n in range(6):
+        assert hash_fields(world8.client, _key(n)) == expected_hash(tweet(n))
+    metadata, original = _the_dead_letter(world8)
+    assert metadata[b"dlq:reason"] == b"too-large"
+    assert metadata[b"dlq:original-id"] == culprit
+    assert original == big
+    assert world8.pending() == set()
+    assert [] == _scripts_over_50_ms(slowlog)
+
+
+def test_a_page_over_the_page_bound_is_narrowed_and_every_entry_is_handled(world8: World) -> None:
+    """Each entry is under the entry bound, together they are over the page's: every one is still handled,
+    none is charged a delivery for its neighbours."""
+    bigs = [[*_many_fields(2000), b"id", b"big-%d" % n] for n in range(12)]  # ~30 kB of RESP each
+    _big_ids, _valid = _abandon_between(world8, bigs, 4)
+    summary = world8.run(**SMALL_BOUNDS)
+    assert (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed) == (16, 0, 0)
+    assert hash_fields(world8.client, b"tweet:big-3") == expected_hash(bigs[3])
+    assert world8.pending() == set()
+
+
+def test_moving_a_huge_dead_letter_blocks_redis_in_no_script_for_long(
+    world8: World, slowlog: redis.Redis
+) -> None:
+    """A poison entry of 400,000 fields (about 1 s for one Lua call to copy) reaches the dead-letter stream
+    whole, with no script of the monitor over 50 ms, and the monitor never holds it whole."""
+    big = _many_fields(400_000, b"v")
+    _produce_raw(world8.server.address, world8.stream, big, 1)
+    crash_after_reading(world8.client, world8.stream, world8.group, PROCESSOR, 1)
+    (poison,) = world8.pending()
+    set_deliveries(world8.client, world8.stream, world8.group, PROCESSOR, [poison], 11)
+    age(world8.client, world8.stream, world8.group, PROCESSOR, [poison], IDLE_ENOUGH_MS)
+    cycle = world8.cycle()
+    tracemalloc.start()
+    try:
+        summary = cycle.run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.counts.dead_lettered == 1
+    assert [] == _scripts_over_50_ms(slowlog)
+    assert peak < 20_000_000, peak  # read whole, its 800,000 values alone would take about 40 MB
+    metadata, original = _the_dead_letter(world8)
+    assert (metadata[b"dlq:reason"], original) == (b"max-deliveries", big)
+    assert world8.pending() == set()
+
+
+def test_a_key_over_the_servers_limit_fails_alone_and_is_charged_alone(world8: World) -> None:
+    """`tweet:<id>` over proto-max-bulk-len makes Redis drop the connection: the page is narrowed, its
+    neighbours are written, only the culprit keeps its delivery, and past MAX_DELIVERIES it is
+    dead-lettered."""
+    client = world8.client
+    before = client.config_get("proto-max-bulk-len")["proto-max-bulk-len"]
+    limit = 1024 * 1024
+    client.config_set("proto-max-bulk-len", limit)
+    try:
+        culprit_fields = [b"id", b"x" * (limit - 3), b"text", b"over the limit as a key"]
+        (culprit,), _valid = _abandon_between(world8, [culprit_fields], 2)
+        bounds = {"ENTRY_MAX_BYTES": 4 * limit, "MAX_DELIVERIES": 1}
+        first = world8.run(**bounds)
+        assert first.counts.processed == 2
+        assert {_key(0), _key(1)} == tweet_keys(client)
+        assert _deliveries(world8) == {culprit: 2}
+        assert dead_letters(client, world8.keys.dead_letter) == []
+        age(
+            client,
+            world8.stream,
+            world8.group,
+            world8.names["MONITORING_CONSUMER_NAME"],
+            [culprit],
+            IDLE_ENOUGH_MS,
+        )
+        world8.run(**bounds)  # delivered twice before: past MAX_DELIVERIES=1, moved unread
+        metadata, original = _the_dead_letter(world8)
+        assert metadata[b"dlq:reason"] == b"max-deliveries"
+        assert original == culprit_fields
+        assert world8.pending() == set()
+    finally:
+        client.config_set("proto-max-bulk-len", before)
+
+
+def test_a_refused_write_of_a_huge_key_logs_a_bounded_line(world8: World) -> None:
+    client = world8.client
+    world8.abandon([tweet(n, id="i" * 200_000 + str(n)) for n in range(3)])
+    before = client.config_get("maxmemory")["maxmemory"]
+    client.config_set("maxmemory", 1)  # every write refused with OOM
+    try:
+        with capture_logs("bounded-lines") as lines:
+            configure_logging(logging.INFO, info_to_stdout=False)
+            summary = world8.run()
+    finally:
+        client.config_set("maxmemory", before)
+    assert summary.counts.failed == 3
+    assert lines and max(map(len, lines)) <= 2000, max(map(len, lines))
+    assert any("OOM" in line for line in lines)
+
+
+def test_a_huge_log_message_is_cut_in_the_hosts_logs() -> None:
+    with capture_logs("cut") as lines:
+        configure_logging(logging.INFO, info_to_stdout=False)
+        for _ in range(3):
+            logging.getLogger("handler.test").warning("value %r", b"x" * 1_000_000)
+    assert len(lines) == 3 and all(len(line) <= 2000 for line in lines)
+
+
+def test_dead_letter_list_and_count_read_only_what_they_show(world8: World) -> None:
+    """Four dead letters of about 1.6 MB of RESP each: listing and counting them holds a few kB each."""
+    big = _many_fields(100_000)
+    _produce_raw(world8.server.address, world8.stream, big, 4)
+    crash_after_reading(world8.client, world8.stream, world8.group, PROCESSOR, 4)
+    age(world8.client, world8.stream, world8.group, PROCESSOR, list(world8.pending()), IDLE_ENOUGH_MS)
+    assert (
+        world8.run(ENTRY_MAX_BYTES=64 * 1024 * 1024, PAGE_MAX_BYTES=64 * 1024 * 1024).counts.dead_lettered
+        == 4
+    )
+    settings = settings_for(world8.server, world8.names)
+    client = connect(settings)
+    keys = world8.keys
+    try:
+        tracemalloc.start()
+        rows = dead_letter_tools.list_dead_letters(client, keys, 20, newest_first=False)
+        count = dead_letter_tools.count_dead_letters(client, keys)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        client.close()
+    assert len(rows) == 4 and count == 4
+    assert all(row.field_count == 100_000 and row.metadata[b"dlq:reason"] == b"missing-id" for row in rows)
+    assert peak < 2_000_000, peak
+
+
+def test_the_monitor_stays_under_its_memory_bound_whatever_the_entries(world8: World) -> None:
+    """1,000 entries of 20,000 two-byte pairs between six valid tweets (the page's XCLAIM reply alone needs
+    about 1.7 GB): under a 1.5 GB address-space limit the command line writes the tweets, dead-letters the
+    rest and exits 0."""
+    half = [tweet(n) for n in range(3)]
+    world8.abandon(half)
+    _produce_raw(world8.server.address, world8.stream, _many_fields(20_000), 1000)
+    crash_after_reading(world8.client, world8.stream, world8.group, PROCESSOR, 1000)
+    world8.abandon([tweet(n) for n in range(3, 6)])
+    age(world8.client, world8.stream, world8.group, PROCESSOR, list(world8.pending()), IDLE_ENOUGH_MS)
+    env = env_for(world8.server, world8.names)
+    started = time.monotonic()
+    done = subprocess.run(
+        ["prlimit", f"--as={1_500_000_000}", sys.executable, "-m", "handler", "reclaim"],
+        env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {_key(n) for n in range(6)} == tweet_keys(world8.client)
+    assert world8.pending() == set(), time.monotonic() - started
