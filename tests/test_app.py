@@ -4,20 +4,25 @@ handler/dev/host.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from handler.dev.host import FunctionsHost, completed, envelope, failed
+from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import PIPELINE_NAMES, timer
 from handler.functions.app import MAX_BODY_BYTES
+from handler.functions.host_files import budget_warning, function_timeout
 from tests import pipeline
+from tests.cli import env_for
 from tests.pipeline import (
     create_group,
     expected_hash,
@@ -316,3 +321,54 @@ def test_an_invocation_overlapping_a_running_cycle_is_skipped_not_doubled(
         assert result.clean, result
     finally:
         host.stop()
+
+
+@pytest.mark.parametrize("streams", ["one name", "a pattern"])
+def test_serve_answers_503_when_the_whole_cluster_is_down(names: dict[str, str], streams: str) -> None:
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=0) as cluster:
+        client = cluster.client()
+        create_group(client, names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"])
+        pattern = {"STREAM_NAME": names["STREAM_NAME"][:-3] + "*"} if streams == "a pattern" else {}
+        env = dict(
+            os.environ, REDIS_HOST=cluster.address, REDIS_TLS="false", REDIS_CLUSTER="on",
+            REDIS_TIMEOUT_SEC="0.5", MIN_IDLE_TIME_SEC="10", **{**names, **pattern},
+        )  # fmt: skip
+        host = FunctionsHost(env).start()
+        try:
+            completed(host.invoke())
+            client.close()
+            for node in cluster.live_nodes():
+                node.stop()
+            answer = host.invoke()
+            assert 503 == answer.status, answer.body[:2000]
+        finally:
+            host.stop()
+
+
+def test_a_budget_longer_than_the_function_timeout_is_warned_at_start(
+    redis_8: LocalRedis, names: dict[str, str]
+) -> None:
+    env = env_for(redis_8, names, CYCLE_TIME_BUDGET_SEC="400")  # Consumption's default timeout is 300 s
+    host = FunctionsHost(env).start()
+    host.stop()
+    assert (
+        "CYCLE_TIME_BUDGET_SEC" in host.stderr + host.stdout
+        and "functionTimeout" in host.stderr + host.stdout
+    )
+
+
+def test_serve_starts_with_a_time_zone_that_has_a_trailing_space(
+    redis_8: LocalRedis, names: dict[str, str]
+) -> None:
+    host = FunctionsHost(env_for(redis_8, names, WEBSITE_TIME_ZONE="Europe/London ")).start()
+    assert 0 == host.stop()
+
+
+def test_the_budget_warning_names_where_the_timeout_comes_from(tmp_path: Path) -> None:
+    (tmp_path / "host.json").write_text('{"version": "2.0", "functionTimeout": "00:05:00"}')
+    said = budget_warning(400, function_timeout(tmp_path))
+    assert "host.json's functionTimeout 00:05:00" in said and "sets no" not in said
+    (tmp_path / "host.json").write_text('{"version": "2.0"}')
+    assert "host.json sets no functionTimeout" in budget_warning(400, function_timeout(tmp_path))
+    (tmp_path / "host.json").write_text('{"version": "2.0", "functionTimeout": "-1"}')
+    assert float("inf") == function_timeout(tmp_path).seconds

@@ -14,23 +14,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.host import APP_ROOT
+from handler.dev.local_redis import LocalRedis, free_port
 from tests import pipeline
+from tests.cli import cli, env_for
 from tests.pipeline import create_group, pending_rows, tweet, tweet_keys
 
-APP_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"pending", "claimed", "processed", "deleted", "dead_lettered", "failed", "duration_ms"}
-
-
-def monitor_env(server: LocalRedis, names: dict[str, str], **settings: str) -> dict[str, str]:
-    return environment_for(server, **{**names, "MIN_IDLE_TIME_SEC": "10", **settings})
-
-
-def reclaim(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "handler", "reclaim"], env=env, cwd=APP_ROOT, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
 
 
 def abandon(client: redis.Redis, names: dict[str, str], count: int) -> list[bytes]:
@@ -43,7 +33,7 @@ def test_reclaim_prints_the_summary_as_one_json_line(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
 ) -> None:
     abandon(client8, names, 7)
-    done = reclaim(monitor_env(redis_8, names))
+    done = cli(env_for(redis_8, names), "reclaim")
     assert 0 == done.returncode, done.stderr
     (line,) = done.stdout.splitlines()
     summary = json.loads(line)
@@ -57,10 +47,7 @@ def test_the_cycle_log_line_carries_the_same_counts(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
 ) -> None:
     abandon(client8, names, 2)
-    done = subprocess.run(
-        [sys.executable, "-m", "handler", "reclaim"], env=monitor_env(redis_8, names), cwd=APP_ROOT,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = cli(env_for(redis_8, names), "reclaim", timeout=60)
     summary = json.loads(done.stdout)
     log_line = next(line for line in done.stderr.splitlines() if "reclaim cycle:" in line)
     for key in SUMMARY_KEYS - {"duration_ms"}:
@@ -68,7 +55,7 @@ def test_the_cycle_log_line_carries_the_same_counts(
 
 
 def test_a_failed_cycle_exits_1_with_a_message(redis_8: LocalRedis, names: dict[str, str]) -> None:
-    done = reclaim(monitor_env(redis_8, names))  # neither stream nor group exists
+    done = cli(env_for(redis_8, names), "reclaim")  # neither stream nor group exists
     assert 1 == done.returncode
     assert "" == done.stdout
     assert "does not exist" in done.stderr
@@ -77,7 +64,7 @@ def test_a_failed_cycle_exits_1_with_a_message(redis_8: LocalRedis, names: dict[
 
 def test_unreachable_redis_exits_1_naming_the_address(redis_8: LocalRedis, names: dict[str, str]) -> None:
     port = free_port()
-    done = reclaim(monitor_env(redis_8, names, REDIS_HOST=f"127.0.0.1:{port}", REDIS_TIMEOUT_SEC="1"))
+    done = cli(env_for(redis_8, names, REDIS_HOST=f"127.0.0.1:{port}", REDIS_TIMEOUT_SEC="1"), "reclaim")
     assert 1 == done.returncode
     assert f"Redis at 127.0.0.1:{port} is unavailable" in done.stderr
     assert "Traceback" not in done.stderr
@@ -91,11 +78,9 @@ def test_unreachable_redis_exits_1_naming_the_address(redis_8: LocalRedis, names
 def test_bad_settings_exit_2_with_one_message_naming_the_variable(
     redis_8: LocalRedis, names: dict[str, str], variable: str, value: str
 ) -> None:
-    env = monitor_env(redis_8, names, REDIS_PASSWORD="Sup3r-S3cret", **{variable: value})
+    env = env_for(redis_8, names, REDIS_PASSWORD="Sup3r-S3cret", **{variable: value})
     for command in ("reclaim", "serve"):
-        done = subprocess.run(
-            [sys.executable, "-m", "handler", command], env=env, capture_output=True, text=True, timeout=60
-        )
+        done = cli(env, command, timeout=60)
         assert 2 == done.returncode
         (line,) = done.stderr.splitlines()
         assert variable in line
@@ -107,7 +92,7 @@ def test_min_idle_zero_is_allowed_with_a_warning(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
 ) -> None:
     abandon(client8, names, 1)
-    done = reclaim(monitor_env(redis_8, names, MIN_IDLE_TIME_SEC="0"))
+    done = cli(env_for(redis_8, names, MIN_IDLE_TIME_SEC="0"), "reclaim")
     assert 0 == done.returncode
     assert "MIN_IDLE_TIME_SEC is 0" in done.stderr
 
@@ -117,7 +102,7 @@ def test_a_signal_mid_cycle_finishes_the_page_in_hand_and_exits_0(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str], sig: signal.Signals
 ) -> None:
     abandon(client8, names, 50_000)
-    env = monitor_env(redis_8, names, RECLAIM_PAGE_SIZE="200", CYCLE_TIME_BUDGET_SEC="60")
+    env = env_for(redis_8, names, RECLAIM_PAGE_SIZE="200", CYCLE_TIME_BUDGET_SEC="60")
     process = subprocess.Popen(
         [sys.executable, "-m", "handler", "reclaim"], env=env, cwd=APP_ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -160,3 +145,22 @@ def test_the_demo_reclaims_the_crashed_processors_tweets() -> None:
         assert f"reason={reason}" in done.stdout
     # With the search module (a test dependency) the demo ends with the pipeline's example searches.
     assert "FT.SEARCH tweets-index '@hashtags:{cov*}': 4 found, 4 reclaimed" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["consumers", "prune", "--idle-sec", "nan"],
+        ["consumers", "prune", "--idle-sec", "-1"],
+        ["consumers", "prune", "--idle-sec", "inf"],
+        ["dead-letter", "list", "--count", "0"],
+        ["run", "--schedule", "every twenty seconds"],
+        ["run", "--schedule", "* * * * * * *"],
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    redis_8: LocalRedis, names: dict[str, str], args: list[str]
+) -> None:
+    done = cli(env_for(redis_8, names, METRICS_ADDRESS=f"127.0.0.1:{free_port()}"), *args, timeout=30)
+    assert 2 == done.returncode, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip(), done.stderr

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from handler.dev.samples import tweet_id
+import redis
+
+from handler.dev.local_redis import LocalRedis
+from handler.dev.samples import GROUP, tweet_id
 from handler.reclaim.dead_letter import (
     METADATA_FIELDS,
     MOVE_TO_DEAD_LETTER_LUA,
@@ -13,10 +16,14 @@ from handler.reclaim.dead_letter import (
     move_arguments,
     parse_move_reply,
 )
+from handler.reclaim.streams import StreamsCycle
+from handler.transport.connect import RedisConnection, connect
 from tests.commands import named, recorded_commands
 from tests.pipeline import (
     IDLE_ENOUGH_MS,
+    abandon,
     age,
+    command,
     dead_letters,
     expected_hash,
     hash_fields,
@@ -26,6 +33,8 @@ from tests.pipeline import (
     tweet,
     tweet_keys,
 )
+from tests.test_streams import settings_for as streams_settings
+from tests.test_streams import shard_backlog
 from tests.world import PROCESSOR, World
 
 
@@ -317,3 +326,16 @@ def test_only_redis_60_commands_and_arguments_are_used(world: World) -> None:
         assert not any(a.startswith(b"(") for a in args[3:5])
     for args in named(commands, b"XCLAIM"):
         assert b"JUSTID" not in [a.upper() for a in args]  # the claim must count as a delivery
+
+
+def test_a_stream_name_that_is_not_utf8_is_swept(redis_8: LocalRedis, client8: redis.Redis) -> None:
+    name = b"tweets_stream:\xff\xfe"
+    command(client8, "XGROUP", "CREATE", name, GROUP, "$", "MKSTREAM")
+    abandon(client8, name, GROUP, [tweet(n) for n in range(100, 103)])  # type: ignore[arg-type]
+    shard_backlog(client8, [2])
+    settings = streams_settings(redis_8.address, "tweets_stream:*")
+    summary = StreamsCycle(RedisConnection(settings, connect(settings)), settings).run()
+    assert 5 == summary.counts.processed
+    assert 5 == len(tweet_keys(client8))
+    assert summary.streams is not None
+    assert "tweets_stream:\\xff\\xfe" in summary.streams  # shown escaped

@@ -3,19 +3,30 @@ decisions, on a backlog that mixes every kind of entry; it changes nothing."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
 from handler.keys import TWEET_KEY_PREFIX, StreamKeys, raw_name
 from handler.monitor import CycleFailed, Monitor
 from handler.ops.dry_run import dry_run
 from handler.reclaim.rules import stream_field
 from handler.transport.connect import connect
+from tests import pipeline
+from tests.cli import cli
 from tests.conftest import settings_for
-from tests.pipeline import abandon, pending_rows, set_deliveries, tweet
+from tests.pipeline import (
+    abandon,
+    create_group,
+    pending_rows,
+    set_deliveries,
+    tweet,
+    tweet_keys,
+)
 
 # Small pages and a cap below the backlog, so the walk's page boundaries and its cap decide the outcome.
 WALK = {"RECLAIM_PAGE_SIZE": 7, "CYCLE_MAX_MESSAGES": 40, "MAX_DELIVERIES": 5}
@@ -72,3 +83,41 @@ def test_the_dry_run_predicts_what_the_cycle_then_does(
     assert not isinstance(summary, CycleFailed), summary
     assert outcome(summary.as_dict()) == prediction(report)
     assert summary.pages == report["pages"]
+
+
+DEAD_LETTER = "{tweets_stream}:dead-letter"
+
+
+NAMES = PIPELINE_NAMES
+
+
+def abandon_in_pipeline(
+    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
+) -> list[bytes]:
+    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
+
+
+@pytest.fixture
+def group(client8: redis.Redis) -> redis.Redis:
+    create_group(client8, STREAM, GROUP)
+    return client8
+
+
+def test_reclaim_dry_run_changes_nothing(redis_8: LocalRedis, group: redis.Redis) -> None:
+    group.set(b"tweet:1394000000000000002", b"a string")
+    ids = abandon_in_pipeline(group, [tweet(0), tweet(1), tweet(2), [b"text", b"no id"], tweet(4)])
+    group.xdel(STREAM, ids[4])
+    rows_before = pending_rows(group, STREAM, GROUP)
+    done = cli(redis_8, "reclaim", "--dry-run")
+    report = json.loads(done.stdout)
+    assert (5, 4, 2, 1) == (
+        report["pending"],
+        report["would_claim"],
+        report["would_write"],
+        report["would_acknowledge_deleted"],
+    )
+    assert {"missing-id": 1, "write-failed": 1} == report["would_dead_letter"]
+    after = pending_rows(group, STREAM, GROUP)
+    assert [(r[0], r[1], r[3]) for r in rows_before] == [(r[0], r[1], r[3]) for r in after]  # owners, counts
+    assert all(a[2] >= b[2] for a, b in zip(after, rows_before, strict=True))  # nobody touched them
+    assert {b"tweet:1394000000000000002"} == tweet_keys(group)

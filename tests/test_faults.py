@@ -17,12 +17,18 @@ from typing import Any
 import pytest
 import redis
 
-from handler.dev.host import FunctionsHost, completed
+from handler.dev.host import FunctionsHost, completed, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
-from handler.dev.samples import GROUP, MONITOR, STREAM
+from handler.dev.redis_binaries import BINARIES
+from handler.dev.samples import GROUP, MONITOR, PIPELINE_NAMES, STREAM
+from handler.errors import RedisUnavailableError
+from handler.reclaim.streams import StreamsCycle
+from handler.settings import MonitorSettings
+from handler.transport.connect import RedisConnection
 from tests import pipeline
 from tests.backlogs import DEAD_LETTER, FAST, Backlog, abandon_backlog, drain, pending_count
 from tests.pipeline import (
+    abandon,
     command,
     create_group,
     expected_hash,
@@ -294,3 +300,114 @@ def test_several_monitors_at_once_with_one_frozen_mid_page(redis_8: LocalRedis, 
     everything = Backlog({**backlog.tweets, **live.tweets}, backlog.bad)
     monitors = "4 monitors (3 HTTP, 1 CLI; 3 consumer names), one frozen past min-idle, live processors"
     check(fresh, everything, monitors, 1)
+
+
+def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
+    values: dict[str, Any] = {
+        "REDIS_HOST": server.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10, **PIPELINE_NAMES,
+        **overrides,
+    }  # fmt: skip
+    return MonitorSettings(**values)
+
+
+@pytest.fixture
+def replica_of_8(redis_8: LocalRedis) -> Iterator[LocalRedis]:
+    replica = LocalRedis(BINARIES["8.2"](), extra_args=["--replicaof", "127.0.0.1", str(redis_8.port)])
+    replica.start()
+    yield replica
+    replica.cleanup()
+
+
+def _wait_for_sync(replica: LocalRedis, stream: str) -> None:
+    with replica.client() as client:
+        deadline = time.monotonic() + 20
+        while client.info("replication").get("master_link_status") != "up" or not client.exists(stream):
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+
+
+def test_a_read_only_replica_answers_503(
+    redis_8: LocalRedis, client8: redis.Redis, replica_of_8: LocalRedis
+) -> None:
+    """Pointed at a replica (as after a failover, before the name moves): XCLAIM meets READONLY."""
+    create_group(client8, STREAM, GROUP)
+    abandon(client8, STREAM, GROUP, [tweet(n) for n in range(5)])
+    _wait_for_sync(replica_of_8, STREAM)
+    host = FunctionsHost(environment_for(replica_of_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10")).start()
+    try:
+        answer = host.invoke()
+    finally:
+        host.stop()
+    assert 503 == answer.status, answer.body
+    assert "READONLY" in failed(answer)
+
+
+def test_a_busy_server_answers_503(redis_8: LocalRedis, client8: redis.Redis) -> None:
+    """A script that runs past busy-reply-threshold: every other command answers BUSY until it ends."""
+    create_group(client8, STREAM, GROUP)
+    abandon(client8, STREAM, GROUP, [tweet(n) for n in range(5)])
+    client8.config_set("lua-time-limit", 100)
+    blocker = threading.Thread(
+        target=lambda: redis.Redis(port=redis_8.port).eval(
+            "local t = redis.call('TIME') while true do local n = redis.call('TIME') "
+            "if n[1] - t[1] > 2 then break end end return 0",
+            0,
+        )
+    )
+    blocker.start()
+    time.sleep(0.3)
+    try:
+        settings = pipeline_settings(redis_8)
+        with pytest.raises(RedisUnavailableError, match="BUSY"):
+            StreamsCycle(RedisConnection(settings), settings).run()
+    finally:
+        blocker.join()
+
+
+def test_masterdown_on_a_replica_answers_503() -> None:
+    """A replica told not to serve stale data, whose master is gone, answers MASTERDOWN."""
+    master = LocalRedis(BINARIES["8.2"]())
+    master.start()
+    replica = LocalRedis(BINARIES["8.2"](), extra_args=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    try:
+        with master.client() as source:
+            create_group(source, STREAM, GROUP)
+            abandon(source, STREAM, GROUP, [tweet(n) for n in range(5)])
+        _wait_for_sync(replica, STREAM)
+        with replica.client() as stale:
+            stale.config_set("replica-serve-stale-data", "no")
+        master.cleanup()
+        settings = pipeline_settings(replica)
+        with pytest.raises(RedisUnavailableError, match="MASTERDOWN"):
+            StreamsCycle(RedisConnection(settings), settings).run()
+    finally:
+        replica.cleanup()
+        master.cleanup()
+
+
+def test_a_server_that_stops_answering_mid_cycle_answers_503_within_three_timeouts(
+    redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    timeout = 2
+    create_group(client8, STREAM, GROUP)
+    abandon(client8, STREAM, GROUP, [tweet(n) for n in range(60_000)])
+    proxy = FaultyProxy(redis_8.port)
+    env = environment_for(
+        redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10", REDIS_HOST=proxy.address,
+        REDIS_TIMEOUT_SEC=str(timeout), CYCLE_TIME_BUDGET_SEC="60", RECLAIM_PAGE_SIZE="500",
+    )  # fmt: skip
+    host = FunctionsHost(env).start()
+    try:
+        thread, answers = host.invoke_in_background()
+        wait_until_claiming(client8)
+        proxy.stall()
+        stalled_at = time.monotonic()
+        thread.join(timeout=120)
+        answered_after = time.monotonic() - stalled_at
+    finally:
+        proxy.heal()
+        host.stop()
+        proxy.close()
+    assert 503 == answers[0].status, answers[0].body
+    assert answered_after <= 3 * timeout + 1, answered_after

@@ -6,14 +6,18 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
 from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.lease import Lease
+from handler.reclaim.summary import StopReason
 from handler.transport.connect import connect
+from tests.acl import add_user, readme_rule_for
 from tests.conftest import settings_for
 from tests.pipeline import abandon, create_group, tweet
+from tests.world import World
 
 KEY = "{tweets_stream}:lease:redisearch_app_group"
 
@@ -93,3 +97,33 @@ def test_a_long_cycle_keeps_its_lease_alive(
     held = [ttl for ttl in ttls if ttl != -2]  # -2: no key (before the start, after the release)
     assert all(0 < ttl <= 1000 for ttl in held)  # always with an expiry, never past the TTL
     assert len(held) >= 26  # sampled every 50+ ms: held for over 1.3 s, longer than one TTL of 1 s
+
+
+def test_a_lease_without_a_ttl_is_taken_over_after_lease_ttl(
+    world8: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world8.abandon([tweet(n) for n in range(10)])
+    world8.client.set(world8.keys.lease, "old-monitor@gone:1:deadbeef")  # no TTL: a script's, or an old one's
+    first = world8.run(LEASE_TTL_SEC=1)
+    assert first.stopped_by is StopReason.SKIPPED
+    assert any("no time to live" in record.getMessage() for record in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+    time.sleep(1.2)
+    second = world8.run(LEASE_TTL_SEC=1)
+    assert 10 == second.counts.processed, second
+    assert not world8.pending()
+
+
+def test_an_acl_rule_without_pttl_still_respects_another_monitors_lease(
+    world8: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world8.abandon([tweet(n) for n in range(5)])
+    login = add_user(
+        world8.client, "old-rule-" + world8.stream[-6:], readme_rule_for(world8.stream).replace(" +pttl", "")
+    )
+    world8.client.set(world8.keys.lease, "another-monitor@host:1:cafe", px=60_000)
+    summary = world8.run(REDIS_USERNAME=login["REDIS_USERNAME"], REDIS_PASSWORD=login["REDIS_PASSWORD"])
+    assert summary.stopped_by is StopReason.SKIPPED, summary
+    assert 5 == len(world8.pending())
+    assert any("+pttl" in record.getMessage() for record in caplog.records)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +22,8 @@ import redis
 from redis.connection import ConnectionPool
 
 from handler.dev.backlog import with_raw_replies as raw_client
-from handler.dev.host import APP_ROOT
 from handler.dev.local_cluster import LocalCluster
-from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.local_redis import LocalRedis
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, STREAM
 from handler.metrics import Metrics
@@ -38,6 +35,7 @@ from handler.transport.connect import RedisConnection, connect
 from handler.transport.wire import Channel, pack
 from tests import pipeline
 from tests.backlogs import DEAD_LETTER
+from tests.cli import cli
 from tests.conftest import settings_for
 from tests.pipeline import (
     age,
@@ -70,14 +68,6 @@ def poison(world: World, entries: list[list[bytes]], deliveries: int = 20) -> li
     set_deliveries(world.client, world.stream, world.group, PROCESSOR, ids, deliveries)
     age(world.client, world.stream, world.group, PROCESSOR, ids, 60_000)
     return ids
-
-
-def cli(world: World, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    env = environment_for(world.server, **world.names, MIN_IDLE_TIME_SEC="10", **settings)
-    return subprocess.run(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
 
 
 # 1. The dead-letter move.

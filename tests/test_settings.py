@@ -3,11 +3,18 @@ variable."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from handler.dev.local_redis import LocalRedis, free_port
+from handler.dev.samples import PIPELINE_NAMES
 from handler.errors import SettingsError
 from handler.keys import TWEET_KEY_PREFIX, StreamKeys, hash_tag_of
-from handler.settings import MonitorSettings, load_settings, split_host_port
+from handler.settings import MAX_DEAD_LETTER_MAXLEN, MonitorSettings, load_settings, split_host_port
+from tests.cli import cli, env_for
+from tests.pipeline import dead_letters, tweet
+from tests.world import World
 
 REQUIRED = {
     "REDIS_HOST": "myredis:10000",
@@ -142,3 +149,88 @@ def test_key_names(env: pytest.MonkeyPatch) -> None:
     assert b"tweet:" == TWEET_KEY_PREFIX  # the processor's key prefix
     env.setenv("DEAD_LETTER_STREAM", "{tweets_stream}:poison")
     assert "{tweets_stream}:poison" == StreamKeys.from_settings(load_settings()).dead_letter
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("DEAD_LETTER_STREAM", "{stream}"),
+        ("DEAD_LETTER_MAXLEN", "9223372036854775807"),
+        ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ("REDIS_TIMEOUT_SEC", "nan"),
+        ("CYCLE_TIME_BUDGET_SEC", "inf"),
+        ("DELETE_IDLE_CONSUMERS_AFTER_SEC", "inf"),
+        ("DELETE_IDLE_CONSUMERS_AFTER_SEC", "nan"),
+        ("LEASE_TTL_SEC", "nan"),
+        ("MAX_DELIVERIES", "-1"),
+        ("CYCLE_MAX_MESSAGES", "99999999999999999999"),
+        ("MIN_IDLE_TIME_SEC", "99999999999999"),
+    ],
+)
+def test_settings_that_cannot_work_exit_2_naming_the_setting(
+    redis_8: LocalRedis, names: dict[str, str], setting: str, value: str
+) -> None:
+    value = value.replace("{stream}", names["STREAM_NAME"])
+    done = cli(env_for(redis_8, names, REDIS_TLS="true" if setting == "REDIS_TLS_CA_FILE" else "false",
+                       **{setting: value}), "reclaim")  # fmt: skip
+    assert 2 == done.returncode, done.stdout + done.stderr
+    assert setting in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_dead_letter_maxlen_at_its_bound_still_dead_letters(world8: World) -> None:
+    world8.abandon([tweet(n, id="") for n in range(2)])
+    summary = world8.run(DEAD_LETTER_MAXLEN=MAX_DEAD_LETTER_MAXLEN)
+    assert 2 == summary.counts.dead_lettered
+    assert 2 == len(dead_letters(world8.client, world8.keys.dead_letter))
+
+
+def test_an_ipv6_host_is_printed_in_brackets(names: dict[str, str]) -> None:
+    port = free_port()
+    env = dict(os.environ, REDIS_HOST=f"[::1]:{port}", REDIS_TLS="false", REDIS_TIMEOUT_SEC="0.5",
+               MIN_IDLE_TIME_SEC="10", **names)  # fmt: skip
+    done = cli(env, "reclaim")
+    assert 1 == done.returncode
+    assert f"[::1]:{port}" in done.stderr, done.stderr
+    checked = cli(env, "check")
+    assert f"[::1]:{port}" in checked.stdout, checked.stdout
+
+
+def test_dead_letter_stream_in_the_pattern_is_refused(redis_8: LocalRedis, names: dict[str, str]) -> None:
+    stream = names["STREAM_NAME"]
+    taken = cli(env_for(redis_8, names, DEAD_LETTER_STREAM=stream), "reclaim")
+    assert 2 == taken.returncode and "DEAD_LETTER_STREAM" in taken.stderr, taken.stderr
+
+
+def test_a_connection_string_in_redis_host_is_named_and_its_key_never_echoed(redis_8: LocalRedis) -> None:
+    key = "Zm9vYmFyc2VjcmV0a2V5MTIzNDU2Nzg5MA=="
+    pasted = f"mycache.redis.cache.windows.net:6380,password={key},ssl=True,abortConnect=False"
+    done = cli(redis_8, "reclaim", REDIS_HOST=pasted)
+    assert 2 == done.returncode
+    assert key not in done.stdout + done.stderr
+    assert "password=" not in done.stderr
+    assert "connection string" in done.stderr
+    for setting in ("REDIS_HOST=mycache.redis.cache.windows.net:6380", "REDIS_PASSWORD", "REDIS_TLS"):
+        assert setting in done.stderr
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "mycache.redis.cache.windows.net:6380,password={key},ssl=True,abortConnect=False",
+        "rediss://:{key}@mycache.redis.cache.windows.net:6380/0?ssl_cert_reqs=required",
+        "monitor:{key}@mycache.redis.cache.windows.net:6380",
+    ],
+)
+def test_no_form_of_a_pasted_key_is_echoed(pasted: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the operator reads at start (load_settings' message), for a connection string and two URLs."""
+    key = "Zm9vYmFyc2VjcmV0a2V5MTIzNDU2Nzg5MA=="
+    for name, value in {
+        **PIPELINE_NAMES,
+        "MIN_IDLE_TIME_SEC": "10",
+        "REDIS_HOST": pasted.format(key=key),
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert "REDIS_PASSWORD" in str(refused.value)
+    assert key[:12] not in str(refused.value)

@@ -1,0 +1,75 @@
+"""`status`: the group at a glance (pending per consumer, dead letters, the last refusal), as JSON and for
+people."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from handler.dev.local_redis import LocalRedis
+from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from tests import pipeline
+from tests.cli import cli
+from tests.pipeline import (
+    age,
+    command,
+    create_group,
+    set_deliveries,
+    tweet,
+)
+
+DEAD_LETTER = "{tweets_stream}:dead-letter"
+
+
+NAMES = PIPELINE_NAMES
+
+
+def abandon(
+    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
+) -> list[bytes]:
+    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
+
+
+@pytest.fixture
+def group(client8: redis.Redis) -> redis.Redis:
+    create_group(client8, STREAM, GROUP)
+    return client8
+
+
+def test_status_json_shows_the_group_per_consumer(redis_8: LocalRedis, group: redis.Redis) -> None:
+    ids = abandon(group, [tweet(n) for n in range(30)], "consumer-a")
+    set_deliveries(group, STREAM, GROUP, "consumer-a", ids[:1], 7)
+    age(group, STREAM, GROUP, "consumer-a", ids, 90_000)
+    abandon(group, [tweet(n) for n in range(30, 35)], "consumer-b")
+    command(group, "XGROUP", "CREATECONSUMER", STREAM, GROUP, "consumer-idle")
+    done = cli(redis_8, "status", "--json")
+    assert 0 == done.returncode, done.stderr
+    status = json.loads(done.stdout)
+    assert 35 == status["pending"]
+    consumers = {c["name"]: c for c in status["consumers"]}
+    assert (30, 7) == (consumers["consumer-a"]["pending"], consumers["consumer-a"]["highest_deliveries"])
+    assert consumers["consumer-a"]["oldest_pending_idle_ms"] >= 90_000
+    assert 5 == consumers["consumer-b"]["pending"]
+    assert ["consumer-idle"] == status["idle_consumers_without_pending"]
+    assert 0 == status["lag"]  # Redis 8.2 reports it
+    assert (0, None) == (status["dead_letter_length"], status["search_documents"])
+
+
+def test_status_table_for_people(redis_8: LocalRedis, group: redis.Redis) -> None:
+    abandon(group, [tweet(n) for n in range(3)])
+    done = cli(redis_8, "status")
+    assert 0 == done.returncode, done.stderr
+    assert "consumer-crashed" in done.stdout
+    assert "3 pending" in done.stdout
+
+
+def test_status_warns_when_the_dead_letter_stream_nears_its_bound(
+    redis_8: LocalRedis, group: redis.Redis
+) -> None:
+    abandon(group, [[b"text", b"no id"] for _ in range(10)])
+    assert 0 == cli(redis_8, "reclaim").returncode
+    done = cli(redis_8, "status", DEAD_LETTER_MAXLEN="10")
+    assert "warning:" in done.stderr
+    assert "DEAD_LETTER_MAXLEN" in done.stderr
