@@ -1,5 +1,5 @@
-"""No entry lost: each way a reviewer found to lose, misplace or wrongly dead-letter an entry, reproduced
-against real servers.
+"""No entry lost: each way an entry could be lost, misplaced or wrongly dead-lettered, reproduced against real
+servers.
 
 1. The dead-letter move writes before it acknowledges: an entry too big for one Lua call, a dead-letter key
    of the wrong type, or Redis out of memory leave the entry pending (or dead-lettered whole), never gone.
@@ -239,8 +239,8 @@ def test_a_connection_with_unread_replies_is_closed_not_returned_to_the_pool(
 
 
 # 3. The later entry wins.
-@pytest.mark.parametrize("run", range(5))
-def test_the_later_of_two_entries_for_one_tweet_wins_across_pages(world8: World, run: int) -> None:
+def test_the_later_of_two_entries_for_one_tweet_wins_across_pages(world8: World) -> None:
+    """On a real server; the interleavings of the pages' writes are driven in test_write_order.py."""
     world = world8
     older = tweet(1, text="older " + "x" * 2_000_000, location="only in the older")
     later = [b"id", tweet(1)[3], b"text", b"later", b"user", b"later user"]
