@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.telemetry_fakes import (
     INSTRUMENTATION_KEY,
     Breeze,
+    BreezeMetric,
+    Mode,
     OtlpCollector,
     Tripwire,
     attributes,
@@ -348,6 +351,136 @@ def test_an_unreachable_endpoint_never_fails_or_slows_an_invocation(
     assert stop < plain_stop + 2.5, (stop, plain_stop)
     kept = list(Path(env["TMPDIR"]).rglob("*.blob*"))
     assert kept, "the Azure exporter keeps failed batches in the process's own temporary folder"
+
+
+# --- an endpoint that misbehaves ----------------------------------------------------------------------
+
+OPERATE = APP_ROOT / "docs" / "operate.md"
+
+
+def counted_once(points: list[BreezeMetric]) -> float:
+    """The sum the documented queries compute: each point once, by its time, instance and dimensions (a
+    batch sent again because its answer was lost is the same items again)."""
+    once = {
+        (
+            p.envelope["time"],
+            p.envelope["tags"].get("ai.cloud.roleInstance"),
+            json.dumps(p.properties),
+        ): p.value
+        for p in points
+    }
+    return sum(once.values())
+
+
+def _expire_leases(storage: Path) -> None:
+    """The Azure exporter sends a failed batch again once its lease on disk (60 s) has passed: the leases
+    end now instead."""
+    for blob in storage.rglob("*.blob@*.lock"):
+        blob.rename(blob.with_name(blob.name[: blob.name.rindex("@")]))
+
+
+def _counter_queries(document: str) -> list[str]:
+    """Every Kusto query of the document that adds up a counter's items."""
+    queries = re.findall(r"```kusto\n(.*?)```", document, re.DOTALL) + re.findall(
+        r"`(customMetrics[^`]*)`", document
+    )
+    return [query for query in queries if "sum(valueSum)" in query]
+
+
+def test_counters_reach_application_insights_counted_once_when_answers_are_lost(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str], tmp_path: Path, tripwire: Tripwire
+) -> None:
+    """Application Insights' ingestion keeps each batch but drops the connection before answering, so the
+    exporter sends those batches again: what docs/operate.md's queries compute over the items received
+    (each point once) is exactly what the cycles processed, and every documented query that adds up a
+    counter takes each point once."""
+    stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
+    create_group(client8, stream, group)
+    with Breeze() as breeze:
+        env = _env(redis_8, names, tmp_path, tripwire,
+                   APPLICATIONINSIGHTS_CONNECTION_STRING=breeze.connection_string)  # fmt: skip
+        host = FunctionsHost(env).start()
+        try:
+            wait_for("the telemetry start line", lambda: "telemetry: metrics to" in host.stdout)
+            breeze.mode = Mode.DROP
+            processed = 0
+            for batch in range(6):
+                abandon(client8, stream, group, [tweet(n) for n in range(batch * 100, batch * 100 + 37)])
+                processed += completed(host.invoke())["processed"]
+                time.sleep(0.4)
+            storage = Path(env["TMPDIR"])
+            wait_for("batches kept on disk to send again", lambda: list(storage.rglob("*.blob*")))
+            breeze.mode = Mode.ANSWER
+            _expire_leases(storage)
+
+            def sent() -> list[BreezeMetric]:
+                return [p for p in breeze.metric_points("tweets_monitor_processed_entries")
+                        if p.properties == {"stream": stream}]  # fmt: skip
+
+            wait_for("the batches sent again", lambda: sum(p.value for p in sent()) > processed)
+            wait_for("every entry counted", lambda: counted_once(sent()) >= processed)
+            time.sleep(1.5)  # a few more exports: nothing is counted twice, however late
+        finally:
+            assert 0 == host.stop()
+    assert 6 * 37 == processed
+    assert processed == counted_once(sent()), [(p.envelope["time"], p.value) for p in sent()]
+    queries = _counter_queries(OPERATE.read_text())
+    assert queries, "docs/operate.md documents how to add up a counter"
+    assert [] == [query for query in queries if "distinct timestamp, cloud_RoleInstance" not in query]
+
+
+@pytest.mark.parametrize("destination", ["azure-monitor", "otlp"])
+def test_an_ingestion_endpoint_that_never_answers_is_warned_about_within_the_export_timeout(
+    destination: str,
+    redis_8: LocalRedis,
+    client8: redis.Redis,
+    names: dict[str, str],
+    tmp_path: Path,
+    tripwire: Tripwire,
+) -> None:
+    """An endpoint that accepts connections and never answers: each export gives up after
+    OTEL_METRIC_EXPORT_TIMEOUT and says so on stderr (once), invocations are not slowed, the metrics
+    arrive once it answers again, and a stop still takes at most its 2 s."""
+    stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
+    create_group(client8, stream, group)
+    with Breeze() as breeze, OtlpCollector() as collector:
+        endpoint: Breeze | OtlpCollector = breeze if destination == "azure-monitor" else collector
+        variable = (
+            {"APPLICATIONINSIGHTS_CONNECTION_STRING": breeze.connection_string}
+            if destination == "azure-monitor"
+            else {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+        )
+        endpoint.mode = Mode.HANG
+        env = _env(redis_8, names, tmp_path, tripwire, OTEL_METRIC_EXPORT_TIMEOUT="2000", **variable)
+        host = FunctionsHost(env).start()
+        try:
+            wait_for("the telemetry start line", lambda: "telemetry: metrics to" in host.stdout)
+            started = time.monotonic()
+            answers = []
+            for batch in range(3):
+                abandon(client8, stream, group, [tweet(n) for n in range(batch * 100, batch * 100 + 20)])
+                answers.append(host.invoke())
+            wait_for("the warning", lambda: "telemetry: could not send metrics" in host.stderr, timeout=12)
+            warned_after = time.monotonic() - started
+            endpoint.mode = Mode.ANSWER
+
+            def arrived() -> bool:
+                if destination == "azure-monitor":
+                    points = breeze.metric_points("tweets_monitor_processed_entries")
+                    return 60 == counted_once([p for p in points if p.properties == {"stream": stream}])
+                points_otlp = collector.number_points("tweets_monitor_processed_entries")
+                return ({"stream": stream}, 60) in points_otlp
+
+            wait_for("the metrics, once the endpoint answers", arrived)
+        finally:
+            stop = _stop_seconds(host)
+    assert [20, 20, 20] == [completed(answer)["processed"] for answer in answers]
+    assert max(answer.seconds for answer in answers) < 2, [answer.seconds for answer in answers]
+    assert warned_after < 2 + 0.5 + 2, warned_after  # the timeout, an interval, and the start's slack
+    warnings = [line for line in host.stderr.splitlines() if "telemetry" in line]
+    assert 1 == len(warnings), host.stderr[-3000:]
+    assert "2 s" in warnings[0], warnings[0]
+    assert stop < 4, stop
 
 
 # --- the gate, in process ----------------------------------------------------------------------------

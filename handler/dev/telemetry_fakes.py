@@ -8,6 +8,10 @@
 - `Tripwire`: the HTTP(S) proxy every telemetry test sets, with NO_PROXY covering 127.0.0.1 only: a client
   that tried to reach anything off this machine (Microsoft's control plane, statsbeat) would connect here
   instead, and the test fails on it.
+
+`Breeze` and `OtlpCollector` misbehave on demand (`mode`, see `Mode`): answer 500 without keeping the
+data, keep it and drop the connection before answering (the answer is lost, so the client cannot tell
+whether it arrived), or never answer at all.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +47,15 @@ QUIET_AZURE = {  # so that nothing but the tests' own endpoints is ever called
 }
 
 
+class Mode(StrEnum):
+    """How a stand-in answers a POST."""
+
+    ANSWER = "answer"  # keeps the data and answers as the service does
+    FAIL = "500"  # keeps nothing, answers 500
+    DROP = "drop"  # keeps the data, then closes the connection without an answer
+    HANG = "hang"  # keeps nothing and never answers (until the mode changes or the stand-in stops)
+
+
 @dataclass
 class Received:
     path: str
@@ -54,7 +68,10 @@ class _Server:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.refused = 0  # POSTs answered 500, dropped unanswered before keeping, or left hanging
         self._lock = threading.Lock()
+        self._mode = Mode.ANSWER
+        self._released = threading.Event()  # set whenever the mode changes: hanging requests end
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,10 +80,24 @@ class _Server:
                 body = self.rfile.read(length)
                 if (self.headers.get("Content-Encoding") or "").lower() == "gzip":
                     body = gzip.decompress(body)
+                released, mode = server._released, server.mode
+                if mode in (Mode.FAIL, Mode.HANG):
+                    with server._lock:
+                        server.refused += 1
+                    if mode is Mode.HANG:
+                        released.wait()
+                        self.close_connection = True
+                        return
+                    self.send_error(500, "ingestion unavailable")
+                    return
                 with server._lock:
                     server.received.append(
                         Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                     )
+                if mode is Mode.DROP:  # kept, but the client never hears so
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 status, content_type, payload = server.answer(self.path, body)
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -84,11 +115,22 @@ class _Server:
     def answer(self, path: str, body: bytes) -> tuple[int, str, bytes]:
         raise NotImplementedError
 
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: Mode) -> None:
+        self._mode = mode
+        self._released.set()  # requests left hanging end (unanswered) now
+        self._released = threading.Event()
+
     def __enter__(self: T) -> T:
         self._thread.start()  # type: ignore[attr-defined]
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._released.set()
         self._http.shutdown()
         self._http.server_close()
 
