@@ -24,7 +24,7 @@ from handler.dev.tls import Certificates
 from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
-from handler.transport.connect import connect
+from handler.transport.connect import RedisConnection, connect
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
@@ -56,7 +56,9 @@ def test_a_cycle_on_a_cluster_writes_each_tweet_on_its_own_node(
     backlog = abandon_backlog(cluster_client, 3000)
     client = connect(cluster_settings(redis_cluster))  # REDIS_CLUSTER=detect
     assert isinstance(client, RedisCluster)
-    summary = ReclaimCycle(client, cluster_settings(redis_cluster)).run()
+    summary = ReclaimCycle(
+        RedisConnection(cluster_settings(redis_cluster), client), cluster_settings(redis_cluster)
+    ).run()
     client.close()
     assert (3000, len(backlog.bad), 0) == (
         summary.counts.processed,
@@ -78,7 +80,7 @@ def test_the_monitors_own_keys_live_in_the_streams_slot(
     create_group(cluster_client, STREAM, GROUP)
     abandon_backlog(cluster_client, 1000, every=10)
     settings = cluster_settings(redis_cluster, RECLAIM_PAGE_SIZE="100", CYCLE_MAX_MESSAGES="300")
-    summary = ReclaimCycle(connect(settings), settings).run()
+    summary = ReclaimCycle(RedisConnection(settings, connect(settings)), settings).run()
     assert "cap" == summary.stopped_by  # stopped early, so a cursor was saved
     keys = StreamKeys.from_settings(settings)
     stream_master = redis_cluster.master_of(STREAM)
@@ -186,7 +188,7 @@ def test_a_tls_cluster_is_served_over_verified_tls_to_every_node(
     settings = cluster_settings(tls_cluster, **tls)
     monitor = connect(settings)
     assert isinstance(monitor, RedisCluster)
-    ReclaimCycle(monitor, settings).run()
+    ReclaimCycle(RedisConnection(settings, monitor), settings).run()
     primaries = monitor.get_primaries()  # type: ignore[no-untyped-call]
     pools = [monitor.get_redis_connection(node).connection_pool for node in primaries]
     assert 3 == len(pools)

@@ -13,7 +13,7 @@ from handler.dev.local_redis import LocalRedis
 from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.lease import Lease
 from handler.reclaim.summary import StopReason
-from handler.transport.connect import connect
+from handler.transport.connect import RedisConnection, connect
 from tests.acl import add_user, readme_rule_for
 from tests.conftest import settings_for
 from tests.pipeline import abandon, create_group, tweet
@@ -58,7 +58,7 @@ def test_a_cycle_skips_while_another_holds_the_lease_and_releases_its_own(
     create_group(client8, stream, group)
     abandon(client8, stream, group, [tweet(n) for n in range(3)])
     settings = settings_for(redis_8, names)
-    cycle = ReclaimCycle(connect(settings), settings)
+    cycle = ReclaimCycle(RedisConnection(settings, connect(settings)), settings)
     client8.set(cycle.keys.lease, "monitoring_app@elsewhere:42:abcd", px=60_000)
     skipped = cycle.run()
     assert ("skipped", "lease held by monitoring_app@elsewhere:42:abcd") == (
@@ -78,7 +78,7 @@ def test_a_long_cycle_keeps_its_lease_alive(
     create_group(client8, stream, group)
     abandon(client8, stream, group, [tweet(n) for n in range(60_000)])
     settings = settings_for(redis_8, names, LEASE_TTL_SEC=1, RECLAIM_PAGE_SIZE=10)
-    cycle = ReclaimCycle(connect(settings), settings)
+    cycle = ReclaimCycle(RedisConnection(settings, connect(settings)), settings)
     ttls: list[int] = []
     done = threading.Event()
 

@@ -346,7 +346,7 @@ def test_a_write_no_replica_confirmed_is_not_also_dead_lettered() -> None:
         frozen.process.send_signal(signal.SIGSTOP)
         try:
             monitor = connect(settings)
-            first = ReclaimCycle(monitor, settings).run()
+            first = ReclaimCycle(RedisConnection(settings, monitor), settings).run()
         finally:
             frozen.process.send_signal(signal.SIGCONT)
         monitor.close()
@@ -355,7 +355,7 @@ def test_a_write_no_replica_confirmed_is_not_also_dead_lettered() -> None:
         assert {10} == {row[3] for row in pending_rows(client, STREAM, GROUP)}  # given back
         cluster._wait_until(cluster._ready, "the replica to catch up")
         monitor = connect(settings)
-        second = ReclaimCycle(monitor, settings).run()
+        second = ReclaimCycle(RedisConnection(settings, monitor), settings).run()
         monitor.close()
         assert (first.counts.failed, 0) == (second.counts.processed, second.counts.dead_lettered)
         assert [] == dead_letters(client, DEAD_LETTER)

@@ -25,7 +25,7 @@ from handler.dev.samples import GROUP, STREAM
 from handler.dev.tls import Certificates, issue_certificate, local_tls_cluster, tls_server
 from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
-from handler.transport.connect import connect
+from handler.transport.connect import RedisConnection, connect
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, abandon_backlog
 from tests.pipeline import create_group
 from tests.reliability import SECURITY_CHECKS, audit
@@ -102,7 +102,7 @@ def test_a_cluster_announcing_ips_is_verified_against_redis_hosts_name(
     settings = tls_settings(f"localhost:{port}", certificates.ca, REDIS_CLUSTER=mode)
     monitor = connect(settings)
     assert isinstance(monitor, RedisCluster)
-    summary = ReclaimCycle(monitor, settings).run()
+    summary = ReclaimCycle(RedisConnection(settings, monitor), settings).run()
     assert (1000, len(backlog.bad), 0) == (
         summary.counts.processed,
         summary.counts.dead_lettered,
@@ -136,7 +136,7 @@ def test_redis_tls_server_name_is_the_name_verified_where_redis_host_is_an_ip(
     settings = tls_settings(some_name_server.address, certificates.ca, REDIS_TLS_SERVER_NAME="some-name")
     monitor = connect(settings)  # REDIS_CLUSTER=detect: the probe is verified the same way
     assert isinstance(monitor, redis.Redis)
-    summary = ReclaimCycle(monitor, settings).run()
+    summary = ReclaimCycle(RedisConnection(settings, monitor), settings).run()
     assert (200, len(backlog.bad)) == (summary.counts.processed, summary.counts.dead_lettered)
     assert_verified_as(live_socket(monitor), "some-name")
     monitor.close()

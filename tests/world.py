@@ -13,7 +13,7 @@ from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
 from handler.reclaim.summary import CycleSummary
 from handler.transport.client import Client
-from handler.transport.connect import connect
+from handler.transport.connect import RedisConnection, connect
 from tests import pipeline
 from tests.conftest import settings_for
 from tests.pipeline import IDLE_ENOUGH_MS, create_group, pending_rows
@@ -35,7 +35,7 @@ class World:
         settings = settings_for(self.server, self.names, **overrides)
         monitor_client = connect(settings)
         self.monitor_clients.append(monitor_client)
-        return ReclaimCycle(monitor_client, settings)
+        return ReclaimCycle(RedisConnection(settings, monitor_client), settings)
 
     def run(self, **overrides: Any) -> CycleSummary:
         return self.cycle(**overrides).run()

@@ -51,10 +51,8 @@ class ReclaimCycle:
     """Runs cycles for one stream and group; the Redis connection is passed in and owned by the caller."""
 
     def __init__(
-        self, connection: RedisConnection | Client, settings: MonitorSettings, stream: str | None = None
+        self, connection: RedisConnection, settings: MonitorSettings, stream: str | None = None
     ) -> None:
-        if not isinstance(connection, RedisConnection):
-            connection = RedisConnection(settings, connection)
         self._connection = connection
         self._settings = settings
         self._keys = StreamKeys.from_settings(settings, stream)
