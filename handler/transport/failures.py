@@ -81,7 +81,9 @@ STATE_IN_WORDS = {
     "MASTERDOWN": "is a replica whose master is down",
     "BUSY": "is busy running a script",
 }
-_SCRIPT_ACL_FAILURE = ("ACL failure", "no permissions")  # a refused command inside a script (Redis 6, 7)
+# A refused command inside a script: Redis 7+ ("ACL failure in script"), Redis 6 ("The user executing the
+# script can't run this command or subcommand", "… can't access at least one of the keys …").
+_SCRIPT_ACL_FAILURE = ("ACL failure", "no permissions", "executing the script can't")
 
 
 def code_of(error: BaseException | str) -> str:
