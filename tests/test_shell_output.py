@@ -166,3 +166,98 @@ def test_replay_all_and_purge_all_keep_memory_flat(
         client8.delete(stream, keys.dead_letter)
     for action, peak in peaks.items():
         assert peak[60_000] < peak[6_000] * 1.5 + 200_000, (action, peak)
+
+
+# What a tweet, a consumer name or a key may hold to take over an operator's terminal: Rich markup (a
+# closing tag that crashes, a link), and escape sequences (window title, clear screen, a line overwritten
+# with a verdict, C1 CSI, a right-to-left override).
+HOSTILE = (
+    "[/x][/b][link=https://evil.example/]click[/link]\x1b]0;pwned-title\x07\x1b[2J\x1b[H"
+    "\rall checks PASS\x9b31m\u202eevil"
+)
+NEVER_RAW = ["\x1b]0;", "\x1b[2J", "\x1b[H", "\x1b]8;", "\x07", "\x9b", "\u202e", "\rall checks PASS"]
+
+
+def terminal_and_pipe(world: World, *args: str, **settings: str) -> list[str]:
+    """The command's whole output (stdout and stderr) on an 80-column terminal, then piped; each run must
+    succeed."""
+    leader, follower = pty.openpty()
+    env = {**env_for(world, **settings), "COLUMNS": "80", "TERM": "xterm-256color"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, stdout=follower, stderr=follower,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert 0 == process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+    os.close(leader)
+    terminal = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    piped = cli(world, *args, **settings)
+    assert 0 == piped.returncode, piped.stdout + piped.stderr
+    return [terminal, piped.stdout + piped.stderr]
+
+
+def assert_shown_as_text(outputs: list[str], visible: str = "pwned-title") -> None:
+    """Nothing from Redis reached the terminal as markup or as a control sequence: it is all there, as
+    text, escapes made visible."""
+    for output in outputs:
+        assert "Traceback" not in output, output
+        for raw in NEVER_RAW:
+            assert raw not in output, (raw, output)
+        assert visible in output, output
+        assert "\\x1b]0;pwned-title\\x07" in output, output
+
+
+def hostile_dead_letter(world: World) -> bytes:
+    """A dead letter whose every metadata value and original field is hostile."""
+    metadata = [b"1", HOSTILE.encode(), b"s", b"g", HOSTILE.encode(), b"1", b"c", b"0", HOSTILE.encode()]
+    fields = [part for pair in zip(METADATA_FIELDS, metadata, strict=True) for part in pair]
+    entry_id = command(world.client, "XADD", world.keys.dead_letter, "*", *fields, HOSTILE, HOSTILE)
+    return bytes(entry_id)
+
+
+def test_consumer_names_and_the_last_refusal_are_text_in_status(world8: World) -> None:
+    """A consumer named `proc[/x]` crashed `status`; escapes in names and in the last refusal went through."""
+    world8.abandon([tweet(1)], consumer="proc[/x]" + HOSTILE)
+    world8.client.set(world8.keys.last_refusal, HOSTILE)
+    outputs = terminal_and_pipe(world8, "status")
+    assert_shown_as_text(outputs)
+    assert all("proc[/x]" in output for output in outputs)
+
+
+def test_a_dead_letter_is_text_in_show_and_list(world8: World) -> None:
+    """A tweet containing `[/b]` crashed `dead-letter show`; `[link=…]` became a link; escapes went through
+    `list` on a terminal and piped."""
+    entry_id = hostile_dead_letter(world8).decode()
+    assert_shown_as_text(terminal_and_pipe(world8, "dead-letter", "show", entry_id))
+    listed = terminal_and_pipe(world8, "dead-letter", "list")
+    assert_shown_as_text(listed)
+    rows = listed[1].splitlines()
+    assert 2 == len(rows) and 6 == len(rows[1].split("\t")), rows  # tabs and newlines inside stay escaped
+
+
+def test_a_tweet_id_is_text_in_the_dry_run(world8: World) -> None:
+    """An id `abc[/x]` crashed `reclaim --dry-run` on a terminal."""
+    world8.abandon([tweet(1, id="abc[/x]" + HOSTILE)])
+    assert_shown_as_text(terminal_and_pipe(world8, "reclaim", "--dry-run")[:1])
+
+
+def test_consumer_names_are_text_when_pruned(world8: World) -> None:
+    world8.abandon([tweet(1)], consumer=HOSTILE, aged=False)
+    command(world8.client, "XACK", world8.stream, world8.group, *world8.pending())
+    assert_shown_as_text(terminal_and_pipe(world8, "consumers", "prune", "--idle-sec", "0", "--dry-run"))
+
+
+def test_stream_names_found_by_a_pattern_are_text_in_check(world8: World) -> None:
+    stream = world8.stream + ":" + HOSTILE
+    create_group(world8.client, stream, world8.group)
+    outputs = terminal_and_pipe(world8, "check", STREAM_NAME=world8.stream + ":*")
+    assert_shown_as_text(outputs)
