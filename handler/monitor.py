@@ -77,7 +77,7 @@ class Monitor:
         self.cycle = StreamsCycle(self.connection, settings)
         self.metrics = metrics
         if metrics is not None:
-            metrics.watch_group(self.connection, settings)
+            metrics.watch_group(self.connection, settings, self.cycle.streams)
         self.telemetry: Telemetry = OFF
         self._one_at_a_time = threading.Lock()
 

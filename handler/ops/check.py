@@ -19,10 +19,11 @@ from redis.cluster import RedisCluster
 from handler.errors import MonitorError
 from handler.functions.host_files import budget_warning, function_timeout
 from handler.keys import StreamKeys, display_name
+from handler.ops.console import visible
 from handler.reclaim import heartbeat
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.rules import parse_pending_count
-from handler.reclaim.streams import find_streams
+from handler.reclaim.streams import TooManyStreamsError, find_streams
 from handler.settings import MonitorSettings
 from handler.transport.client import Client, command, server_holding, text
 from handler.transport.connect import connect
@@ -88,12 +89,16 @@ class Check:
     skipped: bool = False  # could not be checked with this user's rights: neither a pass nor a failure
     warning: bool = False  # works, but an operator should know: does not fail the command
 
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.skipped else "WARN" if self.warning else "PASS" if self.passed else "FAIL"
+
     def line(self) -> str:
-        verdict = "SKIP" if self.skipped else "WARN" if self.warning else "PASS" if self.passed else "FAIL"
-        return f"{verdict}  {self.name}: {self.detail}"
+        """For a terminal: what Redis answered (names, errors) shown as text, its escapes made visible."""
+        return f"{self.verdict}  {self.name}: {visible(self.detail)}"
 
     def as_dict(self) -> dict[str, str]:
-        return {"verdict": self.line().split(" ", 1)[0], "check": self.name, "detail": self.detail}
+        return {"verdict": self.verdict, "check": self.name, "detail": self.detail}
 
     @property
     def failed(self) -> bool:
@@ -138,6 +143,9 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         streams = find_streams(client, settings)
     except (*LOST_CONNECTION, ssl.SSLError) as exc:
         yield Check("connectivity", False, f"cannot list the streams: {exc}")
+        return
+    except TooManyStreamsError as exc:
+        yield Check("stream and group", False, str(exc))
         return
     except redis.exceptions.ResponseError as exc:  # NOPERM: a pattern needs SCAN
         yield Check(
@@ -209,7 +217,8 @@ def _last_cycle(client: Client, keys: StreamKeys, stale_after_sec: float) -> Che
         return Check(
             "last completed cycle", False,
             f"{age:,.0f} s ago, longer than SWEEP_STALE_AFTER_SEC={stale_after_sec:g}: the timer may have "
-            "stopped (after a deploy, or when its singleton lease moved); restart the Function App",
+            "stopped (after a deploy, or when its singleton lease moved): restart the Function App; or the "
+            "invocations do not reach this stream (more streams than they serve: docs/scale.md)",
         )  # fmt: skip
     return Check("last completed cycle", True, f"{age:,.0f} s ago")
 

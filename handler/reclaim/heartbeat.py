@@ -35,7 +35,11 @@ def record(client: Client, key: str) -> None:
 def seconds_since(client: Client, key: str) -> float | None:
     """Seconds since the last recorded cycle, by the stream's node's clock; None when none was recorded
     (or the key holds something that is not a heartbeat)."""
-    reply: Any = client.eval(HEARTBEAT_LUA, 1, raw_name(key), "0")
+    return age_of(client.eval(HEARTBEAT_LUA, 1, raw_name(key), "0"))
+
+
+def age_of(reply: Any) -> float | None:
+    """Seconds since the recorded cycle, from HEARTBEAT_LUA's reply to a read (a pipeline reads many)."""
     now, recorded = reply[0], reply[1]
     if not recorded or not bytes(recorded).isdigit():
         return None
