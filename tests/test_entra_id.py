@@ -99,9 +99,10 @@ class IdentityEndpoint:
                      "token_type": "Bearer", "client_id": CLIENT_ID}  # fmt: skip
 
     def revoke(self, token: str) -> None:
-        """The token is no good any more, and connections must be made afresh."""
+        """The token is no good any more, and connections must be made afresh; the identity keeps its
+        access (redis-py's acl_setuser disables the user unless told `enabled`)."""
         for server in self.servers:
-            server.acl_setuser(IDENTITY_OID, passwords=[f"-{token}"])
+            server.acl_setuser(IDENTITY_OID, enabled=True, passwords=[f"-{token}"])
             server.client_kill_filter(user=IDENTITY_OID)
 
     def start(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -29,8 +30,11 @@ from redis.retry import Retry
 from handler.errors import MonitorError, RedisUnavailableError
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
+from handler.transport.entra_id import SignInState, TokenUnavailableError
 from handler.transport.failures import LOST_CONNECTION
 from handler.transport.topology import Topology, topology_of
+
+log = logging.getLogger(__name__)
 
 RAW_REPLY_COMMANDS = ("XCLAIM", "XPENDING", "XRANGE", "XREVRANGE")
 
@@ -143,8 +147,9 @@ def client_options(settings: MonitorSettings, credentials: Any = None) -> dict[s
 
 def entra_id_credentials(settings: MonitorSettings) -> Any:
     """A credential provider for REDIS_AUTH=managed-identity or service-principal. It starts a token-renewal
-    thread on first use: make one per long-lived connection, and stop it when done (stop_credentials)."""
-    from handler.transport.entra_id import credential_provider  # noqa: PLC0415  (only its users pay the import)
+    thread on first use: make one per long-lived connection, and stop it when done (stop_credentials).
+    MSAL is imported only when it first asks for a token."""
+    from handler.transport.entra_id import credential_provider  # noqa: PLC0415
 
     return credential_provider(settings)
 
@@ -195,9 +200,24 @@ def is_cluster_node(settings: MonitorSettings, credentials: Any = None) -> bool:
 
 
 def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableError:
+    token = token_failure_in(exc)
+    if token is not None:  # however deep a cluster client buried it
+        return RedisUnavailableError(
+            f"could not sign in to Redis at {settings.redis_shown} ({token}); the next invocation tries again"
+        )
     return RedisUnavailableError(
         f"Redis at {settings.redis_shown} is unavailable ({type(exc).__name__}: {exc})"
     )
+
+
+def token_failure_in(exc: BaseException) -> TokenUnavailableError | None:
+    """The Entra ID token failure behind `exc`, if one is: itself, or what it was raised from."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, TokenUnavailableError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def connect(settings: MonitorSettings, credentials: Any = None) -> Client:
@@ -243,10 +263,34 @@ class RedisConnection:
             if self._client is None:
                 if self._settings.REDIS_AUTH != "password" and self._credentials is None:
                     # One provider (and one renewal thread) for this connection's whole life, however
-                    # many times Redis refuses it.
+                    # many times Redis refuses it; each new token signs every open connection in again.
                     self._credentials = entra_id_credentials(self._settings)
+                    self._credentials.on_renewal(self._sign_in_again)
                 self._client = connect(self._settings, self._credentials)
             return self._client
+
+    def _sign_in_again(self, token: Any) -> None:
+        """AUTH with the new token on every idle connection of every pool (each node's, in a cluster), and on
+        each busy one when it is handed back (redis-py's re-authentication). redis-py's own registration
+        keeps only the last pools it made, which in a cluster leaves the other nodes' connections behind."""
+        client = self._client
+        if client is None:
+            return
+        pools = (
+            [node.redis_connection.connection_pool for node in client.get_nodes() if node.redis_connection]  # type: ignore[no-untyped-call]
+            if isinstance(client, RedisCluster)
+            else [client.connection_pool]
+        )
+        for pool in pools:
+            try:
+                pool.re_auth_callback(token)
+            except Exception as exc:  # a dead connection is made afresh, and signed in then
+                log.debug("Entra ID: a connection did not take the new token: %s", exc)
+
+    def sign_in_state(self) -> SignInState | None:
+        """With Entra ID, what the metrics say about its token; None with a password."""
+        credentials = self._credentials
+        return None if credentials is None else credentials.state()
 
     def topology(self) -> Topology:
         client = self.client()
@@ -288,7 +332,7 @@ class RedisConnection:
 
 
 def stop_credentials(credentials: Any) -> None:
-    """Stop an Entra ID provider's token-renewal thread (redis-entraid keeps its token manager private)."""
-    token_manager = getattr(credentials, "_token_mgr", None)
-    if token_manager is not None:
-        token_manager.stop()
+    """Stop an Entra ID provider's token-renewal thread."""
+    stop = getattr(credentials, "stop", None)
+    if stop is not None:
+        stop()
