@@ -374,8 +374,10 @@ def consumers(args: argparse.Namespace, settings: MonitorSettings) -> int:
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} consumers idle for {args.idle_sec:g} s with nothing pending")
+    from handler.ops.console import visible
+
     for name in removed:
-        print(f"  {name}")
+        print(f"  {visible(name)}")
     return EXIT_OK
 
 

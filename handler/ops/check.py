@@ -19,6 +19,7 @@ from redis.cluster import RedisCluster
 from handler.errors import MonitorError
 from handler.functions.host_files import budget_warning, function_timeout
 from handler.keys import StreamKeys, display_name
+from handler.ops.console import visible
 from handler.reclaim import heartbeat
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.rules import parse_pending_count
@@ -88,12 +89,16 @@ class Check:
     skipped: bool = False  # could not be checked with this user's rights: neither a pass nor a failure
     warning: bool = False  # works, but an operator should know: does not fail the command
 
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.skipped else "WARN" if self.warning else "PASS" if self.passed else "FAIL"
+
     def line(self) -> str:
-        verdict = "SKIP" if self.skipped else "WARN" if self.warning else "PASS" if self.passed else "FAIL"
-        return f"{verdict}  {self.name}: {self.detail}"
+        """For a terminal: what Redis answered (names, errors) shown as text, its escapes made visible."""
+        return f"{self.verdict}  {self.name}: {visible(self.detail)}"
 
     def as_dict(self) -> dict[str, str]:
-        return {"verdict": self.line().split(" ", 1)[0], "check": self.name, "detail": self.detail}
+        return {"verdict": self.verdict, "check": self.name, "detail": self.detail}
 
     @property
     def failed(self) -> bool:

@@ -1,7 +1,14 @@
-"""What the CLI shows people: rich tables on a terminal, progress bars only when stderr is a terminal."""
+"""What the CLI shows people: rich tables on a terminal, progress bars only when stderr is a terminal.
+
+Whatever comes from Redis (consumer names, tweets, dead letters, ids, key names, the last refusal) is shown
+as text, on every path (terminal or pipe, table or plain): handed to Rich as Text, never as markup, and with
+control characters made visible (`visible`), so that no value can crash a command, set a window title,
+clear the screen, overwrite a line or become a link.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,14 +16,37 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from handler.ops.dead_letter_tools import DeadLetterEntry
 from handler.ops.dry_run import DryRunReport
 from handler.ops.status import GroupStatus
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
+
+# C0 and C1 control characters and DEL, the invisible marks that reorder a line (bidirectional overrides,
+# isolates and marks), and the Unicode line and paragraph separators: never sent to a terminal as they are.
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+LATIN_1_END = 0x100  # below it an escape is \xNN, from it \uNNNN
+
+
+def visible(value: str | bytes) -> str:
+    """A value from Redis as text for people: bytes that are not UTF-8 and control characters shown as
+    escapes (`\\xff`, `\\x1b`, `\\u202e`), so the terminal shows them instead of obeying them."""
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")  # keys.key_name
+    return _INVISIBLE.sub(_escape, raw.decode("utf-8", "backslashreplace"))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < LATIN_1_END else f"\\u{code:04x}"
+
+
+def _line(*parts: str | tuple[str, str]) -> Text:
+    """One line of text: plain strings and (text, style) pairs, the text never read as markup."""
+    return Text.assemble(*parts)
 
 
 def _seconds(ms: int | None) -> str:
@@ -24,33 +54,41 @@ def _seconds(ms: int | None) -> str:
 
 
 def status_table(status: GroupStatus) -> None:
-    out.print(f"[bold]{status.stream}[/] / [bold]{status.group}[/]: {status.pending:,} pending")
-    table = Table("consumer", "pending", "oldest idle*", "most deliveries*", "last seen")
+    out.print(
+        _line((visible(status.stream), "bold"), " / ", (visible(status.group), "bold"),
+              f": {status.pending:,} pending")
+    )  # fmt: skip
+    table = Table(
+        Column("consumer", overflow="fold"), "pending", "oldest idle*", "most deliveries*", "last seen"
+    )
     for consumer in status.consumers:
         table.add_row(
-            consumer.name,
+            Text(visible(consumer.name)),
             f"{consumer.pending:,}",
             _seconds(consumer.oldest_pending_idle_ms),
             str(consumer.highest_deliveries or "—"),
             _seconds(consumer.idle_ms) + " ago",
         )
     out.print(table)
-    out.print(f"* over each consumer's {status.sample_per_consumer:,} oldest pending entries")
+    out.print(_line(f"* over each consumer's {status.sample_per_consumer:,} oldest pending entries"))
     if status.idle_consumers_without_pending:
-        out.print(f"consumers with nothing pending: {len(status.idle_consumers_without_pending)}")
+        out.print(_line(f"consumers with nothing pending: {len(status.idle_consumers_without_pending)}"))
     bound = f" (of about {status.dead_letter_maxlen:,})" if status.dead_letter_maxlen else ""
-    out.print(f"dead letters in {status.dead_letter_stream}: {status.dead_letter_length:,}{bound}")
     out.print(
-        f"lag (entries not yet delivered): {'unknown before Redis 7.0' if status.lag is None else status.lag}"
+        _line(f"dead letters in {visible(status.dead_letter_stream)}: {status.dead_letter_length:,}{bound}")
     )
+    lag = "unknown before Redis 7.0" if status.lag is None else str(status.lag)
+    out.print(_line(f"lag (entries not yet delivered): {lag}"))
     age = status.last_cycle_age_sec
-    out.print(f"last completed cycle: {'none recorded' if age is None else f'{age:,.0f} s ago'}")
+    out.print(_line(f"last completed cycle: {'none recorded' if age is None else f'{age:,.0f} s ago'}"))
     documents = status.search_documents
     out.print(
-        f"search index tweets-index: {'not found' if documents is None else f'{documents:,} documents'}"
+        _line(
+            f"search index tweets-index: {'not found' if documents is None else f'{documents:,} documents'}"
+        )
     )
     for warning in status.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(_line(("warning:", "yellow"), " ", visible(warning)))
 
 
 DEAD_LETTER_COLUMNS = ("dead letter", "original id", "reason", "deliveries", "when (UTC)", "detail")
@@ -61,14 +99,22 @@ def dead_letter_rows(entries: list[DeadLetterEntry]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for entry in entries:
         meta = {
-            k.decode().removeprefix("dlq:"): v.decode(errors="replace") for k, v in entry.metadata.items()
+            k.decode(errors="replace").removeprefix("dlq:"): v.decode(errors="replace")
+            for k, v in entry.metadata.items()
         }
-        when = datetime.fromtimestamp(int(meta.get("time-ms", "0")) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((
+        rows.append(tuple(visible(cell) for cell in (
             entry.entry_id.decode(), meta.get("original-id", "?"), meta.get("reason", "?"),
-            meta.get("deliveries", "?"), when, " ".join(meta.get("detail", "").split()),
-        ))  # fmt: skip
+            meta.get("deliveries", "?"), _when(meta.get("time-ms", "0")),
+            " ".join(meta.get("detail", "").split()),
+        )))  # fmt: skip
     return rows
+
+
+def _when(time_ms: str) -> str:
+    try:
+        return datetime.fromtimestamp(int(time_ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # not a time the monitor wrote
+        return "?"
 
 
 def dead_letter_table(entries: list[DeadLetterEntry], terminal: bool) -> None:
@@ -87,23 +133,31 @@ def dead_letter_table(entries: list[DeadLetterEntry], terminal: bool) -> None:
 
 
 def dead_letter_detail(entry: DeadLetterEntry) -> None:
-    table = Table("field", "value", title=f"dead letter {entry.entry_id.decode()}")
+    # Folded, never cut: `show` is where every field is read whole.
+    table = Table(
+        Column("field", overflow="fold"), Column("value", overflow="fold"),
+        title=Text(f"dead letter {visible(entry.entry_id)}"),
+    )  # fmt: skip
     for name, value in entry.metadata.items():
-        table.add_row(name.decode(errors="replace"), value.decode(errors="replace"))
+        table.add_row(Text(visible(name)), Text(visible(value)))
     for name, value in zip(entry.original[::2], entry.original[1::2], strict=True):
-        table.add_row(name.decode(errors="replace"), value.decode(errors="replace"))
+        table.add_row(Text(visible(name)), Text(visible(value)))
     out.print(table)
 
 
 def dry_run_report(report: DryRunReport) -> None:
-    out.print(f"{report.pending:,} pending; a cycle now would (changing nothing here):")
-    out.print(f"  claim {report.would_claim:,}, write {report.would_write:,} tweets and acknowledge them")
+    out.print(_line(f"{report.pending:,} pending; a cycle now would (changing nothing here):"))
+    out.print(
+        _line(f"  claim {report.would_claim:,}, write {report.would_write:,} tweets and acknowledge them")
+    )
     for reason, count in report.would_dead_letter.items():
-        out.print(f"  dead-letter {count:,} ({reason})")
-    out.print(f"  acknowledge {report.would_acknowledge_deleted:,} entries deleted from the stream")
-    out.print(f"  leave {report.not_idle_long_enough:,} entries not idle long enough with their owners")
+        out.print(_line(f"  dead-letter {count:,} ({visible(reason)})"))
+    out.print(_line(f"  acknowledge {report.would_acknowledge_deleted:,} entries deleted from the stream"))
+    out.print(
+        _line(f"  leave {report.not_idle_long_enough:,} entries not idle long enough with their owners")
+    )
     for example in report.examples:
-        out.print(f"    {example['id']}: {example['action']}")
+        out.print(_line(f"    {visible(example['id'])}: {visible(example['action'])}"))
 
 
 @contextmanager
