@@ -301,7 +301,7 @@ def test_streams_without_the_group_neither_starve_the_others_nor_fill_the_metric
         pipe.xadd(f"{prefix}:other:{n:03d}", {"a": "b"})
     pipe.execute()
     (real,) = many_shards(client8, prefix + ":real", 1, 50)
-    monitor = Monitor.observed(settings_for(redis_8.address, prefix + ":*", CYCLE_TIME_BUDGET_SEC=0.3))
+    monitor = Monitor.observed(settings_for(redis_8.address, prefix + ":*", CYCLE_TIME_BUDGET_SEC=1.0))
     try:
         summary = monitor.run_scheduled(lambda: False)
         caplog.clear()
@@ -392,4 +392,4 @@ def test_a_pattern_is_expanded_again_off_the_invocations_clock(
     finally:
         proxy.stop()
     assert found
-    assert max(durations) < 200, durations
+    assert max(durations) < 300, durations
