@@ -5,9 +5,11 @@ work, a certificate for another host name and an untrusted CA are refused with a
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from handler.dev.host import APP_ROOT, FunctionsHost, completed, failed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
 from handler.dev.tls import Certificates, tls_server
+from handler.errors import SettingsError
 from handler.functions.app import create_app
-from handler.settings import MonitorSettings
+from handler.settings import MonitorSettings, load_settings
 from handler.transport.connect import connect
 from tests import pipeline
 from tests.acl import ACL_RULE, access_policy_permissions
@@ -239,3 +242,137 @@ def test_the_access_policy_string_grants_what_the_monitor_needs(
         client8.execute_command("ACL", "DELUSER", "policy")  # type: ignore[no-untyped-call]
     line = next(x for x in done.stdout.splitlines() if "permissions" in x)
     assert line.startswith("PASS"), done.stdout
+
+
+# An Azure access key, and the connection string the portal shows around it: what gets pasted by mistake.
+ACCESS_KEY = "Zm9vYmFyU2VjcmV0QWNjZXNzS2V5MTIzNDU2Nzg5MA="
+CONNECTION_STRING = f"myredis.redis.cache.windows.net:6380,password={ACCESS_KEY},ssl=True,abortConnect=False"
+# Short enough for a TLS server name (each label at most 63 characters): it went out in the handshake.
+HOST_AND_KEY = f"myredis.redis.cache.windows.net:6380,password={ACCESS_KEY}"
+
+
+class Listener:
+    """A TCP listener on loopback that records every byte sent to it (a Redis that is not one)."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(8)
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self.received = bytearray()
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                peer, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            peer.settimeout(1)
+            with peer:
+                try:
+                    while chunk := peer.recv(65536):
+                        self.received += chunk
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._server.close()
+
+
+def handler_process(env: dict[str, str], *args: str, timeout: float = 30) -> tuple[int | None, str]:
+    """Runs `python -m handler *args`; (exit code or None if still running at `timeout`, its output)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        return None, output
+    return process.returncode, output
+
+
+def test_a_connection_string_in_redis_tls_server_name_is_refused_never_echoed_never_sent(
+    redis_8: LocalRedis,
+) -> None:
+    """It appeared in every error, 503 body and stderr, and went out in cleartext as the TLS server name."""
+    listener = Listener()
+    try:
+        env = environment_for(
+            redis_8, **NAMES, MIN_IDLE_TIME_SEC="10", REDIS_HOST=f"127.0.0.1:{listener.port}",
+            REDIS_TLS="true", REDIS_TIMEOUT_SEC="1",
+        )  # fmt: skip
+        for value in (HOST_AND_KEY, CONNECTION_STRING):
+            env["REDIS_TLS_SERVER_NAME"] = value
+            for args in (["reclaim"], ["check"], ["status"], ["dead-letter", "list"], ["serve"]):
+                code, output = handler_process(env, *args, timeout=20)
+                assert ACCESS_KEY.encode() not in listener.received, args
+                assert 2 == code, (args, output)
+                assert "REDIS_TLS_SERVER_NAME" in output, output
+                assert ACCESS_KEY not in output, output
+                assert "password" not in output, output
+    finally:
+        listener.close()
+    assert ACCESS_KEY.encode() not in listener.received
+    assert 0 == listener.connections  # refused before anything is dialled
+    SECURITY_CHECKS.append(
+        "settings: a connection string in REDIS_TLS_SERVER_NAME refused unechoed, never sent"
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["REDIS_TLS_SERVER_NAME", "REDIS_TLS_CA_FILE", "WEBSITE_TIME_ZONE", "REDIS_HOST", "METRICS_ADDRESS"],
+)
+def test_a_rejected_value_is_never_printed_only_its_shape(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every setting that refuses a pasted connection string names itself and the value's shape, never the
+    value (REDIS_HOST shows the host part only)."""
+    for field in MonitorSettings.model_fields:
+        monkeypatch.delenv(field, raising=False)
+    for key, value in {**NAMES, "REDIS_HOST": "myredis:10000", "MIN_IDLE_TIME_SEC": "10"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(name, CONNECTION_STRING)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert name in message
+    assert ACCESS_KEY not in message, message
+    if name not in ("REDIS_HOST", "METRICS_ADDRESS"):  # these say what is wrong with the value's form
+        assert "characters" in message, message  # its shape
+
+
+def test_every_setting_that_refuses_a_secret_keeps_it_to_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret pasted into any setting: whichever refuse it, none prints it."""
+    refused = set()
+    for name in MonitorSettings.model_fields:
+        for field in MonitorSettings.model_fields:
+            monkeypatch.delenv(field, raising=False)
+        for key, value in {**NAMES, "REDIS_HOST": "myredis:10000", "MIN_IDLE_TIME_SEC": "10"}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv(name, CONNECTION_STRING)
+        try:
+            load_settings()
+        except SettingsError as exc:
+            refused.add(name)
+            assert ACCESS_KEY not in str(exc), (name, str(exc))
+    assert {"REDIS_TLS_SERVER_NAME", "REDIS_TLS_CA_FILE", "WEBSITE_TIME_ZONE", "MIN_IDLE_TIME_SEC"} <= refused
+
+
+def test_a_schedule_naming_a_secret_setting_is_not_echoed(redis_8: LocalRedis) -> None:
+    """`run --schedule %REDIS_PASSWORD%`: the host's %NAME% is replaced, and the result was echoed."""
+    env = environment_for(redis_8, **NAMES, MIN_IDLE_TIME_SEC="10", REDIS_PASSWORD=ACCESS_KEY)
+    for schedule in ("%REDIS_PASSWORD%", "*/20 %REDIS_PASSWORD% * * * *"):
+        code, output = handler_process(env, "run", "--schedule", schedule)
+        assert 2 == code, output
+        assert ACCESS_KEY not in output, output
+        assert "%REDIS_PASSWORD%" in output, output  # the schedule as written is named
