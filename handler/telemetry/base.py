@@ -3,6 +3,7 @@ exports under, and telemetry that does nothing (standard library only)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
@@ -17,6 +18,19 @@ MAX_WAITING_SUMMARIES = 1000  # cycles observed while the exporters were still s
 SCOPE = "tweets-monitor"  # the meter's and the log bridge's scope, and the default service name
 # Every line the export logs is under this one logger name, whichever module of it writes the line.
 EXPORT_LOGGER = "handler.telemetry.export"
+# How long one export may take before it counts as failed (OpenTelemetry's variables, in milliseconds).
+METRIC_EXPORT_TIMEOUT = ("OTEL_METRIC_EXPORT_TIMEOUT", 30_000.0)
+LOG_EXPORT_TIMEOUT = ("OTEL_BLRP_EXPORT_TIMEOUT", 30_000.0)
+
+
+def millis(environ: Mapping[str, str], setting: tuple[str, float]) -> float:
+    """A positive number of milliseconds from the environment, else the setting's default."""
+    name, default = setting
+    try:
+        value = float(environ.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if 0 < value < math.inf else default
 
 
 class Telemetry:

@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.metrics.export import MetricExporter
 
-from handler.telemetry.base import CONNECTION_STRING, EXPORT_LOGGER, OTLP_ENDPOINT
+from handler.telemetry.base import (
+    CONNECTION_STRING,
+    EXPORT_LOGGER,
+    LOG_EXPORT_TIMEOUT,
+    METRIC_EXPORT_TIMEOUT,
+    OTLP_ENDPOINT,
+    millis,
+)
 from handler.telemetry.log_gate import GATE
 
 log = logging.getLogger(EXPORT_LOGGER)
@@ -34,7 +41,7 @@ def destinations(environ: Mapping[str, str]) -> list[Destination]:
     found: list[Destination] = []
     connection_string = environ.get(CONNECTION_STRING, "").strip()
     if connection_string:
-        found.append(_azure_monitor(connection_string))
+        found.append(_azure_monitor(connection_string, environ))
     if environ.get(OTLP_ENDPOINT, "").strip():
         protocol = environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip().lower() or "http/protobuf"
         label = f"the OTLP collector at {_shown(environ[OTLP_ENDPOINT].strip())} ({protocol})"
@@ -51,7 +58,7 @@ def destinations(environ: Mapping[str, str]) -> list[Destination]:
     return found
 
 
-def _azure_monitor(connection_string: str) -> Destination:
+def _azure_monitor(connection_string: str, environ: Mapping[str, str]) -> Destination:
     from azure.monitor.opentelemetry.exporter import (  # noqa: PLC0415  (only when its variable is set)
         AzureMonitorLogExporter,
         AzureMonitorMetricExporter,
@@ -64,12 +71,22 @@ def _azure_monitor(connection_string: str) -> Destination:
     )
     GATE.hide(fields.get("instrumentationkey", ""))
     label = f"Azure Monitor at {_shown(fields.get('ingestionendpoint') or DEFAULT_INGESTION)}"
+    metrics, logs = (
+        _bounded(millis(environ, limit) / 1000) for limit in (METRIC_EXPORT_TIMEOUT, LOG_EXPORT_TIMEOUT)
+    )
     return Destination(
         label,
-        lambda: AzureMonitorMetricExporter(connection_string=connection_string),
-        lambda: AzureMonitorLogExporter(connection_string=connection_string),
+        lambda: AzureMonitorMetricExporter(connection_string=connection_string, **metrics),
+        lambda: AzureMonitorLogExporter(connection_string=connection_string, **logs),
         azure=True,
     )
+
+
+def _bounded(seconds: float) -> dict[str, float]:
+    """The Azure exporter's HTTP request within the export's time limit: connecting (its `timeout`, 10 s
+    by default), reading (azure-core's, 300 s by default), and no retry inside one export (azure-core's
+    would repeat it up to 3 times): a failed batch is kept on disk and sent again with a later export."""
+    return {"timeout": seconds, "read_timeout": seconds, "retry_total": 0}
 
 
 def _otlp_http(label: str) -> Destination:

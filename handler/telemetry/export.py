@@ -36,7 +36,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.metrics_core import Metric
 
-from handler.telemetry.base import EXPORT_LOGGER, SCOPE, STOP_WITHIN_SEC, Telemetry
+from handler.telemetry.base import (
+    EXPORT_LOGGER,
+    LOG_EXPORT_TIMEOUT,
+    METRIC_EXPORT_TIMEOUT,
+    SCOPE,
+    STOP_WITHIN_SEC,
+    Telemetry,
+    millis,
+)
 from handler.telemetry.destinations import Destination, destinations
 from handler.telemetry.guarded_exporter import GuardedLogExporter, GuardedMetricExporter
 from handler.telemetry.log_bridge import LogBridge
@@ -56,7 +64,10 @@ class Pipeline(Telemetry):
         install_gate()
         found = _set_up(destinations(environ))
         resource = _resource(environ)
-        readers = [RegistryReader(GuardedMetricExporter(exporter, d.label), environ) for d, exporter in found]
+        limit = (METRIC_EXPORT_TIMEOUT[0], millis(environ, METRIC_EXPORT_TIMEOUT) / 1000)
+        readers = [
+            RegistryReader(GuardedMetricExporter(exporter, d.label, limit), environ) for d, exporter in found
+        ]
         self._meters = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
         meter = self._meters.get_meter(SCOPE)
         duration = _family(metrics.duration)
@@ -73,7 +84,7 @@ class Pipeline(Telemetry):
         self._logs: LoggerProvider | None = None
         self._handler: LogBridge | None = None
         if export_logs:
-            self._logs = _log_provider(resource, [d for d, _ in found])
+            self._logs = _log_provider(resource, [d for d, _ in found], environ)
             self._handler = LogBridge(self._logs)
             logging.getLogger().addHandler(self._handler)
         self._azure = any(d.azure for d, _ in found)
@@ -138,10 +149,11 @@ def _set_up(found: list[Destination]) -> list[tuple[Destination, MetricExporter]
     return ready
 
 
-def _log_provider(resource: Resource, found: list[Destination]) -> LoggerProvider:
+def _log_provider(resource: Resource, found: list[Destination], environ: Mapping[str, str]) -> LoggerProvider:
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    limit = (LOG_EXPORT_TIMEOUT[0], millis(environ, LOG_EXPORT_TIMEOUT) / 1000)
     for destination in found:
-        exporter = GuardedLogExporter(destination.logs(), destination.label)
+        exporter = GuardedLogExporter(destination.logs(), destination.label, limit)
         provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
     return provider
 

@@ -1,11 +1,15 @@
 """The metric reader each destination gets, so that every export reports a fresh reading of the registry
 (handler/telemetry/registry_bridge.py) rather than whatever the last scrape left. It holds one collection
 and export at a time, its thread outlives any one export's failure (that becomes the gate's warning), and
-its shutdown takes no longer than the timeout it is given, the last export included."""
+its shutdown takes no longer than the timeout it is given, the last export included.
+
+An export counts as failed after OTEL_METRIC_EXPORT_TIMEOUT (the exporter's own HTTP timeouts are set to
+it too, handler/telemetry/destinations.py). While one whose answer has not come is still under way, the
+next interval collects nothing: a counter's increase then goes with the following export instead of being
+collected and lost."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Mapping
@@ -13,6 +17,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 
+from handler.telemetry.base import METRIC_EXPORT_TIMEOUT, millis
 from handler.telemetry.guarded_exporter import GuardedMetricExporter
 from handler.telemetry.log_gate import GATE
 from handler.telemetry.registry_bridge import RegistryBridge
@@ -30,8 +35,8 @@ class RegistryReader(MetricReader):
         )
         self.bridge: RegistryBridge | None = None
         self._exporter = exporter
-        self._interval = _millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60_000) / 1000
-        self._timeout_millis = _millis(environ, "OTEL_METRIC_EXPORT_TIMEOUT", 30_000)
+        self._interval = millis(environ, ("OTEL_METRIC_EXPORT_INTERVAL", 60_000)) / 1000
+        self._timeout_millis = millis(environ, METRIC_EXPORT_TIMEOUT)
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # one collection and export at a time
         self._thread = threading.Thread(target=self._tick, name="telemetry-export", daemon=True)
@@ -44,6 +49,10 @@ class RegistryReader(MetricReader):
 
     def read_and_export(self, timeout_millis: float) -> None:
         with self._lock:
+            if self._exporter.busy():
+                GATE.note(TimeoutError("the previous export is still waiting for an answer"))
+                GATE.report(False, "metrics", self._exporter.destination)
+                return
             try:
                 if self.bridge is not None:
                     with GATE.reading():
@@ -67,11 +76,3 @@ class RegistryReader(MetricReader):
         self._stopping.set()
         self._thread.join(timeout=timeout_millis / 1000)
         self._exporter.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
-
-
-def _millis(environ: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        value = float(environ.get(name, "") or default)
-    except ValueError:
-        return default
-    return value if 0 < value < math.inf else default
