@@ -24,6 +24,7 @@ from deploy.build_artifact import (
     size_mb,
 )
 from handler.dev import provision
+from handler.dev.core_tools import publish_zip, unpack, worker_runtime
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
@@ -174,6 +175,41 @@ def test_the_artifact_starts_and_answers_with_every_exec_bit_cleared(
     assert 1 == len(copies) and stale.name not in copies, copies  # its own copy; the stale one removed
     assert f"running a copy, /tmp/{copies[0]}/" in host.stderr, host.stderr
     assert oct((tmp / copies[0]).stat().st_mode & 0o777) == oct(0o700)  # private
+
+
+def test_the_zip_core_tools_uploads_runs_unpacked_without_its_modes(
+    bullseye_root: Path, artifact: Path, tmp_path: Path, redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    """What `cd dist/functionapp && func azure functionapp publish <app> --custom` uploads: Core Tools
+    resolves the runtime in the folder (from its local.settings.json, even without the flag), zips what
+    .funcignore lets in (handler/dev/core_tools.py plays its source), and the zip, unpacked with no Unix
+    modes, starts as host.json says and completes a timer invocation."""
+    assert "custom" == worker_runtime(artifact)
+    package = tmp_path / "package.zip"
+    names = publish_zip(artifact, package)
+    assert "local.settings.json" not in names and "host.json" in names and EXECUTABLE in names
+    app_root = bullseye_root / APP_ROOT_INSIDE.lstrip("/")
+    shutil.rmtree(app_root, ignore_errors=True)
+    unpack(package, app_root)
+    try:
+        create_group(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+        abandon(
+            client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], [tweet(n) for n in range(30)]
+        )
+        env = environment_for(
+            redis_8, MIN_IDLE_TIME_SEC="10", REDIS_HOST=f"localhost:{redis_8.port}", **NAMES
+        )
+        env.pop("PYTHONPATH", None)
+        host = FunctionsHost(env, launch=host_command(bullseye_root, app_root))
+        try:
+            host.start()
+            assert 30 == completed(host.invoke())["processed"], host.stderr
+        finally:
+            host.stop()
+    finally:
+        shutil.rmtree(app_root, ignore_errors=True)
+        for copy in (bullseye_root / "tmp").glob(f"{LOADER_COPY_PREFIX}*"):
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 def can_mount_privately(folder: Path) -> bool:

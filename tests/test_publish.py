@@ -1,0 +1,78 @@
+"""Publishing the built folder as docs/deploy.md says: Core Tools' part played from its source
+(handler/dev/core_tools.py): the worker runtime it resolves before uploading anything, and the files
+.funcignore lets into the zip. That the zip runs, unpacked without its modes, is in tests/test_artifact.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from deploy.build_artifact import EXECUTABLE, _write_function_app
+from handler.dev.core_tools import (
+    CoreToolsError,
+    GitIgnoreParser,
+    published_files,
+    worker_runtime,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "docs" / "deploy.md"
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Path:
+    """The function app's own files as the build writes them (not the interpreter: Core Tools' decisions
+    read only these)."""
+    out = tmp_path / "functionapp"
+    out.mkdir()
+    _write_function_app(out)
+    return out
+
+
+def test_core_tools_resolves_the_custom_runtime_in_the_built_folder_without_a_flag(built: Path) -> None:
+    assert "custom" == worker_runtime(built)
+    assert "custom" == worker_runtime(built / "monitor")  # from a subfolder, as Core Tools walks up
+
+
+def test_the_runtime_flag_wins_and_a_folder_without_settings_stops_the_publish(tmp_path: Path) -> None:
+    (tmp_path / "host.json").write_text("{}")
+    with pytest.raises(CoreToolsError, match="Worker runtime cannot be 'None'"):
+        worker_runtime(tmp_path)
+    assert "custom" == worker_runtime(tmp_path, ["azure", "functionapp", "publish", "app", "--custom"])
+
+
+def test_the_built_folders_local_settings_hold_only_the_runtime(built: Path) -> None:
+    """Nothing else: no setting of the checkout's (a password, a local Redis) can travel with the folder."""
+    document = json.loads((built / "local.settings.json").read_text())
+    assert {"IsEncrypted": False, "Values": {"FUNCTIONS_WORKER_RUNTIME": "custom"}} == document
+
+
+def test_the_zip_holds_what_runs_and_never_the_local_settings(built: Path) -> None:
+    files = set(published_files(built))
+    assert {"host.json", EXECUTABLE, "monitor/function.json"} <= files
+    assert "local.settings.json" not in files and ".funcignore" not in files
+    (built / "app").mkdir()
+    (built / "app" / "local.settings.json.py").write_text("")  # a name that starts like an ignored one
+    assert "app/local.settings.json.py" in set(published_files(built))
+
+
+def test_the_funcignore_parser_follows_core_tools() -> None:
+    parser = GitIgnoreParser("# comment\n\nlocal.settings.json\n/dist\n*.pyc\ntests\n!tests/keep.py\n")
+    assert not parser.accepts("local.settings.json")
+    assert not parser.accepts("dist/functionapp/host.json")
+    assert not parser.accepts("a.pyc") and parser.accepts("app/a.pyc")  # `*` never crosses a `/`
+    assert not parser.accepts("tests/test_x.py") and parser.accepts("tests/keep.py")
+    assert parser.accepts("distribution.txt")  # a pattern matches a prefix ending at a word boundary
+    assert not parser.accepts("dist.txt")  # ... such as a dot
+
+
+def test_every_publish_command_in_the_docs_and_the_build_names_the_runtime() -> None:
+    commands = re.findall(r"func azure functionapp publish[^\n`]*", DEPLOY.read_text())
+    assert commands
+    assert [] == [command for command in commands if "--custom" not in command]
+    from deploy.build_artifact import publish_command  # noqa: PLC0415  (added with the fix)
+
+    assert "--custom" in publish_command(ROOT / "dist" / "functionapp")
