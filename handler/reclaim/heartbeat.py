@@ -3,7 +3,9 @@ the singleton lease moved) is told apart from a monitor with nothing to do.
 
 Every cycle the timer (`serve`) or `run` completes, empty ones included, records Redis's own time (TIME, so
 the clocks of the monitor's instances cannot disagree) in `{stream}:last-cycle:<group>`, in the stream's slot,
-through one Lua call on the stream's node. A manual `reclaim` does not record it, so it cannot hide a stopped
+through one Lua call on the stream's node (pipelined per node with many streams). With several streams, only
+those the invocation's cycles ran on: a stream the invocations do not reach keeps its older time, and `check`
+says so. A manual `reclaim` does not record it, so it cannot hide a stopped
 timer. The key has no TTL: a heartbeat that expired would read as "no cycle yet" instead of "stopped".
 """
 
