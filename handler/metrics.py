@@ -3,7 +3,10 @@ and, under `run`, on METRICS_ADDRESS).
 
 Counters and the duration histogram are updated by each cycle; the gauges (pending total, the oldest
 pending entry's idle time, the dead-letter length) are read from Redis when the metrics are scraped, so an
-invocation with nothing pending still sends Redis nothing but its one XPENDING.
+invocation with nothing pending still sends Redis nothing but its one XPENDING. A scrape reads them for
+the streams the invocations found (no SCAN of its own), in one pipeline per node. Series are made only for
+streams a cycle ran on, and removed once a stream is gone, so they do not grow with streams that come and
+go, nor with streams of other pipelines a pattern matches.
 """
 
 from __future__ import annotations
