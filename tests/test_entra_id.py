@@ -31,6 +31,7 @@ import jwt
 import pytest
 import redis
 from pydantic import SecretStr
+from redis.auth.token import SimpleToken
 
 from handler.dev.host import APP_ROOT, Answer, FunctionsHost, completed, failed
 from handler.dev.local_cluster import LocalCluster
@@ -43,7 +44,13 @@ from handler.reclaim.streams import StreamsCycle
 from handler.settings import MonitorSettings
 from handler.transport.client import Client
 from handler.transport.connect import RedisConnection
-from handler.transport.entra_id import REDIS_RESOURCE
+from handler.transport.entra_id import (
+    FAILURE_REUSE_SEC,
+    REDIS_RESOURCE,
+    EntraIdCredentials,
+    TokenUnavailableError,
+    retry_delay,
+)
 from tests.pipeline import abandon, create_group, tweet
 from tests.reliability import SECURITY_CHECKS
 
@@ -495,3 +502,80 @@ def test_redis_py_token_lines_stay_out_of_the_invocations_logs_and_the_exported_
         or any(words in r.body.string_value for words in REDIS_PY_TOKEN_LINES)
     ]
     assert [] == wire.attempts
+
+
+# --- the credential provider alone (no Redis, no HTTP) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures_in_a_row", "lifetime", "delay"),
+    [
+        (1, 3600.0, 1.0),  # first retry after a second
+        (2, 3600.0, 2.0),  # doubling
+        (7, 3600.0, 60.0),  # never more than a minute apart
+        (3, 40.0, 2.0),  # nor more than a twentieth of the lifetime
+        (1, 1.0, 0.1),  # however short the lifetime, at least 0.1 s apart
+    ],
+)
+def test_a_failed_renewal_is_retried_with_backoff(
+    failures_in_a_row: int, lifetime: float, delay: float
+) -> None:
+    assert delay == retry_delay(failures_in_a_row, lifetime)
+
+
+def short_token(seconds: float) -> SimpleToken:
+    now = time.time()
+    return SimpleToken(uuid.uuid4().hex, (now + seconds) * 1000, now * 1000, {"oid": IDENTITY_OID})
+
+
+def test_a_token_request_that_never_ends_fails_within_the_limit_and_once_per_invocation() -> None:
+    """A request that hangs: the connection waits for it at most the limit; its retries (and any connection
+    within FAILURE_REUSE_SEC) fail at once; nothing blocks once the endpoint answers."""
+    answer = threading.Event()
+
+    def request_token() -> SimpleToken:
+        answer.wait()
+        return short_token(60)
+
+    credentials = EntraIdCredentials(request_token, timeout_sec=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TokenUnavailableError, match=r"did not answer within 0\.3 s"):
+            credentials.get_credentials()
+        assert 0.3 <= time.monotonic() - started < 0.6
+        started = time.monotonic()
+        for _ in range(2):  # the retry policy's two retries
+            with pytest.raises(TokenUnavailableError):
+                credentials.get_credentials()
+        assert time.monotonic() - started < 0.1
+        answer.set()
+        time.sleep(FAILURE_REUSE_SEC)
+        assert IDENTITY_OID == credentials.get_credentials()[0]
+    finally:
+        credentials.stop()
+
+
+def test_renewal_goes_on_after_failures_and_each_new_token_is_signalled() -> None:
+    """Tokens of 1 s renewed at 70 %: three requests fail, then renewal carries on by itself; the
+    failures are counted and each new token reaches the owner's callback."""
+    outcomes = iter([True, False, False, False] + [True] * 100)
+    signalled: list[str] = []
+
+    def request_token() -> SimpleToken:
+        if not next(outcomes):
+            raise RuntimeError("500, An unexpected error occurred")
+        return short_token(1.0)
+
+    credentials = EntraIdCredentials(request_token)
+    credentials.on_renewal(lambda token: signalled.append(token.get_value()))
+    try:
+        user, first = credentials.get_credentials()
+        assert IDENTITY_OID == user
+        deadline = time.monotonic() + 5
+        while len(signalled) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(set(signalled)) >= 4, signalled
+        assert 3 == credentials.state().renewal_failures
+        assert first != credentials.get_credentials()[1]
+    finally:
+        credentials.stop()

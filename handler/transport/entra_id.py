@@ -35,6 +35,7 @@ that same answer, without asking again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -261,7 +262,7 @@ class EntraIdCredentials(StreamingCredentialProvider):
     def _seconds_to_due(self) -> float | None:
         """Until the next renewal attempt; None with no token to renew (a connection asks for one)."""
         token = self._token
-        if token is None:
+        if token is None or token.expires_at == math.inf:  # a token that never expires needs no renewal
             return None
         if self._failures_in_a_row == 0:
             return token.renewal_due() - self._clock()
@@ -278,7 +279,7 @@ class EntraIdCredentials(StreamingCredentialProvider):
             return None, TokenUnavailableError(f"the identity endpoint gave no token ({_reason(exc)})")
         if not user:
             return None, TokenUnavailableError("the identity endpoint's token has no `oid` to sign in as")
-        token = Token(jwt, str(user), self._clock(), expires_ms / 1000 if expires_ms > 0 else float("inf"))
+        token = Token(jwt, str(user), self._clock(), expires_ms / 1000 if expires_ms > 0 else math.inf)
         if not token.usable(token.received_at):
             return None, TokenUnavailableError(
                 f"the identity endpoint's token expires at {token.expiry_shown()}, already or within a "
