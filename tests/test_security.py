@@ -254,9 +254,9 @@ HOST_AND_KEY = f"myredis.redis.cache.windows.net:6380,password={ACCESS_KEY}"
 class Listener:
     """A TCP listener on loopback that records every byte sent to it (a Redis that is not one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1", port: int = 0) -> None:
         self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
+        self._server.bind((address, port))
         self._server.listen(8)
         self._server.settimeout(0.2)
         self.port = self._server.getsockname()[1]
