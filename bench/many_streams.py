@@ -2,16 +2,19 @@
 with a backlog a crashed processor left (1,000 entries by default), on a local Redis 8.2 (loopback), swept
 by scheduled invocations at the default settings (CYCLE_TIME_BUDGET_SEC 10, RECLAIM_PAGE_SIZE 2,000).
 
-For each invocation it prints how many streams were reached, how many entries were processed, the duration,
-and where it stopped; then how many invocations it took until every stream had been reached once.
+For each invocation it prints how many streams had entries processed, how many entries were processed and
+the duration, and how many streams had been served so far. With --monitors K, K monitors (each a process of
+its own, as K Function Apps or `run` processes would be) run their invocations at the same time with the
+same STREAM_NAME, sharing the streams through each stream's sweep lease.
 
-    .venv/bin/python -m bench.many_streams [--streams 1000] [--entries 1000] [--invocations 4]
+    .venv/bin/python -m bench.many_streams [--streams 1000] [--entries 1000] [--invocations 4] [--monitors 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from multiprocessing import Process, Queue
 
 from handler.dev.backlog import CRASHED, age, crash_after_reading, create_group, produce
 from handler.dev.local_redis import LocalRedis
@@ -35,13 +38,31 @@ def build(server: LocalRedis, streams: int, entries: int) -> list[str]:
     return names
 
 
+def invocations(address: str, count: int, results: Queue[list[tuple[set[str], int, float]]]) -> None:
+    """One monitor (a process of its own): `count` scheduled invocations, one after the other."""
+    settings = MonitorSettings(
+        REDIS_HOST=address, REDIS_TLS=False, STREAM_NAME=f"{PREFIX}:*", STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR, MIN_IDLE_TIME_SEC=30,
+    )  # fmt: skip
+    connection = RedisConnection(settings)
+    cycle = StreamsCycle(connection, settings)
+    done = []
+    for _ in range(count):
+        summary = cycle.run_scheduled()
+        assert summary.streams is not None
+        swept = {name for name, one in summary.streams.items() if one.counts.processed}
+        done.append((swept, summary.counts.processed, summary.duration_ms / 1000))
+    connection.close()
+    results.put(done)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--entries", type=int, default=1000)
     parser.add_argument("--invocations", type=int, default=4)
+    parser.add_argument("--monitors", type=int, default=1, help="monitors at once, each a process")
     args = parser.parse_args()
     server = LocalRedis(BINARIES["8.2"]())
     server.start()
@@ -49,29 +70,28 @@ def main() -> None:
         began = time.monotonic()
         names = build(server, args.streams, args.entries)
         print(f"{len(names)} streams x {args.entries} entries built in {time.monotonic() - began:.0f} s")
-        settings = MonitorSettings(
-            REDIS_HOST=server.address, REDIS_TLS=False, STREAM_NAME=f"{PREFIX}:*",
-            STREAM_CONSUMER_GROUP_NAME=GROUP, MONITORING_CONSUMER_NAME=MONITOR, MIN_IDLE_TIME_SEC=30,
-        )  # fmt: skip
-        connection = RedisConnection(settings)
-        cycle = StreamsCycle(connection, settings)
-        reached_ever: set[str] = set()
-        for number in range(1, args.invocations + 1):
-            summary = cycle.run_scheduled()
-            assert summary.streams is not None
-            reached = {
-                name
-                for name, one in summary.streams.items()
-                if not (one.skipped or "").startswith("not reached")
-            }
-            reached_ever |= reached
+        results: Queue[list[tuple[set[str], int, float]]] = Queue()
+        monitors = [
+            Process(target=invocations, args=(server.address, args.invocations, results))
+            for _ in range(args.monitors)
+        ]
+        for monitor in monitors:
+            monitor.start()
+        runs = [results.get() for _ in monitors]
+        for monitor in monitors:
+            monitor.join()
+        swept_ever: set[str] = set()
+        for number in range(args.invocations):
+            each = [run[number] for run in runs]
+            swept = set().union(*(swept for swept, _, _ in each))
+            swept_ever |= swept
+            processed = sum(count for _, count, _ in each)
+            longest = max(seconds for _, _, seconds in each)
             print(
-                f"invocation {number}: {len(reached)} streams reached, "
-                f"{summary.counts.processed:,} processed in {summary.duration_ms / 1000:.1f} s, "
-                f"stopped_by {summary.stopped_by.value}; "
-                f"{len(reached_ever)} of {len(names)} reached so far"
+                f"invocation {number + 1} of {args.monitors} monitor(s): {len(swept)} streams swept, "
+                f"{processed:,} processed, the longest in {longest:.1f} s; {len(swept_ever)} of "
+                f"{len(names)} swept so far"
             )
-        connection.close()
     finally:
         server.cleanup()
 
