@@ -143,7 +143,7 @@ def by_server(client: Client, keys: Sequence[str]) -> list[tuple[redis.Redis, li
     for key in keys:
         node = client.get_node_from_key(key.encode("utf-8", "surrogateescape"))  # type: ignore[no-untyped-call]
         if node.name not in grouped:
-            grouped[node.name] = (client.get_redis_connection(node), [])  # type: ignore[no-untyped-call]
+            grouped[node.name] = (client.get_redis_connection(node), [])
         grouped[node.name][1].append(key)
     return list(grouped.values())
 
