@@ -319,6 +319,32 @@ def test_streams_without_the_group_neither_starve_the_others_nor_fill_the_metric
     assert "300" in warnings[0].getMessage()
 
 
+def test_streams_without_the_group_are_one_line_not_a_row_each_in_the_answer(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The invocation's answer (the host's ReturnValue, the CLI's JSON) names the streams the monitor
+    serves; streams a pattern matches without the group are counted in one warning, so hundreds of them do
+    not make the answer hundreds of rows."""
+    prefix = names["STREAM_NAME"]
+    pipe = client8.pipeline(transaction=False)
+    for n in range(300):
+        pipe.xadd(f"{prefix}:other:{n:03d}", {"a": "b"})
+    pipe.execute()
+    (real,) = many_shards(client8, prefix + ":real", 1, 5)
+    monitor = Monitor(settings_for(redis_8.address, prefix + ":*", CYCLE_TIME_BUDGET_SEC=2.0))
+    try:
+        with caplog.at_level(logging.WARNING):
+            answers = [monitor.run_scheduled(lambda: False) for _ in range(2)]
+    finally:
+        monitor.close()
+    for summary in answers:
+        assert isinstance(summary, CycleSummary) and summary.streams is not None
+        assert [real] == list(summary.streams), list(summary.streams)[:5]
+        assert len(json.dumps(summary.as_dict())) < 2000
+    said = [r.getMessage() for r in caplog.records if "no group" in r.getMessage()]
+    assert 2 == len(said) and "300" in said[0], said[:3]
+
+
 def test_a_pattern_takes_a_bounded_number_of_streams(
     redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
 ) -> None:
