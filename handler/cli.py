@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -228,7 +229,8 @@ def run(args: argparse.Namespace, settings: MonitorSettings) -> int:
 
     schedule = None
     if not args.once:  # SettingsError: exit 2
-        schedule = checked_schedule(resolve_app_settings(args.schedule or function_schedule()))
+        written = args.schedule or function_schedule()
+        schedule = checked_schedule(resolve_app_settings(written), written)
     stop = threading.Event()
     _stop_on_signals(stop)
     monitor = Monitor.observed(settings)
@@ -393,7 +395,7 @@ def serve(args: argparse.Namespace, settings: MonitorSettings) -> int:
             _request_stop(stop, sig)
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after its graceful shutdown, which would end the process "killed
-            # by SIGTERM"; a shutdown that finished its work exits 0 instead.
+            # by SIGTERM"; a shutdown that finished its work exits EXIT_RESTART instead (see serve_command).
             self._captured_signals.clear()
 
     from handler.functions.host_files import budget_warning, function_timeout
@@ -411,11 +413,32 @@ def serve(args: argparse.Namespace, settings: MonitorSettings) -> int:
         lifespan="on",
     )
     HandlerServer(config).run()
-    return EXIT_OK
+    # uvicorn returns only after a signal, or when it could not start (it exits by itself when it cannot
+    # listen): anything but a signal is an error the host restarts it from, and counts.
+    return EXIT_RESTART if stop.is_set() else EXIT_FAILED
+
+
+# What the Functions host does with serve's exit code (Workers/ProcessManagement/WorkerProcess.cs,
+# OnProcessExited): 0 closes the worker for good, so that every later invocation is refused until the whole
+# host restarts; 200 starts it again without counting an error; anything else starts it again and counts an
+# error, and the third within 30 minutes shuts the host down. So serve never exits 0: after SIGTERM or
+# SIGINT (an operator's, or Ctrl-C under `func start`; the host itself only ever kills) it exits 200, and bad
+# settings it needs exit 2 (the host logs stderr's last lines). The other commands keep 0 for success: cron
+# and systemd read it.
+EXIT_RESTART = 200
+_serve = with_settings(serve)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """serve with the settings it reads. WEBSITE_TIME_ZONE is the host's (the timer's zone; the Linux host
+    only warns about it): serve never reads it, so a value it could not read, such as a Windows zone name
+    copied from another plan (`GMT Standard Time`), must not exit 2 at every start and stop the host."""
+    os.environ.pop("WEBSITE_TIME_ZONE", None)
+    return _serve(args)
 
 
 COMMANDS: dict[str, Command] = {
-    "serve": with_settings(serve),
+    "serve": serve_command,
     "reclaim": with_settings(reclaim),
     "run": with_settings(run),
     "status": with_settings(status),

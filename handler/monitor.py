@@ -21,7 +21,7 @@ from handler.reclaim.streams import StreamsCycle
 from handler.reclaim.summary import CycleFailure, CycleSummary
 from handler.settings import MonitorSettings
 from handler.telemetry import OFF, Telemetry
-from handler.transport.connect import RedisConnection
+from handler.transport.connect import RedisConnection, tls_hint
 from handler.transport.failures import REDIS_FAILURES, is_unavailable
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ def failure_of(exc: Exception, settings: MonitorSettings) -> CycleFailed:
         return CycleFailed(CycleFailure.ERROR, str(exc))
     if isinstance(exc, REDIS_FAILURES):
         outcome = CycleFailure.REDIS_UNAVAILABLE if is_unavailable(exc) else CycleFailure.ERROR
-        return CycleFailed(outcome, f"Redis at {settings.redis_shown}: {type(exc).__name__}: {exc}")
+        hint = tls_hint(settings, exc)
+        return CycleFailed(outcome, f"Redis at {settings.redis_shown}: {type(exc).__name__}: {exc}{hint}")
     log.error("unexpected failure of the reclaim cycle", exc_info=exc)
     return CycleFailed(CycleFailure.ERROR, f"unexpected failure of the reclaim cycle: {exc!r}")
 

@@ -18,6 +18,7 @@ from croniter import croniter
 
 from handler.errors import SettingsError
 from handler.reclaim.summary import CycleSummary
+from handler.settings import shape
 
 log = logging.getLogger(__name__)
 NCRONTAB_FIELDS, CRON_FIELDS = 6, 5  # NCRONTAB puts seconds first; a 5-field cron line starts at minute 0
@@ -64,11 +65,17 @@ def _hour_is_fixed(schedule: str) -> bool:
     )  # `*` and `*/2` run every hour or every other: both hours count, as in cron
 
 
-def checked_schedule(schedule: str) -> str:
-    """The schedule, or SettingsError (exit 2) when it is not NCRONTAB or never comes."""
+def checked_schedule(schedule: str, written: str | None = None) -> str:
+    """The schedule, or SettingsError (exit 2) when it is not NCRONTAB or never comes. `written` is the
+    schedule before its %NAME% app settings were put in: then the message names that, never their values."""
     try:
         next_due(schedule, ZoneInfo("UTC"), datetime.now(UTC))
     except (ValueError, KeyError, IndexError, TypeError) as exc:  # croniter's errors are ValueErrors
+        if written is not None and written != schedule:
+            raise SettingsError(
+                f"the schedule {written!r}, its app settings put in, is not an NCRONTAB expression (6 "
+                f"fields, seconds first, e.g. */20 * * * * *); {shape(schedule)}"
+            ) from None
         raise SettingsError(
             f"the schedule {schedule!r} is not an NCRONTAB expression (6 fields, seconds first, e.g. "
             f"*/20 * * * * *): {exc}"

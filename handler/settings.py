@@ -6,6 +6,7 @@ durations carry their unit (_SEC).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from fnmatch import fnmatchcase
@@ -44,6 +45,9 @@ class MonitorSettings(BaseSettings):
     REDIS_PASSWORD: SecretStr = SecretStr("")
     REDIS_USERNAME: str = ""
     REDIS_TLS: bool = True
+    # REDIS_TLS=false beyond this machine (loopback) needs this too, said explicitly: the password and every
+    # tweet then cross the network in cleartext. Azure's host names and TLS ports are refused all the same.
+    REDIS_ALLOW_PLAINTEXT: bool = False
     REDIS_TLS_CA_FILE: str = ""
     # The host name every node's certificate must carry; empty means REDIS_HOST's. A cluster's nodes are
     # dialled at the addresses the cluster announces (often IPs), and are verified against this name.
@@ -69,6 +73,11 @@ class MonitorSettings(BaseSettings):
     DEAD_LETTER_WARN_AT: Annotated[int, Field(ge=1, le=MAX_DEAD_LETTER_WARN_AT)] = 10_000
 
     RECLAIM_PAGE_SIZE: Annotated[int, Field(ge=1, le=10_000)] = 2000
+    # What one entry and one page may cost the monitor, in bytes of RESP read (reclaim/page.py): an entry
+    # over ENTRY_MAX_BYTES is dead-lettered as too-large without being read whole; a page over PAGE_MAX_BYTES
+    # is read a few entries at a time. No real tweet comes near either (docs/performance.md).
+    ENTRY_MAX_BYTES: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
+    PAGE_MAX_BYTES: Annotated[int, Field(ge=1024, le=1 << 31)] = 16 << 20
     # Entries claimed per second, per invocation across all its streams; 0 is unlimited (reclaim/rate.py).
     RECLAIM_MAX_RATE: Annotated[float, Field(ge=0, le=MAX_RATE_BOUND)] = 0.0
     CYCLE_TIME_BUDGET_SEC: Annotated[float, Field(gt=0, le=600)] = 10.0
@@ -111,12 +120,24 @@ class MonitorSettings(BaseSettings):
         if value:
             path = Path(value)
             if not path.is_file():
-                raise ValueError(f"{value} is not a file (a PEM file of the CAs to trust)")
+                raise ValueError(f"{shape(value)} is not a file (a PEM file of the CAs to trust)")
             try:
                 with path.open("rb"):
                     pass
             except OSError as exc:
-                raise ValueError(f"{value} cannot be read: {exc.strerror}") from None
+                raise ValueError(f"{shape(value)} names a file that cannot be read: {exc.strerror}") from None
+        return value
+
+    @field_validator("REDIS_TLS_SERVER_NAME")
+    @classmethod
+    def _server_name_is_a_dns_name(cls, value: str) -> str:
+        """It is sent in cleartext in every TLS handshake (SNI) and named in every certificate error: only a
+        name is taken, so that a key pasted here by mistake goes nowhere."""
+        if value and not is_dns_name(value):
+            raise ValueError(
+                f"{shape(value)} is not a DNS name (letters, digits and hyphens in dot-separated labels, "
+                "e.g. myredis.redis.cache.windows.net)"
+            )
         return value
 
     @field_validator("WEBSITE_TIME_ZONE", mode="before")
@@ -132,9 +153,29 @@ class MonitorSettings(BaseSettings):
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError(
-                    f"unknown time zone {value!r} (an IANA name such as Europe/London)"
+                    f"{shape(value)} is not a time zone (an IANA name such as Europe/London)"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _plaintext_only_where_meant(self) -> MonitorSettings:
+        """REDIS_TLS=false sends the access key (or token) and every tweet as they are."""
+        if self.REDIS_TLS:
+            return self
+        host, port = self.redis_address
+        if is_azure_host(host) or port in TLS_PORTS:
+            where = "an Azure cache" if is_azure_host(host) else f"port {port}, a TLS port on Azure"
+            raise ValueError(
+                f"REDIS_TLS=false would send the password and every tweet in cleartext to {where}, which "
+                "expects TLS: set REDIS_TLS=true (REDIS_ALLOW_PLAINTEXT cannot allow this)"
+            )
+        if not is_loopback(host) and not self.REDIS_ALLOW_PLAINTEXT:
+            raise ValueError(
+                "REDIS_TLS=false would send the password and every tweet in cleartext to "
+                f"{self.redis_shown}, beyond this machine: set REDIS_TLS=true, or, on a network you trust, "
+                "also REDIS_ALLOW_PLAINTEXT=true"
+            )
+        return self
 
     @model_validator(mode="after")
     def _entra_id_is_complete(self) -> MonitorSettings:
@@ -219,9 +260,10 @@ class MonitorSettings(BaseSettings):
     def single_stream(self) -> str:
         """The one stream a per-stream command works on; SettingsError when STREAM_NAME lists several."""
         if len(self.stream_names) > 1 or is_pattern(self.STREAM_NAME):
+            many = f"lists {len(self.stream_names)}" if len(self.stream_names) > 1 else "is a pattern"
             raise SettingsError(
-                f"this command works on one stream, but STREAM_NAME is {self.STREAM_NAME!r}: run it with "
-                "STREAM_NAME set to one of them"
+                f"this command works on one stream, but STREAM_NAME {many}: run it with STREAM_NAME set to "
+                "one of them"
             )
         return self.STREAM_NAME
 
@@ -235,12 +277,75 @@ class MonitorSettings(BaseSettings):
         return host_port(*self.redis_address)
 
     @property
+    def plaintext_beyond_loopback(self) -> bool:
+        """Without TLS to a host that is not this machine (REDIS_ALLOW_PLAINTEXT=true asked for it)."""
+        return not self.REDIS_TLS and not is_loopback(self.redis_address[0])
+
+    @property
     def min_idle_ms(self) -> int:
         return self.MIN_IDLE_TIME_SEC * 1000
 
     @property
     def log_level(self) -> int:
         return int(logging.getLevelNamesMapping()[self.LOG_LEVEL])
+
+
+# Azure's caches: Cache for Redis (and its national clouds and private links), Enterprise, Managed Redis.
+AZURE_HOST_SUFFIXES = (
+    ".redis.cache.windows.net",
+    ".redis.cache.chinacloudapi.cn",
+    ".redis.cache.usgovcloudapi.net",
+    ".redisenterprise.cache.azure.net",
+    ".redisenterprise.cache.azure.us",
+    ".redisenterprise.cache.chinacloudapi.cn",
+    ".redis.azure.net",
+    ".redis.azure.us",
+)
+TLS_PORTS = frozenset({6380, 10000})  # Azure Cache for Redis' TLS port; Enterprise's and Managed Redis'
+
+
+def is_azure_host(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    return any(name.endswith(suffix) for suffix in AZURE_HOST_SUFFIXES)
+
+
+def is_loopback(host: str) -> bool:
+    """This machine: `localhost`, 127.0.0.0/8 or ::1 (a name that merely resolves there does not count)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAX_DNS_NAME = 253
+# The characters that tell a pasted connection string, URL or key from a name, said when a value is refused.
+_TELLING = ",;=:/@?&+ "
+
+
+def is_dns_name(value: str) -> bool:
+    """A host name as DNS and TLS take it: dot-separated labels of letters, digits and inner hyphens."""
+    return len(value) <= MAX_DNS_NAME and all(_DNS_LABEL.fullmatch(label) for label in value.split("."))
+
+
+def shape(value: str) -> str:
+    """A refused value described without being shown (it may be a key pasted in the wrong place): its
+    length and the kinds of characters it holds."""
+    kinds = [
+        kind
+        for kind, present in (
+            ("letters", any(c.isalpha() for c in value)),
+            ("digits", any(c.isdigit() for c in value)),
+        )
+        if present
+    ]
+    kinds += [repr(c) for c in sorted(set(value) & set(_TELLING))]
+    if any(not (c.isalnum() or c in _TELLING or c in "._-") for c in value):
+        kinds.append("other symbols")
+    what = ", ".join(kinds) if kinds else "nothing"
+    return f"the value given ({len(value)} characters: {what})"
 
 
 def is_pattern(name: str) -> bool:

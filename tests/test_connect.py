@@ -61,6 +61,7 @@ def test_a_private_ca_file_and_credentials_are_passed_on(tmp_path: Path) -> None
 
 
 def test_tls_off_for_a_local_server_and_no_auth_without_a_password() -> None:
-    kwargs_pool = connect(MonitorSettings(**{**BASE, "REDIS_TLS": False})).connection_pool
+    local = {**BASE, "REDIS_HOST": "127.0.0.1:6379", "REDIS_TLS": False}  # plaintext only to this machine
+    kwargs_pool = connect(MonitorSettings(**local)).connection_pool
     assert kwargs_pool.connection_class is not SSLConnection
     assert kwargs_pool.connection_kwargs["password"] is None

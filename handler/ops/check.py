@@ -24,9 +24,9 @@ from handler.reclaim import heartbeat
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.rules import parse_pending_count
 from handler.reclaim.streams import TooManyStreamsError, find_streams
-from handler.settings import MonitorSettings
+from handler.settings import MonitorSettings, is_loopback
 from handler.transport.client import Client, command, server_holding, text
-from handler.transport.connect import connect
+from handler.transport.connect import connect, tls_hint
 from handler.transport.failures import LOST_CONNECTION, REDIS_FAILURES, FailureKind, kind_of
 from handler.transport.topology import server_address
 
@@ -164,16 +164,16 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         yield Check("authentication", False, f"{exc} (check REDIS_USERNAME and REDIS_PASSWORD)")
         return
     except (*LOST_CONNECTION, ssl.SSLError) as exc:
-        yield Check("connectivity", False, f"cannot reach {server_address(stream_node)}: {exc}")
+        hint = tls_hint(settings, exc)
+        yield Check("connectivity", False, f"cannot reach {server_address(stream_node)}: {exc}{hint}")
         return
-    tls = "TLS, certificate verified" if settings.REDIS_TLS else "no TLS (REDIS_TLS=false)"
     cluster = isinstance(client, RedisCluster)
     mode = (
         f"OSS cluster ({len(client.get_primaries())} masters)"  # type: ignore[union-attr]
         if cluster
         else ONE_ENDPOINT
     )
-    yield Check("connectivity", True, f"PING answered over {tls}; {mode}")
+    yield _connectivity(client, settings, mode)
     yield Check("replicas", True, REPLICA_PROMISE_CLUSTER if cluster else REPLICA_PROMISE_ONE_ENDPOINT)
     who = _whoami(stream_node, settings)
     verified = user or who
@@ -198,6 +198,26 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         yield _permissions(server_holding(client, stream), keys, verified, version, needed, asked=bool(user))
         if settings.DELETE_IDLE_CONSUMERS_AFTER_SEC and user is None:
             yield _pruning(client, keys, settings.DELETE_IDLE_CONSUMERS_AFTER_SEC)
+
+
+def _connectivity(client: Client, settings: MonitorSettings, mode: str) -> Check:
+    """PING answered; without TLS beyond this machine (a cluster's announced nodes included), a warning."""
+    if settings.REDIS_TLS:
+        return Check("connectivity", True, f"PING answered over TLS, certificate verified; {mode}")
+    hosts = {settings.redis_address[0]}
+    if isinstance(client, RedisCluster):
+        hosts |= {str(node.host) for node in client.get_nodes()}  # type: ignore[no-untyped-call]
+    beyond = sorted(host for host in hosts if not is_loopback(host))
+    if not beyond:
+        return Check(
+            "connectivity", True, f"PING answered without TLS (REDIS_TLS=false, this machine); {mode}"
+        )
+    return Check(
+        "connectivity", False,
+        f"PING answered without TLS from {', '.join(beyond)}, beyond this machine: the password and every "
+        f"tweet cross the network in cleartext (REDIS_TLS=false, REDIS_ALLOW_PLAINTEXT=true); {mode}",
+        warning=True,
+    )  # fmt: skip
 
 
 def _last_cycle(client: Client, keys: StreamKeys, stale_after_sec: float) -> Check:

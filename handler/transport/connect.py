@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import redis
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import SSLConnection
@@ -205,9 +206,34 @@ def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableEr
         return RedisUnavailableError(
             f"could not sign in to Redis at {settings.redis_shown} ({token}); the next invocation tries again"
         )
+    hint = tls_hint(settings, exc)
     return RedisUnavailableError(
-        f"Redis at {settings.redis_shown} is unavailable ({type(exc).__name__}: {exc})"
+        f"Redis at {settings.redis_shown} is unavailable ({type(exc).__name__}: {exc}){hint}"
     )
+
+
+def tls_hint(settings: MonitorSettings, exc: BaseException) -> str:
+    """Without TLS, a server that resets (or closes) the connection is most often a TLS port answering a
+    client that does not speak TLS: said, since the reset is all the server gives."""
+    if settings.REDIS_TLS or not _reset_by_server(exc):
+        return ""
+    return (
+        "; the server reset the connection, as a TLS port does to a client without TLS (Azure's 6380 and "
+        "10000): if it expects TLS, set REDIS_TLS=true"
+    )
+
+
+def _reset_by_server(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionResetError | BrokenPipeError) or (
+            isinstance(seen, redis.exceptions.ConnectionError) and str(seen) == SERVER_CLOSED_CONNECTION_ERROR
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def token_failure_in(exc: BaseException) -> TokenUnavailableError | None:
