@@ -53,6 +53,7 @@ MIN_SLICE_SEC = 0.01  # a turn shorter than this is one page: the sweep's first 
 # pipelines without the group included): past it the invocation fails and says so. How many one
 # invocation reaches, and how to serve more: docs/scale.md.
 MAX_STREAMS = 1000
+NAMED = 3  # streams without the group named in the warning that counts them
 
 
 class TooManyStreamsError(MonitorError):
@@ -210,6 +211,13 @@ class StreamsCycle:
             log.warning(summary.log_line())
             return summary
         summaries = self._sweep(names, should_stop, started)
+        if not summaries:
+            summary = CycleSummary.skipped_because(
+                f"none of the {len(names)} streams matching '{self._settings.STREAM_NAME}' has the group "
+                f"'{self._settings.STREAM_CONSUMER_GROUP_NAME}'"
+            )
+            log.warning(summary.log_line())
+            return summary
         summary = total(summaries, round((time.monotonic() - started) * 1000))
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})
         return summary
@@ -303,7 +311,20 @@ class StreamsCycle:
             )  # fmt: skip
         if failures:
             raise StreamOrGroupMissingError("; ".join(failures))
-        return {display_name(name): summaries[name] for name in names}
+        # Streams of other pipelines (without the group) are one line here, not a row each in the answer.
+        left_out = [name for name in names if name in self._without_group]
+        if left_out:
+            named = ", ".join(display_name(name)[:100] for name in left_out[:NAMED])
+            more = ", …" if len(left_out) > NAMED else ""
+            log.warning(
+                "%d streams matching '%s' have no group '%s' and are left out (%s%s)",
+                len(left_out),
+                settings.STREAM_NAME,
+                settings.STREAM_CONSUMER_GROUP_NAME,
+                named,
+                more,
+            )
+        return {display_name(name): summaries[name] for name in names if name not in self._without_group}
 
     def _run_one(
         self, name: str, should_stop: Callable[[], bool], limits: Limits, failures: list[str]
