@@ -51,6 +51,11 @@ FUNCIGNORE = """# Everything here is needed at run time; keep local-only files o
 local.settings.json
 .funcignore
 """
+# What Core Tools reads before it uploads anything: the worker runtime, from --custom or from this file in the
+# folder being published (Core Tools v4 Helpers/GlobalCoreToolsSettings.cs, Common/SecretsManager.cs; see
+# handler/dev/core_tools.py). Nothing else: no setting of this checkout travels with the folder, and Core
+# Tools never puts this file in the zip (.funcignore says so too).
+LOCAL_SETTINGS = {"IsEncrypted": False, "Values": {"FUNCTIONS_WORKER_RUNTIME": "custom"}}
 
 
 class BuildError(RuntimeError):
@@ -216,6 +221,13 @@ def _write_function_app(out: Path) -> None:
     (out / "host.json").write_text(json.dumps(host, indent=4) + "\n")
     shutil.copytree(ROOT / "monitor", out / "monitor")
     (out / ".funcignore").write_text(FUNCIGNORE)
+    (out / "local.settings.json").write_text(json.dumps(LOCAL_SETTINGS, indent=4) + "\n")
+
+
+def publish_command(out: Path) -> str:
+    """How to publish the folder, on every plan: --custom names the runtime even where the folder's
+    local.settings.json is missing (copied without its dot files, say)."""
+    return f"cd {out} && func azure functionapp publish <function-app-name> --custom"
 
 
 def launcher_text() -> str:
@@ -259,7 +271,7 @@ def main() -> int:
     print(f"built {out} ({size_mb(out):.1f} MB)")
     print(f"bundled from this machine: {bundled_runtime()}")
     print("publish it with:")
-    print(f"  cd {out} && func azure functionapp publish <function-app-name>")
+    print(f"  {publish_command(out)}")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.build_artifact import EXECUTABLE, _write_function_app
+from deploy.build_artifact import EXECUTABLE, _write_function_app, publish_command
 from handler.dev.core_tools import (
     CoreToolsError,
     GitIgnoreParser,
@@ -60,11 +60,11 @@ def test_the_zip_holds_what_runs_and_never_the_local_settings(built: Path) -> No
 
 
 def test_the_funcignore_parser_follows_core_tools() -> None:
-    parser = GitIgnoreParser("# comment\n\nlocal.settings.json\n/dist\n*.pyc\ntests\n!tests/keep.py\n")
+    parser = GitIgnoreParser("# comment\n\nlocal.settings.json\n/dist\n*.pyc\nnotes\n!notes/keep.txt\n")
     assert not parser.accepts("local.settings.json")
     assert not parser.accepts("dist/functionapp/host.json")
     assert not parser.accepts("a.pyc") and parser.accepts("app/a.pyc")  # `*` never crosses a `/`
-    assert not parser.accepts("tests/test_x.py") and parser.accepts("tests/keep.py")
+    assert not parser.accepts("notes/a.txt") and parser.accepts("notes/keep.txt")
     assert parser.accepts("distribution.txt")  # a pattern matches a prefix ending at a word boundary
     assert not parser.accepts("dist.txt")  # ... such as a dot
 
@@ -73,6 +73,4 @@ def test_every_publish_command_in_the_docs_and_the_build_names_the_runtime() -> 
     commands = re.findall(r"func azure functionapp publish[^\n`]*", DEPLOY.read_text())
     assert commands
     assert [] == [command for command in commands if "--custom" not in command]
-    from deploy.build_artifact import publish_command  # noqa: PLC0415  (added with the fix)
-
     assert "--custom" in publish_command(ROOT / "dist" / "functionapp")
