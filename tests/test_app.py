@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 from collections.abc import Iterator
@@ -123,7 +122,7 @@ def test_the_answer_has_the_hosts_shape_with_the_cycles_log_lines(
         line.startswith("INFO: reclaim cycle: pending=3 claimed=3 processed=3") for line in document["Logs"]
     )
     assert 3 == summary["processed"]
-    assert re.search(r"\[invocation 7f3c1a52-0000-4000-8000-000000000001\] reclaim cycle", host.stdout)
+    assert "reclaim cycle" not in host.stdout  # one way only: the host would record it twice
 
 
 def test_an_empty_pending_list_is_still_a_complete_answer(host: FunctionsHost, client8: redis.Redis) -> None:

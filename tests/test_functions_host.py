@@ -261,7 +261,7 @@ def test_a_host_restart_kills_the_worker_and_starts_a_new_one(redis_8: LocalRedi
 
 def test_the_docs_say_what_the_host_does_at_each_moment_and_what_only_azure_confirms() -> None:
     operate = (ROOT / "docs" / "operate.md").read_text()
-    section = operate.split("## Under the Functions host", 1)[1].split("\n## ", 1)[0]
+    section = operate.split("## Under the Functions host", 1)[1].split("\n#", 1)[0]
     for moment in ("start", "exit", "timeout", "kill", "restart", "only in Azure"):
         assert moment in section, moment
     assert "SIGKILL" in section and "200" in section

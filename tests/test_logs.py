@@ -22,16 +22,20 @@ from tests.pipeline import (
 )
 
 
-def test_page_workers_log_lines_reach_the_hosts_logs(redis_8: LocalRedis, client8: redis.Redis) -> None:
+def test_page_workers_log_lines_reach_the_host_with_the_invocation_id(
+    redis_8: LocalRedis, client8: redis.Redis
+) -> None:
+    """A page worker's INFO line goes into the invocation's Logs; its warning to stderr, with the id."""
     create_group(client8, STREAM, GROUP)
-    abandon(client8, STREAM, GROUP, [[b"text", b"no id"]])
+    ids = abandon(client8, STREAM, GROUP, [[b"text", b"no id"], tweet(1)])
+    client8.xdel(STREAM, ids[1])  # deleted while pending: the page acknowledges it and says so
     host = FunctionsHost(environment_for(redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10")).start()
     try:
         answer = host.invoke(invocation_id="4d1f2a7e-0000-4000-8000-00000000beef")
     finally:
         host.stop()
     body = answer.json
-    assert any("dead-lettered" in line for line in body["Logs"]), body["Logs"]
+    assert any("pending entries deleted from the stream" in line for line in body["Logs"]), body["Logs"]
     dead_lettered = [line for line in host.stderr.splitlines() if "dead-lettered" in line]
     assert dead_lettered and all("4d1f2a7e-0000-4000-8000-00000000beef" in line for line in dead_lettered)
 

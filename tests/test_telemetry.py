@@ -139,7 +139,7 @@ def test_without_its_variables_no_opentelemetry_is_imported(
     try:
         assert 0 == completed(host.invoke())["processed"]  # the reclaim above took them all
     finally:
-        assert 0 == host.stop(signal.SIGTERM)  # a stop the handler sees, so it flushes
+        assert 200 == host.stop(signal.SIGTERM)  # a stop the handler sees, so it flushes
     imported = _imported(host.stderr)
     assert "handler.functions.app" in imported
     assert [] == sorted(m for m in imported if m.startswith(OURS))
@@ -227,7 +227,7 @@ def test_the_handler_exports_a_real_cycle_to_azure_monitor_and_an_otlp_collector
             scraped = host.request("GET", "/metrics").body.decode()
             assert f'tweets_monitor_processed_entries_total{{stream="{abandoned}"}} 317.0' in scraped
         finally:
-            assert 0 == host.stop(signal.SIGTERM)  # a stop the handler sees, so it flushes
+            assert 200 == host.stop(signal.SIGTERM)  # a stop the handler sees, so it flushes
 
     assert [] == breeze.of_type("MessageData") + breeze.of_type("RequestData") + breeze.of_type(
         "ExceptionData"
@@ -301,7 +301,7 @@ def test_run_exports_its_log_records_with_the_cycles_counts(
 
 def _stop_seconds(host: FunctionsHost) -> float:
     started = time.monotonic()
-    assert 0 == host.stop(signal.SIGTERM)
+    assert 200 == host.stop(signal.SIGTERM)
     return time.monotonic() - started
 
 
@@ -421,7 +421,7 @@ def test_counters_reach_application_insights_counted_once_when_answers_are_lost(
             wait_for("every entry counted", lambda: counted_once(sent()) >= processed)
             time.sleep(1.5)  # a few more exports: nothing is counted twice, however late
         finally:
-            assert 0 == host.stop(signal.SIGTERM)  # a stop the handler sees, so it flushes
+            assert 200 == host.stop(signal.SIGTERM)  # a stop the handler sees, so it flushes
     assert 6 * 37 == processed
     assert processed == counted_once(sent()), [(p.envelope["time"], p.value) for p in sent()]
     queries = _counter_queries(OPERATE.read_text())

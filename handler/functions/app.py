@@ -2,7 +2,9 @@
 
 GET / is the host's readiness probe; POST /monitor (the function folder's name) runs one cycle and answers
 in the host's shape. Errors are JSON with `error`, and also go to stderr, because the host throws away the
-`Logs` of a non-2xx answer.
+`Logs` of a non-2xx answer; for the same reason a failed invocation's captured lines go to stdout instead
+(handler/logs.py). Each invocation ends with an export of the metrics, bounded: the host ends a worker only
+by killing it, so nothing else would send what the invocation counted (handler/telemetry/__init__.py).
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handler.functions.envelope import BadEnvelopeError, TimerInfo, invocation_response, parse_invocation
-from handler.logs import capture_logs
+from handler.logs import CapturedLogs, capture_logs
 from handler.monitor import CycleFailed, Monitor
 from handler.settings import MonitorSettings
+from handler.telemetry import flush_after_invocation
 
 log = logging.getLogger(__name__)
 
 FUNCTION_NAME = "monitor"
 MAX_BODY_BYTES = 1024 * 1024  # the host's envelope is well under 1 KB; a retry context adds a little
 INVOCATION_ID_HEADER = "x-azure-functions-invocationid"
+SUCCESS = range(200, 300)  # the host reads Logs only after EnsureSuccessStatusCode
 
 
 class _InvocationError(Exception):
@@ -83,16 +87,31 @@ def create_app(settings: MonitorSettings, stop: threading.Event | None = None) -
             capture_logs(request.headers.get(INVOCATION_ID_HEADER) or "-") as lines,
             monitor.telemetry.invocation(request.headers),  # the host's traceparent, if any, joins the cycle
         ):
+            answered = False
             try:
-                await _check_request(request)
-            except _InvocationError as exc:
-                return _failed(exc.status, exc.message)
-            result = await run_in_threadpool(monitor.run_scheduled, stop_requested.is_set)
-            if isinstance(result, CycleFailed):
-                return _failed(503 if result.unavailable else 500, result.message)
-            return JSONResponse(invocation_response(lines, result.as_dict()))
+                answer = await _invoke(request, monitor, lines, stop_requested)
+                answered = answer.status_code in SUCCESS
+                return answer
+            finally:
+                if not answered:  # the host drops a failure's Logs: its lines go to stdout instead
+                    lines.release()
 
     return app
+
+
+async def _invoke(
+    request: Request, monitor: Monitor, lines: CapturedLogs, stop_requested: threading.Event
+) -> JSONResponse:
+    try:
+        await _check_request(request)
+    except _InvocationError as exc:
+        return _failed(exc.status, exc.message)
+    result = await run_in_threadpool(monitor.run_scheduled, stop_requested.is_set)
+    # What this cycle counted is exported before the answer: after it, the host may kill the worker.
+    await run_in_threadpool(flush_after_invocation, monitor.telemetry)
+    if isinstance(result, CycleFailed):
+        return _failed(503 if result.unavailable else 500, result.message)
+    return JSONResponse(invocation_response(lines, result.as_dict()))
 
 
 def _failed(status: int, message: str) -> JSONResponse:

@@ -9,6 +9,9 @@ opentelemetry-exporter-otlp-proto-grpc is installed). Both may be set. With neit
 
 Log records are exported under `run` only: under the host, stdout, stderr and each invocation's `Logs`
 reach Application Insights already. What the pipeline does is described in handler/telemetry/export.py.
+
+Under the host, every invocation ends with `flush_after_invocation`: the host never stops the handler
+gently (it kills it), so an export only at intervals would lose what was counted since the last one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "OTLP_ENDPOINT",
     "STOP_WITHIN_SEC",
     "Telemetry",
+    "flush_after_invocation",
     "start_telemetry",
     "wanted",
 ]
@@ -120,3 +124,34 @@ class _Starting(Telemetry):
             ready = self._ready
         if ready is not None:
             ready.stop(max(0.0, deadline - time.monotonic()))
+
+
+# How long an invocation's answer waits for its export, at most: a healthy endpoint answers well within it
+# (docs/operate.md has the measurement); a slower or unreachable one finishes, or fails, on its own thread,
+# and delays no answer longer than this.
+FLUSH_WITHIN_SEC = 0.25
+
+
+def flush_after_invocation(telemetry: Telemetry, within: float = FLUSH_WITHIN_SEC) -> None:
+    """Export the metrics now (a fresh reading of the registry, as at every periodic export), waiting
+    `within` seconds at most. The Functions host ends the handler only with a kill (SIGKILL: at a function
+    timeout, a restart, a deploy, a settings change, scale-in), which no flush survives; exported before each
+    answer, what an invocation counted is sent before anything can kill the worker that counted it. Telemetry
+    still starting, or off, has nothing to export."""
+    ready = telemetry._ready if isinstance(telemetry, _Starting) else telemetry
+    # The pipeline's MeterProvider (handler/telemetry/export.py); OFF has none.
+    meters = getattr(ready, "_meters", None)
+    if meters is None:
+        return
+    flush = threading.Thread(
+        target=_quietly_flush, args=(meters, within), name="telemetry-flush", daemon=True
+    )
+    flush.start()
+    flush.join(timeout=within)
+
+
+def _quietly_flush(meters: object, within: float) -> None:
+    try:
+        meters.force_flush(timeout_millis=within * 1000)  # type: ignore[attr-defined]
+    except Exception as exc:  # an export never fails an invocation; the readers report their own failures
+        log.debug("telemetry: flush failed: %s: %s", type(exc).__name__, exc)
