@@ -163,6 +163,30 @@ def test_a_blip_is_ridden_out_by_retrying_on_a_fresh_connection(
     check(fresh, backlog, "a short connection blip mid-cycle (retried)", 1)
 
 
+def test_a_blip_that_outlasts_the_first_retry_is_ridden_out_by_the_second(
+    proxied: tuple[FaultyProxy, FunctionsHost], fresh: redis.Redis
+) -> None:
+    """Connections reset for 0.2 s from the first cut: the retry after 0.1 s meets the cut again, the one
+    after a further 0.4 s a healed path, and the invocation completes."""
+    proxy, host = proxied
+    abandon_backlog(fresh, 5_000)
+
+    def heal_after_the_first_cut() -> None:
+        deadline = time.monotonic() + 60
+        while not proxy.cuts and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.2)
+        proxy.heal()
+
+    healer = threading.Thread(target=heal_after_the_first_cut, daemon=True)
+    proxy.cut_after(30_000)
+    healer.start()
+    summary = completed(host.invoke())
+    healer.join()
+    assert proxy.cuts > 0
+    assert summary["processed"] > 0
+
+
 def test_a_stalled_connection_fails_the_invocation_in_bounded_time(
     proxied: tuple[FaultyProxy, FunctionsHost], fresh: redis.Redis
 ) -> None:

@@ -127,3 +127,20 @@ def test_an_acl_rule_without_pttl_still_respects_another_monitors_lease(
     assert summary.stopped_by is StopReason.SKIPPED, summary
     assert 5 == len(world8.pending())
     assert any("+pttl" in record.getMessage() for record in caplog.records)
+
+
+def test_a_holder_stalled_after_its_last_renewal_cannot_overwrite_its_successors_cursor(
+    client8: redis.Redis,
+) -> None:
+    """A monitor may stall after its last renewal and before it saves its cursor (its last step): its lease
+    expires meanwhile, a successor takes it and saves its own cursor, which must stay."""
+    cursor = "{tweets_stream}:cursor:redisearch_app_group"
+    stalled = Lease(client8, KEY, "stalled", ttl_sec=0.2)
+    assert stalled.acquire() is None
+    time.sleep(0.3)  # expired, though `stalled` has not renewed since and still counts it as held
+    successor = Lease(client8, KEY, "successor", ttl_sec=5)
+    assert successor.acquire() is None
+    assert successor.save_cursor(cursor, b"2-0", 60_000)
+    assert not stalled.save_cursor(cursor, b"1-0", 60_000)
+    assert not stalled.save_cursor(cursor, b"", 60_000)  # nor delete it
+    assert b"2-0" == client8.get(cursor)

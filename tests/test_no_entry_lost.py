@@ -30,6 +30,7 @@ from handler.metrics import Metrics
 from handler.ops.dead_letter_tools import list_dead_letters, show_dead_letter
 from handler.ops.status import gather_status
 from handler.reclaim.cycle import ReclaimCycle
+from handler.reclaim.give_back import give_back_command
 from handler.reclaim.streams import StreamsCycle
 from handler.transport.connect import RedisConnection, connect
 from handler.transport.wire import Channel, pack
@@ -273,6 +274,26 @@ def test_an_outage_of_refused_writes_does_not_dead_letter_valid_tweets(world: Wo
         world.client.acl_deluser(user)
     assert (5, 0) == (fixed.counts.processed, fixed.counts.dead_lettered)
     assert 5 == len(tweet_keys(world.client))
+
+
+def test_a_delivery_is_given_back_only_while_the_monitor_still_holds_the_entry(world8: World) -> None:
+    """The give-back script runs after the monitor's attempt was refused; a processor may have claimed the
+    entry meanwhile: that entry keeps its owner and its count, the monitor's own gets its count back."""
+    world, keys = world8, world8.keys
+    ours, theirs = world.abandon([tweet(1), tweet(2)])  # delivered once, to the processor
+    for entry_id in (ours, theirs):  # the monitor's claim: a second delivery
+        command(world.client, "XCLAIM", world.stream, world.group, keys.consumer, 0, entry_id)
+    command(world.client, "XCLAIM", world.stream, world.group, "processor-2", 0, theirs)  # a third, since
+    pool, channel = ConnectionPool(port=world.server.port), Channel()
+    try:
+        (given,) = channel.wire(pool).call([give_back_command(keys, [(ours, 1), (theirs, 1)])], 1)
+    finally:
+        channel.close()
+        pool.disconnect()
+    rows = {row[0]: row for row in pending_rows(world.client, world.stream, world.group)}
+    assert 1 == given
+    assert (keys.consumer.encode(), 1) == (rows[ours][1], rows[ours][3])
+    assert (b"processor-2", 3) == (rows[theirs][1], rows[theirs][3])
 
 
 # 5. Dead letters are never evicted silently.
