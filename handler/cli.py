@@ -1,7 +1,9 @@
 """The command line (`python -m handler` or `tweets-monitor`).
 
 serve (what host.json starts), reclaim [--dry-run], run [--once], status, check, dead-letter
-list|show|replay|purge, consumers prune, demo. Exit codes: 0 success, 1 failure, 2 bad settings or usage.
+list|show|replay|purge, consumers prune, demo. Exit codes: 0 success, 1 failure, 2 bad settings or usage;
+serve never exits 0, which the Functions host reads as "never start me again": 200 after a signal (see
+EXIT_RESTART).
 """
 
 from __future__ import annotations
