@@ -376,3 +376,34 @@ def test_a_schedule_naming_a_secret_setting_is_not_echoed(redis_8: LocalRedis) -
         assert 2 == code, output
         assert ACCESS_KEY not in output, output
         assert "%REDIS_PASSWORD%" in output, output  # the schedule as written is named
+
+
+def test_redis_tls_ca_file_adds_to_the_systems_cas_as_the_docs_say(
+    tls_binary: tuple[Path, dict[str, str]], certificates: Certificates
+) -> None:
+    """The system's CAs stay trusted beside REDIS_TLS_CA_FILE (the system's store played by SSL_CERT_FILE,
+    which OpenSSL reads for it); docs/operate.md said the file was trusted 'instead of the system's'."""
+    server = tls_server(
+        tls_binary, certificates.server_cert, certificates.server_key, certificates.ca, "TLSv1.2 TLSv1.3"
+    )
+    try:
+        client = server.client(ssl=True, ssl_ca_certs=str(certificates.ca))
+        create_group(client, STREAM, GROUP)
+        client.close()
+        base = {**NAMES, "MIN_IDLE_TIME_SEC": "10", "REDIS_TLS": "true", "REDIS_TIMEOUT_SEC": "2"}
+        system_only = environment_for(server, **base, SSL_CERT_FILE=str(certificates.untrusted_ca))
+        assert 1 == reclaim(system_only).returncode  # the system's store decides without the file
+        both = environment_for(
+            server,
+            **base,
+            SSL_CERT_FILE=str(certificates.ca),
+            REDIS_TLS_CA_FILE=str(certificates.untrusted_ca),
+        )
+        done = reclaim(both)
+        assert 0 == done.returncode, done.stderr  # signed by a system CA, not the file's: still trusted
+    finally:
+        server.cleanup()
+    rows = [line for line in (APP_ROOT / "docs" / "operate.md").read_text().splitlines()]
+    row = next(line for line in rows if line.startswith("| `REDIS_TLS_CA_FILE`"))
+    assert "instead of" not in row and "in addition to the system's" in row, row
+    SECURITY_CHECKS.append("TLS: REDIS_TLS_CA_FILE adds to the system's CAs, as documented")
