@@ -23,11 +23,36 @@ invocation_id: ContextVar[str] = ContextVar("invocation_id", default="-")
 _captured: ContextVar[list[str] | None] = ContextVar("captured_logs", default=None)
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [invocation %(invocation_id)s] %(message)s"
+# A value read from Redis (a key, an entry ID, an error's text) is cut to this many characters in a log line
+# (clip), and a whole message to MAX_MESSAGE_CHARS: a producer's 1 MB tweet id must not make a 1 MB line.
+MAX_VALUE_CHARS = 200
+MAX_MESSAGE_CHARS = 1900
+
+
+def clip(value: object, limit: int = MAX_VALUE_CHARS) -> str:
+    """A Redis-derived value for a log line: bytes decoded (what is not UTF-8 escaped), cut to `limit`
+    characters, saying how long it was."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        size = len(value)
+        text = bytes(value[: limit * 4]).decode("utf-8", "backslashreplace")
+        if size <= limit and len(text) <= limit:
+            return text
+        return f"{text[:limit]}… ({size:,} bytes)"
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 class _InvocationFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.invocation_id = invocation_id.get()
+        if not getattr(record, "message_bounded", False):
+            message = record.getMessage()
+            if len(message) > MAX_MESSAGE_CHARS:
+                record.msg, record.args = (
+                    f"{message[:MAX_MESSAGE_CHARS]}… (cut: {len(message):,} characters)",
+                    None,
+                )
+            record.message_bounded = True
         return True
 
 
@@ -70,7 +95,9 @@ class _OneLine(logging.Formatter):
         return text.replace("\r\n", "\n").replace("\r", "\\r").replace("\n", "\\n")
 
 
-MAX_CAPTURED_LINES = 1000  # the host's Logs of one invocation: an outage must not make the answer huge
+# The host's Logs of one invocation: an outage must not make the answer huge (each line is bounded too, by
+# MAX_MESSAGE_CHARS: at most about 2 MB in all).
+MAX_CAPTURED_LINES = 1000
 
 
 class CapturedLogs(list[str]):

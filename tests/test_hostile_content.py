@@ -97,7 +97,7 @@ def _deliveries(world: World) -> dict[bytes, int]:
 def slowlog(world8: World) -> Iterator[redis.Redis]:
     """SLOWLOG recording every command over 50 ms, restored afterwards."""
     client = world8.client
-    before = client.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
+    before = str(client.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"])
     client.config_set("slowlog-log-slower-than", 50_000)
     client.slowlog_reset()
     yield client
@@ -189,7 +189,7 @@ def test_a_key_over_the_servers_limit_fails_alone_and_is_charged_alone(world8: W
     neighbours are written, only the culprit keeps its delivery, and past MAX_DELIVERIES it is
     dead-lettered."""
     client = world8.client
-    before = client.config_get("proto-max-bulk-len")["proto-max-bulk-len"]
+    before = str(client.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
     limit = 1024 * 1024
     client.config_set("proto-max-bulk-len", limit)
     try:
@@ -221,7 +221,7 @@ def test_a_key_over_the_servers_limit_fails_alone_and_is_charged_alone(world8: W
 def test_a_refused_write_of_a_huge_key_logs_a_bounded_line(world8: World) -> None:
     client = world8.client
     world8.abandon([tweet(n, id="i" * 200_000 + str(n)) for n in range(3)])
-    before = client.config_get("maxmemory")["maxmemory"]
+    before = str(client.config_get("maxmemory")["maxmemory"])
     client.config_set("maxmemory", 1)  # every write refused with OOM
     try:
         with capture_logs("bounded-lines") as lines:
@@ -265,7 +265,7 @@ def test_dead_letter_list_and_count_read_only_what_they_show(world8: World) -> N
         client.close()
     assert len(rows) == 4 and count == 4
     assert all(row.field_count == 100_000 and row.metadata[b"dlq:reason"] == b"missing-id" for row in rows)
-    assert peak < 2_000_000, peak
+    assert peak < 6_000_000, peak  # two receive buffers of 1 MB; read whole, about 36 MB
 
 
 def test_the_monitor_stays_under_its_memory_bound_whatever_the_entries(world8: World) -> None:

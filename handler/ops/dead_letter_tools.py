@@ -30,6 +30,7 @@ from handler.reclaim.rate import ClaimPacer
 from handler.reclaim.rules import next_id
 from handler.transport.client import Client, command, server_holding, text
 from handler.transport.failures import FailureKind, kind_of
+from handler.transport.wire import RawReply, Wire, pack
 
 REPLAY_ATTEMPTS = 100  # a replay that keeps meeting concurrent changes gives up with a message
 log = logging.getLogger(__name__)
@@ -68,18 +69,63 @@ def _heads(entries: Sequence[Any]) -> list[DeadLetterEntry]:
     return parsed
 
 
+# What the listing keeps of each entry it reads: the metadata, dlq:parts and dlq:fields (a continued dead
+# letter's), each value cut to SKIM_VALUE_BYTES; the rest of the entry is read off the wire and dropped.
+SKIM_VALUES = 2 * METADATA_FIELD_COUNT + 4
+SKIM_VALUE_BYTES = 4096
+
+
+def _skim(
+    client: Client, keys: StreamKeys, verb: str, start: bytes | str, end: bytes | str, count: int, keep: int
+) -> list[tuple[bytes, list[bytes], int]]:
+    """`XRANGE`/`XREVRANGE` of the dead-letter stream, read as it streams in: (ID, its first `keep` values,
+    how many values it has) per entry. Memory stays flat in the size of the dead letters: a 20 MB one costs
+    what its first fields do."""
+    pool = server_holding(client, keys.dead_letter).connection_pool
+    wire = Wire(pool)
+    try:
+        wire.send(pack((verb, keys.dead_letter, start, end, "COUNT", count)), 0)
+        reply = RawReply(wire.socket())
+        entries = []
+        for _ in range(reply.header(b"*")):
+            reply.header(b"*")
+            entry_id = reply.bulk(SKIM_VALUE_BYTES) or b""
+            values = reply.header(b"*")
+            kept = [reply.bulk(SKIM_VALUE_BYTES) or b"" for _ in range(min(keep, values))]
+            reply.relay(values - len(kept), _dropped)
+            entries.append((entry_id, kept, values))
+        return entries
+    except BaseException:
+        wire.mark_broken()
+        raise
+    finally:
+        wire.close()
+
+
+def _dropped(_piece: bytes) -> None:
+    """What _skim does with the values it does not keep."""
+
+
+def _skimmed_head(entry_id: bytes, values: list[bytes], total: int) -> DeadLetterEntry:
+    """A dead letter's listing from its first values: an inline one's field count from how many it has."""
+    metadata, _ = split_dead_letter(values)
+    if metadata.get(b"dlq:version") != CONTINUED:
+        metadata[FIELD_COUNT] = b"%d" % ((total - 2 * METADATA_FIELD_COUNT) // 2)
+    return DeadLetterEntry(entry_id, metadata, [])
+
+
 def list_dead_letters(
     client: Client, keys: StreamKeys, count: int, newest_first: bool
 ) -> list[DeadLetterEntry]:
-    """Up to `count` dead letters, oldest (or newest) first."""
+    """Up to `count` dead letters, oldest (or newest) first: only their metadata is kept (_skim)."""
     found: list[DeadLetterEntry] = []
     verb, start, end = ("XREVRANGE", b"+", b"-") if newest_first else ("XRANGE", b"-", b"+")
     while len(found) < count:
         with needs(verb, key=keys.dead_letter):
-            entries = command(client, verb, keys.dead_letter, start, end, "COUNT", count)
+            entries = _skim(client, keys, verb, start, end, count, SKIM_VALUES)
         if not entries:
             break
-        found += _heads(entries)
+        found += [_skimmed_head(*entry) for entry in entries if not is_part(entry[1])]
         last = entries[-1][0]
         if newest_first:
             if last in (b"0-0", b"0-1"):
@@ -120,10 +166,10 @@ def all_ids(
     start: bytes | str = "-"
     while True:
         with needs("XRANGE", key=keys.dead_letter):
-            entries = command(client, "XRANGE", keys.dead_letter, start, "+", "COUNT", batch)
+            entries = _skim(client, keys, "XRANGE", start, "+", batch, 2)  # enough to tell a part (is_part)
         if not entries:
             return
-        yield [entry_id for entry_id, fields in entries if not (heads_only and is_part(list(fields)))]
+        yield [entry_id for entry_id, values, _ in entries if not (heads_only and is_part(values))]
         start = next_id(entries[-1][0])
 
 

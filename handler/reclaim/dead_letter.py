@@ -24,9 +24,15 @@ twice, in both places, or in neither.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any
+
+from redis.connection import ConnectionPool
+
+from handler.transport.wire import RawReply, Wire, pack
 
 METADATA_FIELDS = (
     b"dlq:version",
@@ -50,6 +56,7 @@ class MoveOutcome(IntEnum):
     NOT_OURS = 0  # another consumer owns it now, or it was acknowledged already: nothing changed
     DEAD_LETTERED = 1
     DELETED = 2  # gone from the stream: acknowledged, nothing to keep
+    NOT_WRITTEN = 3  # a relayed move whose dead letter Redis did not write: nothing changed, try again later
 
 
 # KEYS: stream, dead-letter stream (same hash slot).
@@ -163,3 +170,150 @@ def join_parts(head_id: bytes, metadata: dict[bytes, bytes], parts: Sequence[Seq
     if expected or len(fields) != 2 * int(metadata.get(FIELD_COUNT, b"0")):
         raise ValueError(f"dead letter {head_id.decode()} is missing some of its parts")
     return fields
+
+
+# The relayed move (relay_move). KEYS: stream, dead-letter stream. ARGV: group, consumer, entry id, the head's
+# ID, an unused slot, then the parts' IDs. Returns {outcome, the dead-letter stream's length after}. Runs
+# inside the transaction that wrote the head and its parts, right after them, so that nothing can come
+# between: it only reads the head (the metadata, or an inline dead letter of at most VALUES_PER_CALL
+# values), the entry's pending row, and acknowledges or deletes by ID.
+COMMIT_RELAYED_MOVE_LUA = """
+local stream, dead_letter = KEYS[1], KEYS[2]
+local group, consumer, id, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local written = redis.call('XRANGE', dead_letter, head, head)
+if #written == 0 or written[1][2][1] ~= 'dlq:version' or written[1][2][4] ~= id then
+  return {3, 0}
+end
+local row = redis.call('XPENDING', stream, group, id, id, 1)
+if #row == 0 or row[1][2] ~= consumer then
+  redis.call('XDEL', dead_letter, head)
+  for index = 6, #ARGV do
+    redis.call('XDEL', dead_letter, ARGV[index])
+  end
+  return {0, 0}
+end
+redis.call('XACK', stream, group, id)
+return {1, redis.call('XLEN', dead_letter)}
+"""
+# The relayed dead letter's IDs are chosen by the monitor (its parts must name the head's ID, and the
+# transaction's commands are fixed before it runs): this far ahead of Redis's clock, so that no ID Redis
+# generates meanwhile ("*") reaches them. Later dead letters then take IDs after them, a minute ahead at most.
+RELAY_ID_LEAD_MS = 60_000
+_reserved_lock = threading.Lock()
+_last_reserved_ms = 0
+_RELAY_FLUSH_BYTES = 256 * 1024  # what the relay collects before writing it on
+
+
+def _reserve_ms(redis_time_ms: int) -> int:
+    """A millisecond of its own for each relayed dead letter of this process (ID <ms>-0 for the head,
+    <ms>-1… for its parts)."""
+    global _last_reserved_ms  # noqa: PLW0603  (one reservation counter per process, under its lock)
+    with _reserved_lock:
+        _last_reserved_ms = max(redis_time_ms + RELAY_ID_LEAD_MS, _last_reserved_ms + 1)
+        return _last_reserved_ms
+
+
+def relay_move(
+    pool: ConnectionPool, stream: str, dead_letter: str, group: str, consumer: str, entry_id: bytes,
+    reason: str, deliveries: int, detail: str, maxlen: int,
+) -> tuple[MoveOutcome, int]:  # fmt: skip
+    """Move one entry to the dead-letter stream without reading it whole and without a long script.
+
+    A Lua move copies the entry inside one call, blocking every client of Redis for as long as that takes
+    (about a second for a million fields, however it is sliced: a script cannot read part of an entry). The
+    monitor instead streams `XRANGE <id> <id>` from one connection into a transaction on another, a piece at
+    a time (its memory stays at about RECV_BYTES whatever the entry's size): MULTI, the continued layout's
+    head and parts (XADD with IDs chosen ahead, _reserve_ms), then COMMIT_RELAYED_MOVE_LUA, EXEC. The
+    transaction runs as one step, so the move stays exactly-once: the script checks, right after the writes
+    and before anything else runs, that the monitor still holds the entry, and acknowledges it, or deletes
+    what was written. Nothing is written before EXEC: a crash, a timeout or a refusal (OOM, WRONGTYPE) at any
+    point leaves the entry pending and the dead-letter stream as it was. Returns (outcome, entries trimmed).
+    """
+    source, target = Wire(pool), Wire(pool)
+    try:
+        ((seconds, micros),) = target.call([pack((b"TIME",))], 1)
+        ms = _reserve_ms(int(seconds) * 1000 + int(micros) // 1000)
+        source.send(pack((b"XRANGE", stream, entry_id, entry_id)), 0)
+        reply = RawReply(source.socket())
+        if reply.header(b"*") == 0:  # deleted from the stream: the ordinary move acknowledges it
+            (result,) = target.call(
+                [pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, stream, dead_letter,
+                       *move_arguments(group, consumer, entry_id, reason, deliveries, int(time.time() * 1000),
+                                       detail, maxlen)))], 1,
+            )  # fmt: skip
+            if isinstance(result, Exception):
+                raise result
+            return parse_move_reply(result)
+        reply.header(b"*")  # [id, fields]
+        reply.bulk(len(entry_id) + 2)
+        values = reply.header(b"*")
+        # Small enough for one Lua call of the replay: the inline layout, as the scripted move writes it.
+        inline = 2 * METADATA_FIELD_COUNT + values <= VALUES_PER_CALL
+        parts = 0 if inline else -(-values // VALUES_PER_CALL)
+        head_id = b"%d-0" % ms
+        part_ids = [b"%d-%d" % (ms, n) for n in range(1, parts + 1)]
+        metadata = (
+            b"dlq:version", INLINE if inline else CONTINUED, b"dlq:original-id", entry_id,
+            b"dlq:stream", stream, b"dlq:group", group, b"dlq:reason", reason, b"dlq:deliveries", deliveries,
+            b"dlq:consumer", consumer, b"dlq:time-ms", int(time.time() * 1000), b"dlq:detail", detail,
+        )  # fmt: skip
+        out = _Outbox(target)
+        out.add(pack((b"MULTI",)) + pack((b"XLEN", dead_letter)))  # the length before, to count a trim
+        # The max length trims with the head, as the scripted move's XADD does.
+        add_head = (b"XADD", dead_letter, *((b"MAXLEN", b"~", maxlen) if maxlen else ()), head_id, *metadata)
+        if inline:
+            out.add(_with_more_arguments(pack(add_head), values))
+            reply.relay(values, out.add)
+        else:
+            out.add(pack((*add_head, PARTS, parts, FIELD_COUNT, values // 2)))
+        for part_id, first in zip(part_ids, range(0, values if parts else 0, VALUES_PER_CALL), strict=True):
+            count = min(VALUES_PER_CALL, values - first)
+            # The command's own header counts the part's values too: they follow it, relayed as RESP.
+            out.add(_with_more_arguments(pack((b"XADD", dead_letter, part_id, PART_OF, head_id)), count))
+            reply.relay(count, out.add)
+        out.add(pack((b"EVAL", COMMIT_RELAYED_MOVE_LUA, 2, stream, dead_letter, group, consumer, entry_id,
+                      head_id, maxlen, *part_ids)))  # fmt: skip
+        out.add(pack((b"EXEC",)))
+        out.send(5 + parts)  # MULTI's OK, QUEUED for XLEN, the head, each part and the script, EXEC's reply
+        *queued, executed = target.read(5 + parts)
+        for answer in (*queued, executed):
+            if isinstance(answer, Exception):
+                raise answer
+        before, result = executed[0], executed[-1]
+        if isinstance(result, Exception):
+            raise result
+        outcome, after = parse_move_reply(result)
+        trimmed = before + 1 + parts - after if outcome == MoveOutcome.DEAD_LETTERED else 0
+        return outcome, max(0, trimmed)
+    except BaseException:
+        source.mark_broken()
+        target.mark_broken()
+        raise
+    finally:
+        source.close()
+        target.close()
+
+
+class _Outbox:
+    """What the relay writes, sent on once it holds _RELAY_FLUSH_BYTES."""
+
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
+        self._pieces: list[bytes] = []
+        self._size = 0
+
+    def add(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._size += len(piece)
+        if self._size >= _RELAY_FLUSH_BYTES:
+            self.send(0)
+
+    def send(self, replies: int) -> None:
+        self._wire.send(b"".join(self._pieces), replies)
+        self._pieces, self._size = [], 0
+
+
+def _with_more_arguments(command: bytes, more: int) -> bytes:
+    """A packed command whose argument count is raised by `more` (their RESP follows it)."""
+    header, _, rest = command.partition(b"\r\n")
+    return b"*%d\r\n" % (int(header[1:]) + more) + rest

@@ -24,7 +24,14 @@ from functools import partial
 import redis
 
 from handler.keys import StreamKeys
-from handler.reclaim.dead_letter import MOVE_TO_DEAD_LETTER_LUA, MoveOutcome, move_arguments, parse_move_reply
+from handler.logs import clip
+from handler.reclaim.dead_letter import (
+    MOVE_TO_DEAD_LETTER_LUA,
+    MoveOutcome,
+    move_arguments,
+    parse_move_reply,
+    relay_move,
+)
 from handler.reclaim.give_back import give_back_command
 from handler.reclaim.rules import (
     DeadLetter,
@@ -35,9 +42,9 @@ from handler.reclaim.rules import (
 )
 from handler.reclaim.summary import Counts, Incidents
 from handler.reclaim.write_order import Ticket, WriteOrder
-from handler.transport.failures import FailureKind, code_of, kind_of
+from handler.transport.failures import LOST_CONNECTION, FailureKind, code_of, kind_of
 from handler.transport.topology import Node, Topology
-from handler.transport.wire import Channel, Wire, pack, pack_hsets
+from handler.transport.wire import Channel, ReplyTooLarge, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,17 @@ class PageSettings:
     max_deliveries: int
     dead_letter_maxlen: int = 0
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
+    entry_max_bytes: int = 1 << 20  # ENTRY_MAX_BYTES
+    page_max_bytes: int = 16 << 20  # PAGE_MAX_BYTES
+
+
+# A poison entry read whole is moved by one Lua call when it is this small (that call then takes well under a
+# millisecond); a bigger one is relayed a piece at a time (dead_letter.relay_move), so that no script of the
+# monitor holds Redis for long (docs/performance.md).
+SCRIPT_MOVE_MAX_BYTES = 64 * 1024
+# Entries a narrowed page asks for in one round trip: Redis makes every reply asked for, even those the
+# monitor then gives up reading (PAGE_MAX_BYTES), so a page of big entries is not asked for whole each time.
+_READ_AT_ONCE = 128
 
 
 _COUNTS_ONLY = frozenset({int})  # the reply types of a page of HSETs that all succeeded
@@ -86,8 +104,11 @@ class PageResult:
 
 @dataclass(frozen=True)
 class _Claim:
-    entries: list[tuple[bytes, list[bytes]]]  # (entry id, fields) of what XCLAIM returned
+    # (entry id, fields) of what XCLAIM returned; None when its reply was over PAGE_MAX_BYTES (the entries
+    # were claimed, but are read a few at a time: _handle_narrowed)
+    entries: list[tuple[bytes, list[bytes]]] | None
     deleted: int  # asked for, but gone from the stream: acknowledged
+    poison: list[bytes] = field(default_factory=list)  # delivered too often: claimed with JUSTID, never read
 
 
 def handle_page(
@@ -100,20 +121,35 @@ def handle_page(
     retried with the entries in hand, because claiming them again would return nothing: they are no
     longer idle, and would only come back to a later cycle with one more delivery counted.
     `turn` is the page's place in the order pages were handed out (write_order.py).
+
+    What the page may cost is bounded whatever the producer wrote: an entry its XPENDING row says was
+    delivered more than MAX_DELIVERIES times is claimed with JUSTID and moved unread; an XCLAIM reply over
+    PAGE_MAX_BYTES is given up (its connection closed) and the page read again a few entries at a time,
+    each over ENTRY_MAX_BYTES dead-lettered as too-large (_handle_narrowed); and a second step that keeps
+    losing the connection while Redis answers is narrowed down to the entry at fault (_finish_or_narrow).
     """
     ids = claimable_ids(rows, config.min_idle_ms)
     if not ids:
         order.give_up_turn(turn)
         return PageResult(Counts(), Incidents())
+    limit, poison = config.max_deliveries, []
+    if limit and any(row.deliveries > limit for row in rows):
+        too_often = {row.entry_id for row in rows if row.deliveries > limit}
+        poison = [i for i in ids if i in too_often]
+        ids = [i for i in ids if i not in too_often]
     try:
-        claim = channel.run(partial(_claim, ids=ids, config=config))
+        claim = channel.run(partial(_claim, ids=ids, poison=poison, config=config))
     except BaseException:
         order.abandon()  # before passing the turn: the next page must not go on to a failing Redis
         order.give_up_turn(turn)
         raise
     deliveries = {row.entry_id: row.deliveries for row in rows}
+    dead: list[tuple[bytes, DeadLetter]] = [
+        (entry_id, _delivered_too_often(deliveries[entry_id], limit)) for entry_id in claim.poison
+    ]
+    if claim.entries is None:
+        return _handle_narrowed(channel, ids, dead, config, order, turn, deliveries)
     writes = _Writes()
-    dead: list[tuple[bytes, DeadLetter]] = []
     for entry_id, fields in claim.entries:
         decision = decide(fields, deliveries[entry_id], config.max_deliveries)
         if isinstance(decision, bytes):
@@ -121,29 +157,62 @@ def handle_page(
             writes.keys.append(decision)
             writes.fields.append(fields)
         else:
-            dead.append((entry_id, decision))
+            dead.append((entry_id, _to_move(decision, fields)))
     ticket = order.register(turn, writes.keys)
     try:
-        outcome = channel.run(
-            partial(_finish, writes=writes, dead=dead, ticket=ticket, order=order, deliveries=deliveries,
-                    config=config)
-        )  # fmt: skip
+        outcome = _finish_or_narrow(channel, writes, dead, ticket, order, deliveries, config)
     except BaseException:
         order.abandon()  # before done(): a page waiting for this one must not go on to Redis
         raise
     finally:
         order.done(ticket)
-    outcome.counts.claimed = len(claim.entries)
+    outcome.counts.claimed = len(claim.entries) + len(claim.poison)
     outcome.counts.deleted += claim.deleted
     return PageResult(outcome.counts, outcome.alerts)
 
 
-def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
-    keys = config.keys
-    wire = channel.wire(config.topology.node_of(keys.stream).pool)
-    (reply,) = wire.call(
-        [pack((b"XCLAIM", keys.stream, keys.group, keys.consumer, config.min_idle_ms, *ids))], 1
+def _delivered_too_often(deliveries: int, limit: int) -> DeadLetter:
+    return DeadLetter(
+        DeadLetterReason.MAX_DELIVERIES,
+        f"delivered {deliveries} times, more than MAX_DELIVERIES={limit}",
+        True,
     )
+
+
+def _to_move(letter: DeadLetter, fields: list[bytes]) -> DeadLetter:
+    """A poison entry read whole: moved by one script if it is small, else relayed (SCRIPT_MOVE_MAX_BYTES)."""
+    if sum(map(len, fields)) + 16 * len(fields) > SCRIPT_MOVE_MAX_BYTES:
+        return letter._replace(relayed=True)
+    return letter
+
+
+def _claim(channel: Channel, ids: list[bytes], poison: list[bytes], config: PageSettings) -> _Claim:
+    keys = config.keys
+    pool = config.topology.node_of(keys.stream).pool
+    wire = channel.wire(pool)
+    head = (b"XCLAIM", keys.stream, keys.group, keys.consumer, config.min_idle_ms)
+    commands = [pack((*head, *poison, b"JUSTID"))] if poison else []
+    if ids:
+        commands.append(pack((*head, *ids)))
+    wire.send(b"".join(commands), len(commands))
+    claimed_poison: list[bytes] = []
+    if poison:
+        (justid,) = wire.read(1)
+        if isinstance(justid, Exception):
+            if ids:
+                wire.read(1)  # the other reply, so that the connection can go back to the pool
+            raise justid
+        claimed_poison = [entry_id for entry_id in justid if entry_id is not None]
+    if not ids:
+        return _Claim([], 0, claimed_poison)
+    try:
+        (reply,) = wire.read_bounded(1, config.page_max_bytes)
+    except ReplyTooLarge as exc:
+        channel.drop(pool)
+        log.warning(
+            "this page's XCLAIM reply is over PAGE_MAX_BYTES (%s): reading it a few entries at a time", exc
+        )
+        return _Claim(None, 0, claimed_poison)
     if isinstance(reply, Exception):
         raise reply
     # Before Redis 7.0 an entry deleted from the stream comes back as nil and stays pending.
@@ -151,8 +220,196 @@ def _claim(channel: Channel, ids: list[bytes], config: PageSettings) -> _Claim:
     deleted = 0
     if len(entries) < len(ids):
         returned = {entry_id for entry_id, _ in entries}
-        deleted = acknowledge_deleted(wire, keys, [i for i in ids if i not in returned])
-    return _Claim(entries, deleted)
+        missing = [i for i in ids if i not in returned]
+        rows = wire.call(
+            [pack((b"XPENDING", keys.stream, keys.group, i, i, 1)) for i in missing], len(missing)
+        )
+        _raise_first_error(rows)
+        consumer = keys.consumer.encode()
+        if any(row and row[0][1] == consumer for row in rows):
+            # Held but not returned: claimed by an attempt whose reply was lost (this is a retry), or deleted
+            # before Redis 7.0 (a nil): read again a few at a time, whatever their size.
+            return _Claim(None, 0, claimed_poison)
+        deleted = acknowledge_deleted(
+            wire, keys, [i for i, row in zip(missing, rows, strict=True) if not row]
+        )
+    return _Claim(entries, deleted, claimed_poison)
+
+
+def _handle_narrowed(
+    channel: Channel,
+    ids: list[bytes],
+    poison: list[tuple[bytes, DeadLetter]],
+    config: PageSettings,
+    order: WriteOrder,
+    turn: int,
+    deliveries: dict[bytes, int],
+) -> PageResult:
+    """A page whose XCLAIM reply was over PAGE_MAX_BYTES: its entries were claimed, so they are read again
+    with XRANGE, a few at a time (at most PAGE_MAX_BYTES of them, each at most ENTRY_MAX_BYTES), and each
+    batch written and acknowledged before the next is read. An entry over ENTRY_MAX_BYTES is dead-lettered
+    as too-large without being read further. Its keys are not known before it writes, so the page takes the
+    write order exclusively (write_order.py)."""
+    ticket = order.register_exclusive(turn)
+    total, claimed, dead = _Outcome(), len(poison), list(poison)
+    try:
+        order.wait_for_older_writes(ticket)
+        pending = channel.run(partial(_held, ids=ids, config=config))
+        claimed += len(pending)
+        while pending or dead:
+            entries: list[tuple[bytes, list[bytes]]] = []
+            deleted: list[bytes] = []
+            read, too_large = 0, None
+            if pending:
+                entries, deleted, read, too_large = channel.run(
+                    partial(_read_some, ids=pending, config=config)
+                )
+            if too_large is not None:
+                detail = f"over ENTRY_MAX_BYTES={config.entry_max_bytes} bytes of RESP"
+                dead.append((pending[read], DeadLetter(DeadLetterReason.TOO_LARGE, detail, True)))
+                log.warning(
+                    "entry %s is over ENTRY_MAX_BYTES: dead-lettered unread as too-large", clip(pending[read])
+                )
+                read += 1
+            pending = pending[read:]
+            writes = _Writes()
+            for entry_id, fields in entries:
+                decision = decide(fields, deliveries[entry_id], config.max_deliveries)
+                if isinstance(decision, bytes):
+                    writes.entry_ids.append(entry_id)
+                    writes.keys.append(decision)
+                    writes.fields.append(fields)
+                else:
+                    dead.append((entry_id, _to_move(decision, fields)))
+            del entries
+            outcome = _finish_or_narrow(channel, writes, dead, ticket, order, deliveries, config)
+            if deleted:
+                stream_wire = partial(_acknowledge_deleted_step, candidates=deleted, config=config)
+                outcome.counts.deleted += channel.run(stream_wire)
+            _merge(total, outcome)
+            dead = []
+    except BaseException:
+        order.abandon()
+        raise
+    finally:
+        order.done(ticket)
+    total.counts.claimed = claimed
+    return PageResult(total.counts, total.alerts)
+
+
+def _held(channel: Channel, ids: list[bytes], config: PageSettings) -> list[bytes]:
+    """Of `ids`, those this consumer now holds (what a given-up XCLAIM claimed), in their order."""
+    keys = config.keys
+    wire = channel.wire(config.topology.node_of(keys.stream).pool)
+    replies = wire.call([pack((b"XPENDING", keys.stream, keys.group, i, i, 1)) for i in ids], len(ids))
+    _raise_first_error(replies)
+    consumer = keys.consumer.encode()
+    return [i for i, row in zip(ids, replies, strict=True) if row and row[0][1] == consumer]
+
+
+def _read_some(
+    channel: Channel, ids: list[bytes], config: PageSettings
+) -> tuple[list[tuple[bytes, list[bytes]]], list[bytes], int, bytes | None]:
+    """Read entries from the head of `ids` with XRANGE, up to PAGE_MAX_BYTES in all: (entries read, those
+    found deleted, how many of `ids` were read, and the ID of the next one if it alone is over
+    ENTRY_MAX_BYTES). Reading is only reading: safe to repeat."""
+    keys = config.keys
+    pool = config.topology.node_of(keys.stream).pool
+    wire = channel.wire(pool)
+    ids = ids[:_READ_AT_ONCE]
+    wire.send(b"".join(pack((b"XRANGE", keys.stream, i, i)) for i in ids), len(ids))
+    too_large = None
+    try:
+        replies = wire.read_bounded(len(ids), config.entry_max_bytes, config.page_max_bytes)
+    except ReplyTooLarge as exc:
+        channel.drop(pool)
+        replies = exc.replies
+        if exc.one or not replies:
+            too_large = ids[len(replies)]
+    _raise_first_error(replies)
+    entries = [(reply[0][0], reply[0][1]) for reply in replies if reply]
+    deleted = [entry_id for entry_id, reply in zip(ids, replies, strict=False) if not reply]
+    return entries, deleted, len(replies), too_large
+
+
+def _acknowledge_deleted_step(channel: Channel, candidates: list[bytes], config: PageSettings) -> int:
+    wire = channel.wire(config.topology.node_of(config.keys.stream).pool)
+    return acknowledge_deleted(wire, config.keys, candidates)
+
+
+def _merge(total: _Outcome, outcome: _Outcome) -> None:
+    total.written += outcome.written
+    total.dead += outcome.dead
+    total.refused += outcome.refused
+    total.counts += outcome.counts
+    total.alerts += outcome.alerts
+
+
+def _finish_or_narrow(
+    channel: Channel,
+    writes: _Writes,
+    dead: list[tuple[bytes, DeadLetter]],
+    ticket: Ticket,
+    order: WriteOrder,
+    deliveries: dict[bytes, int],
+    config: PageSettings,
+) -> _Outcome:
+    """The second step, retried on fresh connections; when every attempt lost the connection but Redis
+    still answers, the failure is taken to be one entry's (a key or reply over a server limit, say): the
+    step is tried again on halves, then on single entries, so the valid entries are written and only the
+    culprit is left pending, its delivery counted."""
+    step = partial(_finish, ticket=ticket, order=order, deliveries=deliveries, config=config)
+    try:
+        return channel.run(partial(step, writes=writes, dead=dead))
+    except LOST_CONNECTION as exc:
+        if not _answers(channel, config):
+            raise
+        log.warning("a page's writes lost the connection although Redis answers (%s): narrowing it down", exc)
+    total = _Outcome()
+    units: list[tuple[str, int]] = [("w", i) for i in range(len(writes.keys))] + [
+        ("d", i) for i in range(len(dead))
+    ]
+    stack = [units]
+    while stack:
+        group = stack.pop()
+        part = _Writes(
+            [writes.entry_ids[i] for kind, i in group if kind == "w"],
+            [writes.keys[i] for kind, i in group if kind == "w"],
+            [writes.fields[i] for kind, i in group if kind == "w"],
+        )
+        part_dead = [dead[i] for kind, i in group if kind == "d"]
+        try:
+            _merge(total, step(channel, writes=part, dead=part_dead))
+            continue
+        except LOST_CONNECTION as exc:
+            channel.close()
+            if not _answers(channel, config):
+                raise
+            error = exc
+        if len(group) > 1:
+            half = len(group) // 2
+            stack += [group[half:], group[:half]]  # the first half next: stream order
+            continue
+        kind, index = group[0]
+        entry_id = writes.entry_ids[index] if kind == "w" else dead[index][0]
+        total.counts.failed += 1
+        total.alerts.refuse("write" if kind == "w" else "dead-letter", "LOST", clip(str(error)))
+        log.warning(
+            "entry %s makes Redis drop the connection (%s): left pending, its delivery counted",
+            clip(entry_id), clip(str(error)),
+        )  # fmt: skip
+    return total
+
+
+def _answers(channel: Channel, config: PageSettings) -> bool:
+    """Whether the stream's node answers PING on a fresh connection (retried as every command is)."""
+    pool = config.topology.node_of(config.keys.stream).pool
+    channel.close()
+    try:
+        channel.run(lambda ch: ch.wire(pool).call([pack((b"PING",))], 1))
+    except LOST_CONNECTION:
+        return False
+    return True
 
 
 def _finish(
@@ -251,7 +508,8 @@ def _write(
             elif error is None:
                 _refuse(outcome, entry_id, "write", "NOREPLICAS", f"{node.name}: no replica confirmed")
             elif kind_of(error) == FailureKind.WRONG_TYPE:  # can never succeed
-                outcome.dead.append((entry_id, DeadLetter(DeadLetterReason.WRITE_FAILED, str(error))))
+                letter = DeadLetter(DeadLetterReason.WRITE_FAILED, clip(str(error)))
+                outcome.dead.append((entry_id, _to_move(letter, fields[index])))
             else:
                 again = moved if only is None else None  # sent once more at most
                 _write_refused(config, node, keys[index], index, entry_id, error, outcome, refusals, again)
@@ -283,14 +541,14 @@ def _write_refused(
     """A write refused for a passing reason. Refused with MOVED (the slot map is older than a
     resharding), and `moved` given: kept to be sent again to the slot's new node. Otherwise left pending,
     its delivery given back, and gathered for one log line per node and reason."""
-    message, code = str(error), code_of(error)
+    message, code = clip(str(error)), code_of(error)
     if kind_of(error) == FailureKind.CLUSTER_CHANGED:
         config.topology.mark_stale()
         if code == "MOVED" and moved is not None:
             moved.append(index)
             return
     _refuse(outcome, entry_id, "write", code, message)
-    refusals.setdefault((node.name, code), []).append(f"{key!r}: {message}")
+    refusals.setdefault((node.name, code), []).append(f"{clip(key)}: {clip(message)}")
 
 
 def _log_refusals(refusals: dict[tuple[str, str], list[str]]) -> None:
@@ -325,7 +583,8 @@ def _acknowledge_and_dead_letter(
     if outcome.written:
         commands.append(pack((b"XACK", keys.stream, keys.group, *outcome.written)))
     now_ms = int(time.time() * 1000)
-    for entry_id, letter in outcome.dead:
+    scripted = [(entry_id, letter) for entry_id, letter in outcome.dead if not letter.relayed]
+    for entry_id, letter in scripted:
         arguments = move_arguments(
             keys.group, keys.consumer, entry_id, letter.reason.value, deliveries[entry_id], now_ms,
             letter.detail, config.dead_letter_maxlen,
@@ -333,27 +592,62 @@ def _acknowledge_and_dead_letter(
         commands.append(
             pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))
         )
-    if not commands:
-        return
-    results = wire.call(commands, len(commands))
+    results = wire.call(commands, len(commands)) if commands else []
     if outcome.written:
         ack_result = results.pop(0)
         if isinstance(ack_result, Exception):
             raise ack_result
         outcome.counts.processed += len(outcome.written)
-    for (entry_id, letter), result in zip(outcome.dead, results, strict=True):
-        if isinstance(result, Exception):
-            message = str(result)
-            _refuse(outcome, entry_id, "dead-letter", code_of(result), message)
-            log.warning("dead-lettering %s was refused, left pending: %s", entry_id.decode(), message)
-            continue
-        moved, trimmed = parse_move_reply(result)
-        outcome.alerts.dead_letters_trimmed += trimmed
-        if moved == MoveOutcome.DEAD_LETTERED:
-            outcome.counts.dead_lettered += 1
-            log.warning("dead-lettered %s (%s): %s", entry_id.decode(), letter.reason.value, letter.detail)
-        elif moved == MoveOutcome.DELETED:
-            outcome.counts.deleted += 1
+    for (entry_id, letter), result in zip(scripted, results, strict=True):
+        _count_move(outcome, entry_id, letter, result)
+    for entry_id, letter in outcome.dead:
+        if letter.relayed:
+            relayed: object
+            try:
+                relayed = relay_move(
+                    wire.pool, keys.stream, keys.dead_letter, keys.group, keys.consumer, entry_id,
+                    letter.reason.value, deliveries[entry_id], letter.detail, config.dead_letter_maxlen,
+                )  # fmt: skip
+            except redis.exceptions.ResponseError as exc:
+                relayed = exc
+                if kind_of(exc) == FailureKind.NOT_PERMITTED:  # an ACL rule without +multi +exec +xdel
+                    relayed = _scripted_move(wire, config, entry_id, letter, deliveries[entry_id], exc)
+            _count_move(outcome, entry_id, letter, relayed)
+
+
+def _scripted_move(
+    wire: Wire, config: PageSettings, entry_id: bytes, letter: DeadLetter, deliveries: int, refused: Exception
+) -> object:
+    """The move in one script, when the user may not relay it: right, but it holds Redis for as long as the
+    entry takes to copy (docs/security.md lists the rights the relay needs)."""
+    log.warning("relaying a dead letter was refused (%s): moving %s with one script", clip(str(refused)),
+                clip(entry_id))  # fmt: skip
+    keys = config.keys
+    arguments = move_arguments(
+        keys.group, keys.consumer, entry_id, letter.reason.value, deliveries, int(time.time() * 1000),
+        letter.detail, config.dead_letter_maxlen,
+    )  # fmt: skip
+    (reply,) = wire.call(
+        [pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))], 1
+    )
+    return reply
+
+
+def _count_move(outcome: _Outcome, entry_id: bytes, letter: DeadLetter, result: object) -> None:
+    if isinstance(result, Exception):
+        message = clip(str(result))
+        _refuse(outcome, entry_id, "dead-letter", code_of(result), message)
+        log.warning("dead-lettering %s was refused, left pending: %s", clip(entry_id), message)
+        return
+    moved, trimmed = result if isinstance(result, tuple) else parse_move_reply(result)  # type: ignore[arg-type]
+    outcome.alerts.dead_letters_trimmed += trimmed
+    if moved == MoveOutcome.DEAD_LETTERED:
+        outcome.counts.dead_lettered += 1
+        log.warning("dead-lettered %s (%s): %s", clip(entry_id), letter.reason.value, letter.detail)
+    elif moved == MoveOutcome.DELETED:
+        outcome.counts.deleted += 1
+    elif moved == MoveOutcome.NOT_WRITTEN:
+        _refuse(outcome, entry_id, "dead-letter", "ERR", "the relayed dead letter was not written")
 
 
 def _give_back(wire: Wire, config: PageSettings, refused: list[bytes], deliveries: dict[bytes, int]) -> None:

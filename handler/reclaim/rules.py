@@ -19,6 +19,7 @@ class DeadLetterReason(StrEnum):
     MAX_DELIVERIES = "max-deliveries"
     MISSING_ID = "missing-id"
     WRITE_FAILED = "write-failed"
+    TOO_LARGE = "too-large"  # over ENTRY_MAX_BYTES: moved without being read whole
 
 
 class PendingRow(NamedTuple):
@@ -33,6 +34,9 @@ class PendingRow(NamedTuple):
 class DeadLetter(NamedTuple):
     reason: DeadLetterReason
     detail: str = ""
+    relayed: bool = (
+        False  # moved by the monitor a piece at a time (dead_letter.relay_move), not by one script
+    )
 
 
 def parse_pending_count(reply: Sequence[object]) -> int:

@@ -61,6 +61,8 @@ class SweepPlan:
     max_deliveries: int
     dead_letter_maxlen: int
     wait_for_replica_ms: int
+    entry_max_bytes: int
+    page_max_bytes: int
 
     @classmethod
     def for_stream(cls, settings: MonitorSettings, keys: StreamKeys) -> SweepPlan:
@@ -72,12 +74,14 @@ class SweepPlan:
             settings.DEAD_LETTER_MAXLEN,
             # WAIT must never outlast the socket's timeout: at most half of it.
             min(WAIT_FOR_REPLICA_MS, int(settings.REDIS_TIMEOUT_SEC * 1000 / 2)),
+            settings.ENTRY_MAX_BYTES,
+            max(settings.PAGE_MAX_BYTES, settings.ENTRY_MAX_BYTES),  # a page holds at least one entry
         )
 
     def pages_on(self, topology: Topology) -> PageSettings:
         return PageSettings(
             self.keys, topology, self.min_idle_ms, self.max_deliveries, self.dead_letter_maxlen,
-            self.wait_for_replica_ms,
+            self.wait_for_replica_ms, self.entry_max_bytes, self.page_max_bytes,
         )  # fmt: skip
 
 

@@ -49,6 +49,7 @@ class WriteOrder:
         # enough: it writes only after every older page with the key is done.
         self._holders: dict[bytes, Ticket] = {}
         self._abandoned = False
+        self._exclusive: Ticket | None = None  # a page of keys unknown when it registers (register_exclusive)
 
     def register(self, turn: int, keys: Iterable[bytes]) -> Ticket:
         """Register the tweet keys a page writes, in its turn; call done() with the ticket when written.
@@ -60,12 +61,27 @@ class WriteOrder:
                 holders = self._holders
                 older = {holders[key] for key in ticket.keys & holders.keys()}
                 ticket.waits = [page.done for page in older]
+                if self._exclusive is not None:
+                    ticket.waits.append(self._exclusive.done)
                 holders.update(dict.fromkeys(ticket.keys, ticket))
             except BaseException:
                 ticket.done.set()  # nobody may wait on a page that will never write
                 raise
             finally:
                 self._pass_turn()
+        return ticket
+
+    def register_exclusive(self, turn: int) -> Ticket:
+        """Register, in its turn, a page whose keys are not known yet (it reads its entries a few at a time,
+        reclaim/page.py): it waits for every older page in flight, and every newer page waits for it."""
+        ticket = Ticket(turn)
+        with self._turns:
+            self._wait_for_turn(turn)
+            ticket.waits = [page.done for page in set(self._holders.values())]
+            if self._exclusive is not None:
+                ticket.waits.append(self._exclusive.done)
+            self._exclusive = ticket
+            self._pass_turn()
         return ticket
 
     def wait_for_older_writes(self, ticket: Ticket) -> None:
@@ -87,6 +103,8 @@ class WriteOrder:
         """The page's writes are done or failed: whoever waits for them may go on."""
         ticket.done.set()
         with self._turns:
+            if self._exclusive is ticket:
+                self._exclusive = None
             holders = self._holders
             for key in ticket.keys:
                 if holders.get(key) is ticket:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import hiredis
@@ -70,11 +70,23 @@ def pack_hsets(writes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     return b"".join(parts)
 
 
+class ReplyTooLarge(redis.exceptions.RedisError):
+    """A reply cost more than its bound (Wire.read_bounded); its connection is closed. `replies` are those
+    read whole before it, `one` says whether one reply alone was over its bound (else it was the total)."""
+
+    def __init__(self, replies: list[Any], one: bool, size: int) -> None:
+        super().__init__(f"a reply of Redis was over its bound ({size:,} bytes of RESP read so far)")
+        self.replies = replies
+        self.one = one
+        self.size = size
+
+
 class Wire:
     """One connection taken from a pool; replies come back as hiredis parses them (bytes, lists, ints),
     with error replies as ResponseError instances in place, so one failed command does not hide the rest."""
 
     def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
         self._pool = pool
         self._connection: Connection = pool.get_connection()
         # The pool hands out a connected, authenticated connection; its socket is private to redis-py, but
@@ -132,6 +144,58 @@ class Wire:
             raise self._broken(exc) from exc
         return replies
 
+    def read_bounded(self, count: int, per_reply: int, total: int = 0) -> list[Any]:
+        """read(), giving up with ReplyTooLarge once one reply has cost more than `per_reply` bytes of RESP,
+        or all of them more than `total` (0: no total bound). The bytes counted are those received while a
+        reply was incomplete, so a bound may be passed by at most one receive (a quarter of the bound).
+        Giving up closes the connection: the rest of the reply is never read, and the partly parsed one goes
+        with the reader. A MemoryError while parsing counts as over the bound too."""
+        replies: list[Any] = []
+        self._unread -= count
+        gets, feed, recv_into, buffer = self._reader.gets, self._reader.feed, self._sock.recv_into, self._view
+        received_total = reply_start = 0
+        # Received in pieces small enough to notice a bound passed before much more has arrived.
+        size = min(RECV_BYTES, max(4096, min(per_reply, total or per_reply) // 4))
+        over_one = over_total = False
+        try:
+            while len(replies) < count:
+                reply = gets()
+                if reply is False:
+                    # Judged only once what was received is parsed: a receive may hold many small replies.
+                    over_one = received_total - reply_start > per_reply
+                    over_total = bool(total) and received_total > total
+                    if over_one or over_total:
+                        break
+                    received = recv_into(buffer, size)
+                    if not received:
+                        raise redis.exceptions.ConnectionError("Connection closed by server")
+                    received_total += received
+                    feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer works; the stub says bytes
+                else:
+                    replies.append(reply)
+                    reply_start = received_total
+        except MemoryError:
+            over_one = True
+        except BaseException as exc:
+            raise self._broken(exc) from exc
+        if over_one or over_total:
+            # Raised here, outside any handler, so that no reference cycle (exception, traceback, this frame)
+            # keeps the half-parsed reply alive: the sweep runs with the cyclic collector paused.
+            self._healthy = False
+            self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+            del gets, feed
+            raise ReplyTooLarge(replies, over_one, received_total - reply_start)
+        return replies
+
+    def socket(self) -> socket.socket:
+        """The connection's socket, for reading a reply as it streams in (RawReply); only with nothing
+        outstanding, and the wire is closed afterwards unless every byte asked for was read."""
+        return self._sock
+
+    def mark_broken(self) -> None:
+        """Whatever happened, do not hand this connection back to the pool for reuse."""
+        self._healthy = False
+
     def _broken(self, exc: BaseException) -> BaseException:
         """Any failure mid-exchange leaves unread replies behind: the connection must not be reused."""
         self._healthy = False
@@ -145,6 +209,98 @@ class Wire:
         if not self._healthy or self._unread:
             self._connection.disconnect()  # type: ignore[no-untyped-call]
         self._pool.release(self._connection)
+
+
+_LONGEST_HEADER = 64  # "$<length>" or "*<count>": a longer line is not RESP the monitor asked for
+_BULK = ord("$")
+
+
+class RawReply:
+    """One RESP2 reply read off a socket as it arrives, never held whole: headers are parsed, bulk strings
+    are skipped, kept in part, or handed on piece by piece (the dead-letter move relays an entry's values
+    this way, the dead-letter tools read only the fields they show)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._data = b""
+        self._pos = 0
+
+    def _receive(self) -> bytes:
+        chunk = self._sock.recv(RECV_BYTES)
+        if not chunk:
+            raise redis.exceptions.ConnectionError("Connection closed by server")
+        return chunk
+
+    def line(self) -> bytes:
+        while (end := self._data.find(b"\r\n", self._pos)) < 0:
+            if len(self._data) - self._pos > _LONGEST_HEADER:
+                raise redis.exceptions.InvalidResponse("a RESP header line longer than any the monitor reads")
+            self._data = self._data[self._pos :] + self._receive()
+            self._pos = 0
+        line = self._data[self._pos : end]
+        self._pos = end + 2
+        return line
+
+    def header(self, kind: bytes) -> int:
+        """The count or length of the next `*` or `$` header (-1 for nil); an error reply is raised."""
+        line = self.line()
+        if line[:1] == b"-":
+            raise redis.exceptions.ResponseError(line[1:].decode("utf-8", "replace"))
+        if line[:1] != kind:
+            raise redis.exceptions.InvalidResponse(f"expected {kind!r}, got {line[:20]!r}")
+        return int(line[1:])
+
+    def pieces(self, size: int) -> Iterator[bytes]:
+        """The next `size` bytes, in pieces as they arrive."""
+        remaining = size
+        while remaining:
+            if self._pos >= len(self._data):
+                self._data, self._pos = self._receive(), 0
+            piece = self._data[self._pos : self._pos + remaining]
+            self._pos += len(piece)
+            remaining -= len(piece)
+            yield piece
+
+    def relay(self, count: int, emit: Callable[[bytes], None]) -> None:
+        """Hand the next `count` bulk strings on as the RESP they arrived as, in pieces (emit), each piece
+        at most a receive's worth: what is whole in the buffer goes in one slice, a long value as it
+        arrives."""
+        remaining = count
+        while remaining:
+            data, pos = self._data, self._pos
+            start, end = pos, len(data)
+            while remaining:
+                header_end = data.find(b"\r\n", pos, pos + _LONGEST_HEADER)
+                if header_end < 0 or data[pos] != _BULK:  # an incomplete header, or not a bulk string
+                    break
+                after = header_end + 4 + int(data[pos + 1 : header_end])
+                if after > end:
+                    break
+                pos, remaining = after, remaining - 1
+            if pos > start:
+                emit(data[start:pos])
+            self._pos = pos
+            if not remaining:
+                return
+            if data.find(b"\r\n", pos, pos + _LONGEST_HEADER) >= 0:  # a whole header, a value still arriving
+                length = self.header(b"$")
+                emit(b"$%d\r\n" % length)
+                for piece in self.pieces(length + 2):
+                    emit(piece)
+                remaining -= 1
+            else:
+                self._data, self._pos = data[pos:] + self._receive(), 0
+
+    def bulk(self, keep: int) -> bytes | None:
+        """The first `keep` bytes of the next bulk string (None for nil); the rest is read and dropped."""
+        size = self.header(b"$")
+        if size < 0:
+            return None
+        kept = bytearray()
+        for piece in self.pieces(size + 2):
+            if len(kept) < keep:
+                kept += piece[: keep - len(kept)]
+        return bytes(kept[:size])
 
 
 class Channel:
@@ -162,6 +318,13 @@ class Channel:
         if wire is None:
             wire = self._wires[id(pool)] = Wire(pool)
         return wire
+
+    def drop(self, pool: ConnectionPool) -> None:
+        """Close this channel's connection from `pool` (a reply left half read); its next use opens one."""
+        wire = self._wires.pop(id(pool), None)
+        if wire is not None:
+            wire.mark_broken()
+            wire.close()
 
     def run(self, step: Callable[[Channel], T]) -> T:
         """step(self), retried on fresh connections by the one retry policy (retry.py)."""
