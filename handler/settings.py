@@ -76,7 +76,7 @@ class MonitorSettings(BaseSettings):
     # What one entry and one page may cost the monitor, in bytes of RESP read (reclaim/page.py): an entry
     # over ENTRY_MAX_BYTES is dead-lettered as too-large without being read whole; a page over PAGE_MAX_BYTES
     # is read a few entries at a time. No real tweet comes near either (docs/performance.md).
-    ENTRY_MAX_BYTES: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
+    ENTRY_MAX_BYTES: Annotated[int, Field(ge=1024, le=1 << 30)] = 8 << 20
     PAGE_MAX_BYTES: Annotated[int, Field(ge=1024, le=1 << 31)] = 16 << 20
     # Entries claimed per second, per invocation across all its streams; 0 is unlimited (reclaim/rate.py).
     RECLAIM_MAX_RATE: Annotated[float, Field(ge=0, le=MAX_RATE_BOUND)] = 0.0

@@ -24,6 +24,7 @@ twice, in both places, or in neither.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -199,14 +200,15 @@ return {1, redis.call('XLEN', dead_letter)}
 # transaction's commands are fixed before it runs): this far ahead of Redis's clock, so that no ID Redis
 # generates meanwhile ("*") reaches them. Later dead letters then take IDs after them, a minute ahead at most.
 RELAY_ID_LEAD_MS = 60_000
+RANDOM_SEQ_BITS, PART_SEQ_BITS = 40, 23  # a head's sequence number, and room after it for its parts
 _reserved_lock = threading.Lock()
 _last_reserved_ms = 0
 _RELAY_FLUSH_BYTES = 256 * 1024  # what the relay collects before writing it on
 
 
 def _reserve_ms(redis_time_ms: int) -> int:
-    """A millisecond of its own for each relayed dead letter of this process (ID <ms>-0 for the head,
-    <ms>-1… for its parts)."""
+    """A millisecond of its own for each relayed dead letter of this process (ID <ms>-<seq> for the head,
+    the sequence numbers after it for its parts)."""
     global _last_reserved_ms  # noqa: PLW0603  (one reservation counter per process, under its lock)
     with _reserved_lock:
         _last_reserved_ms = max(redis_time_ms + RELAY_ID_LEAD_MS, _last_reserved_ms + 1)
@@ -250,8 +252,11 @@ def relay_move(
         # Small enough for one Lua call of the replay: the inline layout, as the scripted move writes it.
         inline = 2 * METADATA_FIELD_COUNT + values <= VALUES_PER_CALL
         parts = 0 if inline else -(-values // VALUES_PER_CALL)
-        head_id = b"%d-0" % ms
-        part_ids = [b"%d-%d" % (ms, n) for n in range(1, parts + 1)]
+        # A random sequence number: two processes that reserve the same millisecond (two monitors under one
+        # consumer name, without the lease) must not take each other's dead letter for their own.
+        seq = secrets.randbits(RANDOM_SEQ_BITS) << PART_SEQ_BITS
+        head_id = b"%d-%d" % (ms, seq)
+        part_ids = [b"%d-%d" % (ms, seq + n) for n in range(1, parts + 1)]
         metadata = (
             b"dlq:version", INLINE if inline else CONTINUED, b"dlq:original-id", entry_id,
             b"dlq:stream", stream, b"dlq:group", group, b"dlq:reason", reason, b"dlq:deliveries", deliveries,

@@ -59,7 +59,7 @@ class PageSettings:
     max_deliveries: int
     dead_letter_maxlen: int = 0
     wait_for_replica_ms: int = WAIT_FOR_REPLICA_MS
-    entry_max_bytes: int = 1 << 20  # ENTRY_MAX_BYTES
+    entry_max_bytes: int = 8 << 20  # ENTRY_MAX_BYTES
     page_max_bytes: int = 16 << 20  # PAGE_MAX_BYTES
 
 
