@@ -121,3 +121,19 @@ def test_reclaim_dry_run_changes_nothing(redis_8: LocalRedis, group: redis.Redis
     assert [(r[0], r[1], r[3]) for r in rows_before] == [(r[0], r[1], r[3]) for r in after]  # owners, counts
     assert all(a[2] >= b[2] for a, b in zip(after, rows_before, strict=True))  # nobody touched them
     assert {b"tweet:1394000000000000002"} == tweet_keys(group)
+
+
+def test_a_budget_shorter_than_any_page_is_predicted_as_the_one_page_every_cycle_claims(
+    redis_8: LocalRedis, client8: redis.Redis, names: dict[str, str]
+) -> None:
+    """The budget is spent before the first page is read: the cycle claims that page all the same (every
+    invocation claims one), and the dry run says so rather than predicting nothing."""
+    settings = settings_for(redis_8, names, RECLAIM_PAGE_SIZE=7, CYCLE_TIME_BUDGET_SEC=1e-6)
+    keys = StreamKeys.from_settings(settings)
+    client8.xgroup_create(keys.stream, keys.group, "$", mkstream=True)
+    abandon(client8, keys.stream, keys.group, [tweet(n) for n in range(20)])
+    report = dry_run(connect(settings), settings).as_dict()
+    summary = Monitor(settings).run_once(lambda: False)
+    assert not isinstance(summary, CycleFailed), summary
+    assert (1, 7) == (summary.pages, summary.counts.claimed)
+    assert (1, 7) == (report["pages"], report["would_claim"])
