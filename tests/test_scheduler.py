@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,6 +171,17 @@ def test_run_once_for_cron(redis_8: LocalRedis, group: redis.Redis) -> None:
     done = cli(redis_8, "run", "--once", METRICS_ADDRESS=f"127.0.0.1:{free_port()}")
     assert 0 == done.returncode, done.stderr
     assert 6 == len(tweet_keys(group))
+
+
+def test_run_once_opens_no_metrics_listener(redis_8: LocalRedis, group: redis.Redis) -> None:
+    """A cron job's one cycle serves no scrape: METRICS_ADDRESS already taken does not stop it."""
+    abandon(group, [tweet(n) for n in range(2)])
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = cli(redis_8, "run", "--once", METRICS_ADDRESS=f"127.0.0.1:{port}")
+    assert 0 == done.returncode, done.stderr
+    assert "metrics on" not in done.stderr
+    assert 2 == len(tweet_keys(group))
 
 
 def test_run_cycles_on_schedule_serves_metrics_and_exits_0_on_sigterm(

@@ -73,3 +73,24 @@ def test_status_warns_when_the_dead_letter_stream_nears_its_bound(
     done = cli(redis_8, "status", DEAD_LETTER_MAXLEN="10")
     assert "warning:" in done.stderr
     assert "DEAD_LETTER_MAXLEN" in done.stderr
+
+
+def test_status_names_a_missing_stream(redis_8: LocalRedis) -> None:
+    done = cli(redis_8, "status", STREAM_NAME="no_such_stream")
+    assert 1 == done.returncode
+    assert "stream 'no_such_stream' does not exist" in done.stderr
+    assert "no such key" not in done.stderr
+
+
+def test_status_leaves_out_a_search_index_that_is_not_there(redis_8: LocalRedis, group: redis.Redis) -> None:
+    done = cli(redis_8, "status")
+    assert 0 == done.returncode, done.stderr
+    assert "tweets-index" not in done.stdout
+
+
+def test_a_warning_piped_stays_on_one_line(redis_8: LocalRedis, group: redis.Redis) -> None:
+    done = cli(redis_8, "status")
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert [
+        "warning: no scheduled cycle has been recorded yet (the timer, or `run`, records each one)"
+    ] == warnings
