@@ -237,9 +237,10 @@ def run(args: argparse.Namespace, settings: MonitorSettings) -> int:
     _stop_on_signals(stop)
     monitor = Monitor.observed(settings)
     assert monitor.metrics is not None  # noqa: S101  (Monitor.observed)
-    host, port = split_host_port(settings.METRICS_ADDRESS)
-    start_http_server(port, addr=host, registry=monitor.metrics.registry)
-    log.info("metrics on http://%s/metrics", host_port(host, port))
+    if schedule is not None:  # a cron job's one cycle ends before any scrape could come
+        host, port = split_host_port(settings.METRICS_ADDRESS)
+        start_http_server(port, addr=host, registry=monitor.metrics.registry)
+        log.info("metrics on http://%s/metrics", host_port(host, port))
     # The same metrics, and the log records (no host here to send them), when the environment asks for it.
     monitor.start_telemetry(export_logs=True, wait=True)
 

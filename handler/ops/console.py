@@ -24,7 +24,8 @@ from handler.ops.dry_run import DryRunReport
 from handler.ops.status import GroupStatus
 
 out = Console(highlight=False, emoji=False)
-err = Console(stderr=True, highlight=False, emoji=False)
+# soft_wrap: a warning stays one line when stderr is piped (Rich would otherwise cut it at 80 columns).
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 # C0 and C1 control characters and DEL, the invisible marks that reorder a line (bidirectional overrides,
 # isolates and marks), and the Unicode line and paragraph separators: never sent to a terminal as they are.
@@ -81,12 +82,8 @@ def status_table(status: GroupStatus) -> None:
     out.print(_line(f"lag (entries not yet delivered): {lag}"))
     age = status.last_cycle_age_sec
     out.print(_line(f"last completed cycle: {'none recorded' if age is None else f'{age:,.0f} s ago'}"))
-    documents = status.search_documents
-    out.print(
-        _line(
-            f"search index tweets-index: {'not found' if documents is None else f'{documents:,} documents'}"
-        )
-    )
+    if status.search_documents is not None:  # only where the search module and the index exist
+        out.print(_line(f"search index tweets-index: {status.search_documents:,} documents"))
     for warning in status.warnings:
         err.print(_line(("warning:", "yellow"), " ", visible(warning)))
 

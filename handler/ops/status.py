@@ -71,6 +71,11 @@ def gather_status(
     dead_letter_warn_at: int = 10_000,
     stale_after_sec: float = 300,
 ) -> GroupStatus:
+    if text(client.type(keys.stream)) == "none":  # XINFO GROUPS would answer only "no such key"
+        raise StreamOrGroupMissingError(
+            f"stream '{keys.stream}' does not exist: check STREAM_NAME, or create it with its group as the "
+            "processor does (XGROUP CREATE … MKSTREAM)"
+        )
     group = find_group(client, keys)
     if group is None:
         raise StreamOrGroupMissingError(
