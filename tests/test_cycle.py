@@ -339,3 +339,12 @@ def test_a_stream_name_that_is_not_utf8_is_swept(redis_8: LocalRedis, client8: r
     assert 5 == len(tweet_keys(client8))
     assert summary.streams is not None
     assert "tweets_stream:\\xff\\xfe" in summary.streams  # shown escaped
+
+
+def test_the_cap_shortens_the_last_page_when_it_is_not_a_multiple_of_the_page_size(world: World) -> None:
+    world.abandon([tweet(n) for n in range(30)])
+    summary = world.run(CYCLE_MAX_MESSAGES=12, RECLAIM_PAGE_SIZE=5)
+    assert (12, 12, 3, "cap") == (
+        summary.counts.claimed, summary.counts.processed, summary.pages, summary.stopped_by
+    )  # fmt: skip
+    assert 18 == len(world.pending())
