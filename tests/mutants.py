@@ -295,10 +295,10 @@ REPLACED: tuple[Replaced, ...] = (
         "cap-leaves-no-work",
         SUMMARY,
         "a stream stopped by CYCLE_MAX_MESSAGES dropped from the next round of a multi-stream sweep",
-        "survived its tests and two minutes of the checker. A stream stops by the cap only once the invocation's "
-        "cap is spent, and streams.py then stops every stream before the next round; only rows not idle yet, "
-        "which count toward a stream's walk but not the invocation's cap, would leave a second round to that "
-        "same stream, which nothing documents. Replaced by summary-keys-reordered",
+        "survived its tests and two minutes of the checker. A stream stops by the cap only once the "
+        "invocation's cap is spent, and streams.py then stops every stream before the next round; only rows "
+        "not idle yet, which count toward a stream's walk but not the invocation's cap, would leave a second "
+        "round to that same stream, which nothing documents. Replaced by summary-keys-reordered",
     ),
 )
 
