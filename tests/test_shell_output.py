@@ -264,3 +264,17 @@ def test_stream_names_found_by_a_pattern_are_text_in_check(world8: World) -> Non
     create_group(world8.client, stream, world8.group)
     outputs = terminal_and_pipe(world8, "check", STREAM_NAME=world8.stream + ":*")
     assert_shown_as_text(outputs)
+
+
+def test_every_line_of_check_reads_on_a_terminal(redis_8: LocalRedis, names: dict[str, str]) -> None:
+    """`check` is read by people: no line of it is a paragraph (the replicas line says its promise in one
+    sentence and leaves the rest to docs/azure-managed-redis.md)."""
+    create_group(redis_8.client(), names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"])
+    env = environment_for(redis_8, **names, MIN_IDLE_TIME_SEC="10")
+    done = subprocess.run(
+        [sys.executable, "-m", "handler", "check"], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    replicas = [line for line in done.stdout.splitlines() if line.startswith("PASS  replicas:")]
+    assert 1 == len(replicas), done.stdout
+    assert len(replicas[0]) <= 200, replicas[0]
