@@ -57,15 +57,13 @@ NEEDED_COMMANDS = [
     ("COMMAND",),
 ]
 # What the monitor can promise about replicas, said plainly (reclaim/page.py: WAIT on a cluster).
+# One sentence each; docs/azure-managed-redis.md says the rest.
 REPLICA_PROMISE_CLUSTER = (
-    "before acknowledging an entry, the monitor waits (WAIT) until a replica of the tweet's node has its "
-    "write, so a failover does not lose a tweet whose entry was acknowledged"
+    "an entry is acknowledged once a replica of its tweet's node has the write (WAIT): a failover loses none"
 )
 REPLICA_PROMISE_ONE_ENDPOINT = (
-    "writes and acknowledgements go through one endpoint, in order: on one replicated node a replica that "
-    "has an acknowledgement also has its write. Behind an Enterprise-policy endpoint the shards, and their "
-    "replicas, are not visible: the monitor cannot wait for the replica of a tweet's shard, so a shard's "
-    "failover can lose writes of the last moments whose entries were already acknowledged"
+    "writes reach the one endpoint before their acknowledgements; behind an Enterprise-policy proxy a shard "
+    "failover can lose the last writes (docs/azure-managed-redis.md)"
 )
 ONE_ENDPOINT = (
     "one endpoint (a single node, or Azure Managed Redis' Enterprise or Non-clustered policy: shards not "
