@@ -27,7 +27,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -201,6 +202,7 @@ return {1, redis.call('XLEN', dead_letter)}
 # generates meanwhile ("*") reaches them. Later dead letters then take IDs after them, a minute ahead at most.
 RELAY_ID_LEAD_MS = 60_000
 RANDOM_SEQ_BITS, PART_SEQ_BITS = 40, 23  # a head's sequence number, and room after it for its parts
+INLINE_RELAY_BYTES = 64 * 1024  # a relayed dead letter this small is inline (the commit script reads it)
 _reserved_lock = threading.Lock()
 _last_reserved_ms = 0
 _RELAY_FLUSH_BYTES = 256 * 1024  # what the relay collects before writing it on
@@ -248,10 +250,11 @@ def relay_move(
             return parse_move_reply(result)
         reply.header(b"*")  # [id, fields]
         reply.bulk(len(entry_id) + 2)
-        values = reply.header(b"*")
-        # Small enough for one Lua call of the replay: the inline layout, as the scripted move writes it.
-        inline = 2 * METADATA_FIELD_COUNT + values <= VALUES_PER_CALL
-        parts = 0 if inline else -(-values // VALUES_PER_CALL)
+        values = _Values(reply, reply.header(b"*"))
+        # Small enough for one Lua call of the replay, and for the commit script to read back in a moment:
+        # the inline layout, as the scripted move writes it. Else the continued one, whose head is small.
+        inline = values.fit(INLINE_RELAY_BYTES, VALUES_PER_CALL - 2 * METADATA_FIELD_COUNT)
+        parts = 0 if inline else -(-values.count // VALUES_PER_CALL)
         # A random sequence number: two processes that reserve the same millisecond (two monitors under one
         # consumer name, without the lease) must not take each other's dead letter for their own.
         seq = secrets.randbits(RANDOM_SEQ_BITS) << PART_SEQ_BITS
@@ -267,15 +270,17 @@ def relay_move(
         # The max length trims with the head, as the scripted move's XADD does.
         add_head = (b"XADD", dead_letter, *((b"MAXLEN", b"~", maxlen) if maxlen else ()), head_id, *metadata)
         if inline:
-            out.add(_with_more_arguments(pack(add_head), values))
-            reply.relay(values, out.add)
+            out.add(_with_more_arguments(pack(add_head), values.count))
+            values.relay(values.count, out.add)
         else:
-            out.add(pack((*add_head, PARTS, parts, FIELD_COUNT, values // 2)))
-        for part_id, first in zip(part_ids, range(0, values if parts else 0, VALUES_PER_CALL), strict=True):
-            count = min(VALUES_PER_CALL, values - first)
+            out.add(pack((*add_head, PARTS, parts, FIELD_COUNT, values.count // 2)))
+        for part_id, first in zip(
+            part_ids, range(0, values.count if parts else 0, VALUES_PER_CALL), strict=True
+        ):
+            count = min(VALUES_PER_CALL, values.count - first)
             # The command's own header counts the part's values too: they follow it, relayed as RESP.
             out.add(_with_more_arguments(pack((b"XADD", dead_letter, part_id, PART_OF, head_id)), count))
-            reply.relay(count, out.add)
+            values.relay(count, out.add)
         out.add(pack((b"EVAL", COMMIT_RELAYED_MOVE_LUA, 2, stream, dead_letter, group, consumer, entry_id,
                       head_id, maxlen, *part_ids)))  # fmt: skip
         out.add(pack((b"EXEC",)))
@@ -297,6 +302,43 @@ def relay_move(
     finally:
         source.close()
         target.close()
+
+
+class _Values:
+    """An entry's values as they stream in, the first few held back to choose the layout (fit)."""
+
+    def __init__(self, reply: RawReply, count: int) -> None:
+        self.reply, self.count = reply, count
+        self._held: deque[bytes] = deque()  # whole values read ahead, as RESP
+        self._header: int | None = None  # the length of a value whose header alone was read ahead
+
+    def fit(self, max_bytes: int, max_values: int) -> bool:
+        """Whether every value fits in `max_bytes` and `max_values`, reading at most that much ahead."""
+        if self.count > max_values:
+            return False
+        size = 0
+        while len(self._held) < self.count:
+            length = self.reply.header(b"$")
+            size += length
+            if size > max_bytes:
+                self._header = length
+                return False
+            self._held.append(b"$%d\r\n" % length + b"".join(self.reply.pieces(length + 2)))
+        return True
+
+    def relay(self, count: int, emit: Callable[[bytes], None]) -> None:
+        """Hand the next `count` values on as RESP: those read ahead first, then as they arrive."""
+        while count and self._held:
+            emit(self._held.popleft())
+            count -= 1
+        if count and self._header is not None:
+            emit(b"$%d\r\n" % self._header)
+            for piece in self.reply.pieces(self._header + 2):
+                emit(piece)
+            self._header = None
+            count -= 1
+        if count:
+            self.reply.relay(count, emit)
 
 
 class _Outbox:
