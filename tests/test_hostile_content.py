@@ -287,3 +287,15 @@ def test_the_monitor_stays_under_its_memory_bound_whatever_the_entries(world8: W
     assert done.returncode == 0, done.stderr[-3000:]
     assert {_key(n) for n in range(6)} == tweet_keys(world8.client)
     assert world8.pending() == set(), time.monotonic() - started
+
+
+def test_poison_deleted_while_pending_is_counted_as_deleted(world: World) -> None:
+    """Past MAX_DELIVERIES and deleted from the stream: acknowledged and counted as deleted, on every
+    version (from 7.0 XCLAIM ... JUSTID drops it; before, it comes back and the move acknowledges it)."""
+    (poison,) = world.abandon([_many_fields(5)])
+    set_deliveries(world.client, world.stream, world.group, PROCESSOR, [poison], 11)
+    age(world.client, world.stream, world.group, PROCESSOR, [poison], IDLE_ENOUGH_MS)
+    world.client.xdel(world.stream, poison)
+    summary = world.run()
+    assert (summary.counts.deleted, summary.counts.dead_lettered) == (1, 0)
+    assert world.pending() == set()
