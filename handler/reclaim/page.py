@@ -139,6 +139,9 @@ def handle_page(
         ids = [i for i in ids if i not in too_often]
     try:
         claim = channel.run(partial(_claim, ids=ids, poison=poison, config=config))
+        deleted = 0
+        if len(claim.poison) < len(poison):
+            deleted = channel.run(partial(_gone, ids=poison, claimed=claim.poison, config=config))
     except BaseException:
         order.abandon()  # before passing the turn: the next page must not go on to a failing Redis
         order.give_up_turn(turn)
@@ -148,7 +151,9 @@ def handle_page(
         (entry_id, _delivered_too_often(deliveries[entry_id], limit)) for entry_id in claim.poison
     ]
     if claim.entries is None:
-        return _handle_narrowed(channel, ids, dead, config, order, turn, deliveries)
+        narrowed = _handle_narrowed(channel, ids, dead, config, order, turn, deliveries)
+        narrowed.counts.deleted += deleted
+        return narrowed
     writes = _Writes()
     for entry_id, fields in claim.entries:
         decision = decide(fields, deliveries[entry_id], config.max_deliveries)
@@ -167,8 +172,20 @@ def handle_page(
     finally:
         order.done(ticket)
     outcome.counts.claimed = len(claim.entries) + len(claim.poison)
-    outcome.counts.deleted += claim.deleted
+    outcome.counts.deleted += claim.deleted + deleted
     return PageResult(outcome.counts, outcome.alerts)
+
+
+def _gone(channel: Channel, ids: list[bytes], claimed: list[bytes], config: PageSettings) -> int:
+    """Of the poison asked for with JUSTID and not returned, how many are no longer pending: from Redis 7.0
+    XCLAIM drops an entry deleted from the stream (before, it is returned, and the move acknowledges it).
+    Counted as deleted without XRANGE, which would read a poison entry whole."""
+    keys, returned = config.keys, set(claimed)
+    missing = [i for i in ids if i not in returned]
+    wire = channel.wire(config.topology.node_of(keys.stream).pool)
+    rows = wire.call([pack((b"XPENDING", keys.stream, keys.group, i, i, 1)) for i in missing], len(missing))
+    _raise_first_error(rows)
+    return sum(1 for row in rows if not row)
 
 
 def _delivered_too_often(deliveries: int, limit: int) -> DeadLetter:
