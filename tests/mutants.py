@@ -375,7 +375,7 @@ def pytest(root: Path, arguments: Sequence[str], timeout: float = 900) -> tuple[
         [*NICE, str(PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *arguments],
         cwd=root, env=environment(root), capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-    # `FAILED tests/x.py::test[a parameter] - AssertionError…`: ids may hold spaces, the message follows " - "
+    # `FAILED tests/test_failures.py::test_a[OOM …] - Error`: ids hold spaces, a message follows " - "
     failed = [
         test + (HUNG if "Timeout" in message else "")
         for test, message in re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - (.*))?$", done.stdout, re.M)
