@@ -379,7 +379,7 @@ def consumers(args: argparse.Namespace, settings: MonitorSettings) -> int:
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} consumers idle for {args.idle_sec:g} s with nothing pending")
-    from handler.ops.console import visible
+    from handler.keys import visible
 
     for name in removed:
         print(f"  {visible(name)}")

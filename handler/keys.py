@@ -6,6 +6,7 @@ them together with the stream even on Redis Cluster.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from handler.settings import MonitorSettings
@@ -38,6 +39,24 @@ def raw_name(name: str) -> bytes:
 def display_name(name: str) -> str:
     """A key name for people, logs, summaries and metric labels: bytes that are not UTF-8 shown as \\xff."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# C0 and C1 control characters and DEL, the invisible marks that reorder a line (bidirectional overrides,
+# isolates and marks), and the Unicode line and paragraph separators: never sent to a terminal as they are.
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+LATIN_1_END = 0x100  # below it an escape is \xNN, from it \uNNNN
+
+
+def visible(value: str | bytes) -> str:
+    """A value from Redis as text for people: bytes that are not UTF-8 and control characters shown as
+    escapes (`\\xff`, `\\x1b`, `\\u202e`), so the terminal shows them instead of obeying them."""
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")  # key_name
+    return _INVISIBLE.sub(_escape, raw.decode("utf-8", "backslashreplace"))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < LATIN_1_END else f"\\u{code:04x}"
 
 
 def is_dead_letter_stream(name: str) -> bool:

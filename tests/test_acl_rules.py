@@ -1,5 +1,6 @@
-"""The ACL rules docs/security.md gives, exact: the monitor's (what its cycles, its metrics and `check` send)
-and the operator's (status, the dead-letter tools, consumers prune, reclaim --dry-run).
+"""The ACL rules handler/ops/rights.py makes and docs/security.md gives, exact: the monitor's (what its
+cycles, its metrics and `check` send) and the operator's (status, the dead-letter tools, consumers prune,
+reclaim --dry-run).
 
 Each rule is given to a user on real servers, Redis 8.2 and 7.0 (the rule with selectors) and 6.0 and 6.2
 (the rule without), and every command it is for runs as that user: everything works and ACL LOG stays
@@ -25,6 +26,7 @@ from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet
 from handler.monitor import CycleFailed, Monitor
+from handler.ops import rights
 from handler.ops.check import run_checks
 from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings
@@ -36,15 +38,25 @@ VERSIONS = ["6.0", "6.2", "7.0", "8.2"]
 CRASHED = "consumer-crashed"
 
 
-def documented(user: str, selectors: bool) -> list[str]:
-    """The rule docs/security.md gives `user` on a server with (or without) selectors, as ACL SETUSER's
-    words: the one with selectors where there is one and the server has them, else the one without."""
-    lines = [line.strip() for line in DOC.read_text().splitlines()]
-    rules = [line for line in lines if line.startswith(f"ACL SETUSER {user} ")]
-    assert rules, f"docs/security.md gives no rule for the user '{user}'"
-    chosen = [rule for rule in rules if ("(" in rule) == selectors] or [r for r in rules if "(" not in r]
-    words = chosen[0].split()[3:]
-    return [f">{PASSWORD}" if word == ">" + "<password>" else word for word in words]
+def rule(user: str, selectors: bool, situation: set[str]) -> list[str]:
+    """ACL SETUSER's words for `user`, from handler/ops/rights.py (the one source docs/security.md shows:
+    test_security_md_shows_the_rules_rights_makes), for the settings `situation` names (rights.WHEN)."""
+    calls = rights.MONITOR_CALLS if user == "monitor" else rights.OPERATOR_CALLS
+    make = rights.selector_rule if selectors else rights.flat_rule
+    body = make(rights.needed(calls, situation), [rights.key_patterns(STREAM)])
+    return rights.setuser(user, body, PASSWORD).split()[3:]
+
+
+# The monitor_scenario's settings: one node, REDIS_CLUSTER=detect, pruning and trimming on.
+MONITOR_SITUATION = {"detect", "pruning"}
+
+
+def test_security_md_shows_the_rules_rights_makes() -> None:
+    """docs/security.md's rules are the ones the tests run: for each user with and without selectors, what
+    each setting adds, Azure's access policy."""
+    documented = DOC.read_text()
+    missing = {name: text for name, text in rights.documented_rules().items() if text not in documented}
+    assert {} == missing
 
 
 def set_user(admin: redis.Redis, user: str, words: list[str]) -> None:
@@ -150,7 +162,7 @@ def monitor_scenario(
             results.append(act(lambda: monitor.run_once(no_stop)))
         finally:
             admin.config_set("maxmemory", 0)
-        refused = [row["message_id"] for row in admin.xpending_range(STREAM, GROUP, "-", "+", 100)]
+        refused = [bytes(row[0]) for row in command(admin, "XPENDING", STREAM, GROUP, "-", "+", 100)]
         age(admin, STREAM, GROUP, settings.MONITORING_CONSUMER_NAME, refused, 60_000)  # given back fresh
         results.append(act(lambda: monitor.run_scheduled(no_stop)))
     finally:
@@ -175,7 +187,7 @@ def test_the_monitors_rule_runs_everything_and_logs_no_denial(
     """The documented rule let the monitor run, but every connection left a CLIENT SETINFO denial."""
     version, started = server
     admin = fresh(started)
-    set_user(admin, "monitor", documented("monitor", selectors=version >= "7"))
+    set_user(admin, "monitor", rule("monitor", version >= "7", MONITOR_SITUATION))
     problems = monitor_scenario(started, admin, "monitor", check=version >= "7")
     assert [] == problems
     assert [] == denials(admin)
@@ -188,7 +200,7 @@ def test_check_signed_in_as_the_monitor_on_redis_6_skips_only_what_it_cannot_rea
     `check` says so (SKIP), and that one refusal is all ACL LOG holds."""
     version, started = server
     admin = fresh(started)
-    set_user(admin, "monitor", documented("monitor", selectors=version >= "7"))
+    set_user(admin, "monitor", rule("monitor", version >= "7", rights.DOCUMENTED_SITUATION))
     create_group(admin, STREAM, GROUP)
     lines = list(run_checks(settings_as(started, "monitor")))
     assert [] == [line.line() for line in lines if line.failed]
@@ -197,7 +209,7 @@ def test_check_signed_in_as_the_monitor_on_redis_6_skips_only_what_it_cannot_rea
         assert [] == denials(admin)
     else:
         assert ["permissions"] == [line.name for line in lines if line.skipped]
-        assert all("acl|getuser" in denial for denial in denials(admin)), denials(admin)
+        assert ["monitor: acl (command, toplevel)"] == denials(admin)  # ACL GETUSER
 
 
 def operator_cli(started: LocalRedis, user: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -228,7 +240,7 @@ OPERATOR_COMMANDS: list[Callable[[list[bytes]], list[str]]] = [
     lambda ids: ["status", "--json"],
     lambda ids: ["dead-letter", "list"],
     lambda ids: ["dead-letter", "list", "--newest", "--json"],
-    lambda ids: ["dead-letter", "show", ids[-1].decode()],
+    lambda ids: ["dead-letter", "show", ids[2].decode()],  # the continued one
     lambda ids: ["dead-letter", "replay", ids[0].decode()],
     lambda ids: ["dead-letter", "replay", "--count", "1", "--dry-run"],
     lambda ids: ["dead-letter", "purge", ids[1].decode(), "--yes"],
@@ -247,7 +259,7 @@ def test_the_operators_rule_runs_every_operator_command_and_logs_no_denial(
     version, started = server
     admin = fresh(started)
     ids = dead_letters_and_pending(started, admin)
-    set_user(admin, "operator", documented("operator", selectors=version >= "7"))
+    set_user(admin, "operator", rule("operator", version >= "7", rights.DOCUMENTED_SITUATION))
     failed = []
     for arguments in OPERATOR_COMMANDS:
         args = arguments(ids)
@@ -284,23 +296,19 @@ def test_each_right_of_the_monitors_rule_is_needed(redis_8: LocalRedis) -> None:
     selector), the monitor meets a denial: the rule grants nothing it never needs (DEL or PEXPIRE of the
     stream, DEL or SET of tweets, XADD into the stream, cluster commands on one node). Only a right that
     rights.py says is for a path too rare to play here may go unmet."""
-    from handler.ops.rights import MONITOR_CALLS  # noqa: PLC0415
-
     admin = fresh(redis_8)
-    rule = documented("monitor", selectors=True)
-    set_user(admin, "monitor", rule)
+    whole = rule("monitor", True, MONITOR_SITUATION)
+    set_user(admin, "monitor", whole)
     assert ([], []) == (monitor_scenario(redis_8, admin, "monitor"), denials(admin))  # the whole rule
     unneeded = []
-    for right, words in without_each_right(rule):
+    for right, words in without_each_right(whole):
         admin.flushall()
         command(admin, "ACL", "LOG", "RESET")
         set_user(admin, "monitor", words)
         if not monitor_scenario(redis_8, admin, "monitor") and not denials(admin):
             unneeded.append(right.split()[0])
-    rare = {call.token for call in MONITOR_CALLS if call.rare} - {
-        c.token for c in MONITOR_CALLS if not c.rare
-    }
-    assert set(unneeded) <= rare, unneeded
+    played = {call.token for call in rights.MONITOR_CALLS if not call.rare}
+    assert set(unneeded) <= {call.token for call in rights.MONITOR_CALLS} - played, unneeded
 
 
 def commands_sent(admin: redis.Redis, action: Callable[[], object]) -> set[str]:
@@ -318,8 +326,6 @@ def commands_sent(admin: redis.Redis, action: Callable[[], object]) -> set[str]:
 def test_what_the_monitor_and_the_operator_send_is_what_rights_declares(redis_8: LocalRedis) -> None:
     """One source for the command lists check verifies, the docs print and these tests run: what the
     commands send is exactly what handler/ops/rights.py declares for them."""
-    from handler.ops import rights  # noqa: PLC0415
-
     admin = fresh(redis_8)
     set_user(admin, "monitor", ["on", f">{PASSWORD}", "~*", "+@all"])
     sent: set[str] = set()
@@ -331,8 +337,7 @@ def test_what_the_monitor_and_the_operator_send_is_what_rights_declares(redis_8:
 
     assert [] == monitor_scenario(redis_8, admin, "monitor", act=measured)
     sent.discard("+auth")  # signing in: no rule can refuse it
-    situation = {"detect", "pruning", "maxlen"}
-    declared = {call.token for call in rights.needed(rights.MONITOR_CALLS, situation)}
+    declared = {call.token for call in rights.needed(rights.MONITOR_CALLS, MONITOR_SITUATION)}
     rare = {call.token for call in rights.MONITOR_CALLS if call.rare}
     assert (set(), set()) == (sent - declared, declared - sent - rare)
     admin = fresh(redis_8)

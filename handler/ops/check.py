@@ -18,8 +18,8 @@ from redis.cluster import RedisCluster
 
 from handler.errors import MonitorError
 from handler.functions.host_files import budget_warning, function_timeout
-from handler.keys import StreamKeys, display_name
-from handler.ops.console import visible
+from handler.keys import TWEET_KEY_PREFIX, StreamKeys, display_name, visible
+from handler.ops import rights
 from handler.reclaim import heartbeat
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.rules import parse_pending_count
@@ -30,32 +30,6 @@ from handler.transport.connect import connect, tls_hint
 from handler.transport.failures import LOST_CONNECTION, REDIS_FAILURES, FailureKind, kind_of
 from handler.transport.topology import server_address
 
-# Every command the monitor sends, with representative arguments, including those inside its Lua scripts.
-NEEDED_COMMANDS = [
-    ("XPENDING", "{stream}", "{group}"),
-    ("XPENDING", "{stream}", "{group}", "-", "+", "1"),
-    ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1"),
-    ("XCLAIM", "{stream}", "{group}", "{consumer}", "0", "0-1", "IDLE", "0", "RETRYCOUNT", "1", "JUSTID"),
-    ("XACK", "{stream}", "{group}", "0-1"),
-    ("XRANGE", "{stream}", "-", "+", "COUNT", "1"),
-    ("HSET", "tweet:1", "id", "1"),
-    ("EVAL", "return 0", "2", "{stream}", "{dead_letter}"),
-    ("XADD", "{dead_letter}", "*", "f", "v"),
-    ("XLEN", "{dead_letter}"),
-    ("TYPE", "{dead_letter}"),
-    ("GET", "{cursor}"),
-    ("SET", "{last_refusal}", "x", "PX", "1000"),
-    ("SET", "{last_cycle}", "1"),
-    ("TIME",),
-    ("SET", "{lease}", "x", "PX", "1000", "NX"),
-    ("PEXPIRE", "{lease}", "1000"),
-    ("PTTL", "{lease}"),
-    ("DEL", "{cursor}"),
-    ("INFO", "cluster"),
-    ("WAIT", "1", "0"),
-    ("CLUSTER", "SLOTS"),
-    ("COMMAND",),
-]
 # What the monitor can promise about replicas, said plainly (reclaim/page.py: WAIT on a cluster).
 # One sentence each; docs/azure-managed-redis.md says the rest.
 REPLICA_PROMISE_CLUSTER = (
@@ -71,12 +45,26 @@ ONE_ENDPOINT = (
 )
 PRUNE_PROBE_CONSUMER = "tweets-monitor-check-probe"
 UNKNOWN = "unknown"  # the server's version, when INFO is not allowed
-SUBCOMMANDS = ("XINFO", "XGROUP", "CLUSTER", "INFO")
-# Only with DELETE_IDLE_CONSUMERS_AFTER_SEC set (reclaim/consumers.py, inside its Lua script).
-PRUNING_COMMANDS = [
-    ("XINFO", "CONSUMERS", "{stream}", "{group}"),
-    ("XGROUP", "DELCONSUMER", "{stream}", "{group}", "{consumer}"),
-]
+# ARGV: each command as its word count, then its words. Which the signed-in user may not run (their
+# positions, from 1), asked of Redis 7.0+ without a right of its own (redis.acl_check_cmd, which logs no
+# denial): how `check` verifies the user it signs in as, the monitor's own, without an administrator.
+MAY_I_LUA = """
+local refused, i, n = {}, 1, 0
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  n = n + 1
+  local words = {}
+  for j = 1, count do
+    words[j] = ARGV[i + j]
+  end
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(words))
+  if not ok or not allowed then
+    refused[#refused + 1] = n
+  end
+  i = i + count + 1
+end
+return refused
+"""
 
 
 @dataclass(frozen=True)
@@ -187,7 +175,7 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         version = UNKNOWN
     else:
         yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
-    needed = NEEDED_COMMANDS + (PRUNING_COMMANDS if settings.DELETE_IDLE_CONSUMERS_AFTER_SEC else [])
+    needed = rights.needed(rights.MONITOR_CALLS, rights.situation(settings, cluster=cluster))
     for stream in streams:
         keys = StreamKeys.from_settings(settings, stream)
         yield _stream_and_group(client, keys)
@@ -304,48 +292,70 @@ def _dead_letter_stream(client: Client, keys: StreamKeys) -> Check:
 
 
 def _permissions(
-    client: Client,
-    keys: StreamKeys,
-    user: str,
-    version: str,
-    needed_commands: list[tuple[str, ...]],
-    asked: bool = False,
+    client: Client, keys: StreamKeys, user: str, version: str, calls: list[rights.Call], asked: bool = False
 ) -> Check:
-    """With `asked` (check --user), not being able to verify is a failure: verifying was the point."""
+    """Every call the monitor makes, with its real keys: asked of ACL DRYRUN for another user (`check
+    --user`, an administrator signed in), of redis.acl_check_cmd for the signed-in one (7.0+), of ACL
+    GETUSER before 7.0. With `asked`, not being able to verify is a failure: verifying was the point."""
     values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
               "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease,
-              "last_refusal": keys.last_refusal, "last_cycle": keys.last_cycle}  # fmt: skip
+              "last_refusal": keys.last_refusal, "last_cycle": keys.last_cycle,
+              "tweet": TWEET_KEY_PREFIX.decode() + "1"}  # fmt: skip
+    sent = [[part.format(**values) for part in call.words] for call in calls]
     if version != UNKNOWN and not _at_least(version, (7, 0)):
-        return _permissions_before_dryrun(client, user)
-    refused = []
-    for needed in needed_commands:
-        args = [part.format(**values) for part in needed]
-        what = " ".join(needed[:2]) if needed[0] in SUBCOMMANDS else needed[0]
+        return _permissions_before_dryrun(client, user, asked)
+    refused: list[tuple[rights.Call, str]] = []
+    if not asked:
         try:
-            answer = command(client, "ACL", "DRYRUN", user, *args)
-        except redis.exceptions.NoPermissionError as exc:
-            return Check(
-                "permissions", False,
-                f"not verified: the signed-in user may not run ACL DRYRUN ({exc}); to verify '{user}', run "
-                f"`check --user {user}` with an administrator's REDIS_USERNAME and REDIS_PASSWORD",
-                skipped=not asked,
-            )  # fmt: skip
+            refused = [(calls[n - 1], "") for n in command(client, "EVAL", MAY_I_LUA, 0, *_flattened(sent))]
         except redis.exceptions.ResponseError as exc:
-            if "unknown" in str(exc).lower() and "dryrun" in str(exc).lower():  # before 7.0
-                return _permissions_before_dryrun(client, user)
-            if "no such user" in str(exc).lower() or "not found" in str(exc).lower():
-                return Check("permissions", False, f"there is no user '{user}' ({exc})")
-            refused.append(f"{what} ({exc})")
-            continue
-        if answer not in (b"OK", "OK", True):
-            refused.append(f"{what} ({text(answer)})")
+            if kind_of(exc) == FailureKind.NOT_PERMITTED:
+                return Check(
+                    "permissions", False,
+                    f"not verified: '{user}' may not run EVAL without keys ({exc}); to verify it, run "
+                    f"`check --user {user}` with an administrator's REDIS_USERNAME and REDIS_PASSWORD",
+                    skipped=True,
+                )  # fmt: skip
+            return _permissions_before_dryrun(client, user, asked)  # no acl_check_cmd: before 7.0
+    else:
+        for call, args in zip(calls, sent, strict=True):
+            try:
+                answer = command(client, "ACL", "DRYRUN", user, *args)
+            except redis.exceptions.NoPermissionError as exc:
+                return Check(
+                    "permissions", False,
+                    f"not verified: the signed-in user may not run ACL DRYRUN ({exc}); sign in as an "
+                    f"administrator (REDIS_USERNAME, REDIS_PASSWORD) to verify '{user}'",
+                )  # fmt: skip
+            except redis.exceptions.ResponseError as exc:
+                if "unknown" in str(exc).lower() and "dryrun" in str(exc).lower():  # before 7.0
+                    return _permissions_before_dryrun(client, user, asked)
+                if "no such user" in str(exc).lower() or "not found" in str(exc).lower():
+                    return Check("permissions", False, f"there is no user '{user}' ({exc})")
+                refused.append((call, str(exc)))
+                continue
+            if answer not in (b"OK", "OK", True):
+                refused.append((call, text(answer)))
     if refused:
-        return Check(
-            "permissions", False,
-            f"'{user}' is not allowed: " + "; ".join(refused) + " (see the README's ACL rule)",
-        )  # fmt: skip
-    return Check(
-        "permissions", True, f"'{user}' may run all {len(needed_commands)} commands the monitor needs"
+        return Check("permissions", False, _missing(user, refused, values))
+    return Check("permissions", True, f"'{user}' may run all {len(calls)} commands the monitor sends")
+
+
+def _flattened(sent: list[list[str]]) -> list[str]:
+    return [word for words in sent for word in (str(len(words)), *words)]
+
+
+def _missing(user: str, refused: list[tuple[rights.Call, str]], values: dict[str, str]) -> str:
+    """What to add, once each: the command on its keys, the right that allows it, what needs it."""
+    wanted: dict[str, str] = {}
+    for call, why in refused:
+        keys = " ".join(f"'{display_name(values[role])}'" for role in call.roles)
+        name = " ".join(call.words[:2]) if call.token.count("|") else call.words[0]
+        sent = f"{name} on {keys}" if keys else name
+        wanted.setdefault(sent, f"add {call.token}: {call.why}{' (' + why + ')' if why else ''}")
+    listed = "; ".join(f"{sent} ({what})" for sent, what in wanted.items())
+    return (
+        f"'{user}' is not allowed: {listed}. {rights.MONITOR.capitalize()} in {rights.SECURITY_DOC} has them"
     )
 
 
@@ -357,11 +367,16 @@ def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list | tuple | set) else [value]
 
 
-def _permissions_before_dryrun(client: Client, user: str) -> Check:
+def _permissions_before_dryrun(client: Client, user: str, asked: bool) -> Check:
     try:
         rules: Any = client.acl_getuser(user) or {}
-    except redis.exceptions.ResponseError as exc:
-        return Check("permissions", False, f"cannot read the rules of '{user}' on Redis < 7.0: {exc}")
+    except redis.exceptions.ResponseError as exc:  # the monitor's own rule does not grant ACL GETUSER
+        return Check(
+            "permissions", False,
+            f"not verified: Redis < 7.0 tells a user's rights only to an administrator ({exc}); to verify "
+            f"'{user}', run `check --user {user}` signed in as one",
+            skipped=not asked,
+        )  # fmt: skip
     # Decided from the flags (redis-py reports `+@all` under categories, not commands): every command and
     # every key, and no `-` rule taking any back (`+@all -hset` still reports categories ['+@all']).
     flags = {text(flag) for flag in rules.get("flags", [])}
@@ -372,6 +387,6 @@ def _permissions_before_dryrun(client: Client, user: str) -> Check:
     return Check(
         "permissions",
         False,
-        f"'{user}' is restricted and Redis < 7.0 has no ACL DRYRUN to verify it: "
-        "compare its rules with the README's ACL rule",
+        f"'{user}' is restricted and Redis < 7.0 has no ACL DRYRUN to verify it: compare its rules with "
+        f"{rights.MONITOR} in {rights.SECURITY_DOC}",
     )

@@ -2,13 +2,12 @@
 
 Whatever comes from Redis (consumer names, tweets, dead letters, ids, key names, the last refusal) is shown
 as text, on every path (terminal or pipe, table or plain): handed to Rich as Text, never as markup, and with
-control characters made visible (`visible`), so that no value can crash a command, set a window title,
+control characters made visible (keys.visible), so that no value can crash a command, set a window title,
 clear the screen, overwrite a line or become a link.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
+from handler.keys import visible
 from handler.ops.dead_letter_tools import DeadLetterEntry
 from handler.ops.dry_run import DryRunReport
 from handler.ops.status import GroupStatus
@@ -26,23 +26,6 @@ from handler.ops.status import GroupStatus
 out = Console(highlight=False, emoji=False)
 # soft_wrap: a warning stays one line when stderr is piped (Rich would otherwise cut it at 80 columns).
 err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
-
-# C0 and C1 control characters and DEL, the invisible marks that reorder a line (bidirectional overrides,
-# isolates and marks), and the Unicode line and paragraph separators: never sent to a terminal as they are.
-_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-LATIN_1_END = 0x100  # below it an escape is \xNN, from it \uNNNN
-
-
-def visible(value: str | bytes) -> str:
-    """A value from Redis as text for people: bytes that are not UTF-8 and control characters shown as
-    escapes (`\\xff`, `\\x1b`, `\\u202e`), so the terminal shows them instead of obeying them."""
-    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")  # keys.key_name
-    return _INVISIBLE.sub(_escape, raw.decode("utf-8", "backslashreplace"))
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < LATIN_1_END else f"\\u{code:04x}"
 
 
 def _line(*parts: str | tuple[str, str]) -> Text:

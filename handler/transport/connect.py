@@ -133,6 +133,9 @@ def client_options(settings: MonitorSettings, credentials: Any = None) -> dict[s
         # costs at most three timeouts.
         "retry": Retry(NoBackoff(), 0),
         "client_name": "tweets-monitor",
+        # No CLIENT SETINFO: the least-privilege rules do not grant it, and each refusal would be an entry in
+        # ACL LOG on every connection (an alert on denials would never be quiet).
+        "driver_info": None,
         "decode_responses": False,
         # Key names that are not UTF-8 (read with surrogateescape) are sent back as their own bytes.
         "encoding_errors": "surrogateescape",
