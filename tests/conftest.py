@@ -14,8 +14,10 @@ from handler.dev.host import STARTED
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, packaged_search_module
 from handler.dev.redis_binaries import BINARIES, debian_redis_with_tls
+from handler.dev.samples import GROUP, STREAM
 from handler.dev.tls import Binary, Certificates, local_tls_cluster, make_certificates
 from handler.settings import MonitorSettings
+from tests.pipeline import create_group
 from tests.reliability import table
 
 if TYPE_CHECKING:
@@ -183,3 +185,10 @@ def tls_cluster(tls_binary: Binary, certificates: Certificates) -> Iterator[Loca
     )
     with cluster:
         yield cluster
+
+
+@pytest.fixture
+def group(client8: redis.Redis) -> redis.Redis:
+    """The pipeline's own stream and group (tweets_stream, redisearch_app_group) on an empty Redis 8.2."""
+    create_group(client8, STREAM, GROUP)
+    return client8

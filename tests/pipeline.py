@@ -19,7 +19,7 @@ from handler.dev.backlog import (
     raw,
     set_deliveries,
 )
-from handler.dev.samples import tweet
+from handler.dev.samples import GROUP, STREAM, tweet
 from handler.reclaim.dead_letter import split_dead_letter
 from handler.transport.client import Client
 
@@ -82,3 +82,13 @@ def dead_letters(client: Client, key: str) -> list[tuple[dict[bytes, bytes], lis
 
 def tweet_keys(client: Client) -> set[bytes]:
     return {bytes(key) for key in client.scan_iter(match=b"tweet:*", count=1000)}
+
+
+PIPELINE_DEAD_LETTER = "{tweets_stream}:dead-letter"  # the pipeline's own stream's dead letters
+
+
+def abandon_in_pipeline(
+    client: Client, entries: list[list[bytes]], consumer: str = "consumer-crashed"
+) -> list[bytes]:
+    """abandon() into the pipeline's own stream and group (tweets_stream, redisearch_app_group)."""
+    return abandon(client, STREAM, GROUP, entries, consumer)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import threading
 
-import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
-from tests import pipeline
+from handler.dev.samples import GROUP, STREAM
 from tests.cli import cli, env_for
 from tests.pipeline import (
+    PIPELINE_DEAD_LETTER,
+    abandon_in_pipeline,
     age,
     command,
-    create_group,
     dead_letters,
     set_deliveries,
     tweet,
@@ -65,27 +64,9 @@ def test_a_big_dead_letter_is_replayed_while_producers_write_to_the_stream(world
     assert 0 == world8.client.xlen(world8.keys.dead_letter)
 
 
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
-
-
 def dead_lettered(client: redis.Redis, redis_8: LocalRedis, count: int) -> list[bytes]:
     """`count` poison entries (delivered 50 times) moved to the dead-letter stream by a real cycle."""
-    ids = abandon(client, [[*tweet(n), b"text", b"\xffrepeated"] for n in range(count)])
+    ids = abandon_in_pipeline(client, [[*tweet(n), b"text", b"\xffrepeated"] for n in range(count)])
     set_deliveries(client, STREAM, GROUP, "consumer-crashed", ids, 50)
     age(client, STREAM, GROUP, "consumer-crashed", ids, 60_000)
     assert 0 == cli(redis_8, "reclaim").returncode
@@ -93,10 +74,10 @@ def dead_lettered(client: redis.Redis, redis_8: LocalRedis, count: int) -> list[
 
 
 def test_dead_letter_retention_trims_approximately(redis_8: LocalRedis, group: redis.Redis) -> None:
-    abandon(group, [[b"text", b"no id", b"n", b"%d" % n] for n in range(600)])
+    abandon_in_pipeline(group, [[b"text", b"no id", b"n", b"%d" % n] for n in range(600)])
     done = cli(redis_8, "reclaim", DEAD_LETTER_MAXLEN="100")
     assert 600 == json.loads(done.stdout)["dead_lettered"]
-    assert 100 <= group.xlen(DEAD_LETTER) < 600  # MAXLEN ~ trims whole nodes, never below the bound
+    assert 100 <= group.xlen(PIPELINE_DEAD_LETTER) < 600  # MAXLEN ~ trims whole nodes, never below the bound
 
 
 def test_dead_letter_list_and_show(redis_8: LocalRedis, group: redis.Redis) -> None:
@@ -113,22 +94,22 @@ def test_replay_puts_the_original_fields_back_atomically(redis_8: LocalRedis, gr
     dead_lettered(group, redis_8, 250)
     before = group.xlen(STREAM)
     assert "would replay 250" in cli(redis_8, "dead-letter", "replay", "--all", "--dry-run").stdout
-    assert 250 == group.xlen(DEAD_LETTER)
+    assert 250 == group.xlen(PIPELINE_DEAD_LETTER)
     done = cli(redis_8, "dead-letter", "replay", "--all")
     assert "replayed 250 of 250" in done.stdout, done.stderr
-    assert 0 == group.xlen(DEAD_LETTER)
+    assert 0 == group.xlen(PIPELINE_DEAD_LETTER)
     replayed = command(group, "XRANGE", STREAM, "-", "+")[before:]
     assert [[*tweet(n), b"text", b"\xffrepeated"] for n in range(250)] == [list(f) for _, f in replayed]
 
 
 def test_purge_asks_unless_yes(redis_8: LocalRedis, group: redis.Redis) -> None:
     dead_lettered(group, redis_8, 4)
-    first = dead_letters(group, DEAD_LETTER)
+    first = dead_letters(group, PIPELINE_DEAD_LETTER)
     assert 1 == cli(redis_8, "dead-letter", "purge", "--all").returncode  # nobody to answer: refused
-    assert 4 == group.xlen(DEAD_LETTER)
-    ids = [e[0] for e in command(group, "XRANGE", DEAD_LETTER, "-", "+")][:2]
+    assert 4 == group.xlen(PIPELINE_DEAD_LETTER)
+    ids = [e[0] for e in command(group, "XRANGE", PIPELINE_DEAD_LETTER, "-", "+")][:2]
     assert 0 == cli(redis_8, "dead-letter", "purge", *[i.decode() for i in ids], "--yes").returncode
-    assert 2 == group.xlen(DEAD_LETTER)
+    assert 2 == group.xlen(PIPELINE_DEAD_LETTER)
     assert 0 == cli(redis_8, "dead-letter", "purge", "--all", "--yes").returncode
-    assert (0, 4) == (group.xlen(DEAD_LETTER), len(first))
+    assert (0, 4) == (group.xlen(PIPELINE_DEAD_LETTER), len(first))
     assert 2 == cli(redis_8, "dead-letter", "purge").returncode  # neither ids nor --all

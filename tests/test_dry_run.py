@@ -10,18 +10,17 @@ import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from handler.dev.samples import GROUP, STREAM
 from handler.keys import TWEET_KEY_PREFIX, StreamKeys, raw_name
 from handler.monitor import CycleFailed, Monitor
 from handler.ops.dry_run import dry_run
 from handler.reclaim.rules import stream_field
 from handler.transport.connect import connect
-from tests import pipeline
 from tests.cli import cli
 from tests.conftest import settings_for
 from tests.pipeline import (
     abandon,
-    create_group,
+    abandon_in_pipeline,
     pending_rows,
     set_deliveries,
     tweet,
@@ -83,24 +82,6 @@ def test_the_dry_run_predicts_what_the_cycle_then_does(
     assert not isinstance(summary, CycleFailed), summary
     assert outcome(summary.as_dict()) == prediction(report)
     assert summary.pages == report["pages"]
-
-
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon_in_pipeline(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
 
 
 def test_reclaim_dry_run_changes_nothing(redis_8: LocalRedis, group: redis.Redis) -> None:

@@ -13,10 +13,10 @@ from handler.dev.host import FunctionsHost, Record, envelope
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, timer
 from handler.logs import MAX_CAPTURED_LINES, capture_logs, configure_logging, invocation_id
-from tests import pipeline
 from tests.cli import cli
 from tests.pipeline import (
     abandon,
+    abandon_in_pipeline,
     create_group,
     tweet,
 )
@@ -47,24 +47,6 @@ def test_the_hosts_logs_of_one_invocation_are_capped() -> None:
             logging.getLogger("tests.cap").info("line %d", n)
     assert MAX_CAPTURED_LINES + 1 == len(lines)
     assert "more log lines" in lines[-1]
-
-
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon_in_pipeline(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
 
 
 def test_json_log_lines_carry_the_summary(redis_8: LocalRedis, group: redis.Redis) -> None:

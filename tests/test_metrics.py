@@ -3,19 +3,17 @@ answer even when Redis does not."""
 
 from __future__ import annotations
 
-import pytest
 import redis
 from prometheus_client import generate_latest
 
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from handler.dev.samples import PIPELINE_NAMES, STREAM
 from handler.metrics import Metrics
 from handler.transport.connect import RedisConnection
-from tests import pipeline
 from tests.cli import env_for
 from tests.pipeline import (
-    create_group,
+    abandon_in_pipeline,
     tweet,
 )
 from tests.test_streams import settings_for as streams_settings
@@ -53,24 +51,6 @@ def test_metrics_skip_a_stream_of_another_pipeline_and_say_redis_is_up(
         connection.close()
     assert "tweets_monitor_redis_up 1.0" in text
     assert 'tweets_monitor_pending_entries{stream="tweets_stream:0"} 3.0' in text
-
-
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon_in_pipeline(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
 
 
 def test_metrics_count_what_the_invocations_did(redis_8: LocalRedis, group: redis.Redis) -> None:

@@ -20,17 +20,16 @@ import redis
 
 from handler.dev.host import APP_ROOT
 from handler.dev.local_redis import LocalRedis, free_port
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from handler.dev.samples import STREAM
 from handler.functions.host_files import (
     APP_ROOT_VARIABLES,
     app_root,
     function_schedule,
 )
 from handler.runner import next_run
-from tests import pipeline
 from tests.acl import user_without_scan
 from tests.cli import cli, env_for
-from tests.pipeline import create_group, tweet, tweet_keys
+from tests.pipeline import abandon_in_pipeline, create_group, tweet, tweet_keys
 
 
 def start_run(env: dict[str, str], schedule: str = "* * * * * *") -> subprocess.Popen[str]:
@@ -103,24 +102,6 @@ def test_a_schedule_written_as_an_app_setting_is_resolved(
     assert stderr.count("reclaim cycle:") >= 2, stderr[-2000:]
 
 
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
-
-
 @pytest.mark.parametrize(
     ("schedule", "after", "expected"),
     [
@@ -167,7 +148,7 @@ def test_run_without_function_json_exits_2_naming_the_path(
 
 
 def test_run_once_for_cron(redis_8: LocalRedis, group: redis.Redis) -> None:
-    abandon(group, [tweet(n) for n in range(6)])
+    abandon_in_pipeline(group, [tweet(n) for n in range(6)])
     done = cli(redis_8, "run", "--once", METRICS_ADDRESS=f"127.0.0.1:{free_port()}")
     assert 0 == done.returncode, done.stderr
     assert 6 == len(tweet_keys(group))
@@ -175,7 +156,7 @@ def test_run_once_for_cron(redis_8: LocalRedis, group: redis.Redis) -> None:
 
 def test_run_once_opens_no_metrics_listener(redis_8: LocalRedis, group: redis.Redis) -> None:
     """A cron job's one cycle serves no scrape: METRICS_ADDRESS already taken does not stop it."""
-    abandon(group, [tweet(n) for n in range(2)])
+    abandon_in_pipeline(group, [tweet(n) for n in range(2)])
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         done = cli(redis_8, "run", "--once", METRICS_ADDRESS=f"127.0.0.1:{port}")
@@ -187,7 +168,7 @@ def test_run_once_opens_no_metrics_listener(redis_8: LocalRedis, group: redis.Re
 def test_run_cycles_on_schedule_serves_metrics_and_exits_0_on_sigterm(
     redis_8: LocalRedis, group: redis.Redis
 ) -> None:
-    abandon(group, [tweet(n) for n in range(5)])
+    abandon_in_pipeline(group, [tweet(n) for n in range(5)])
     port = free_port()
     env = env_for(redis_8, METRICS_ADDRESS=f"127.0.0.1:{port}")
     process = subprocess.Popen(

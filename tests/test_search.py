@@ -8,36 +8,16 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
-import redis
-
 from handler.dev.demo import SEARCH_QUERIES
 from handler.dev.host import APP_ROOT, FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet_id
-from tests import pipeline
 from tests.pipeline import (
+    abandon_in_pipeline,
     command,
     create_group,
     tweet,
 )
-
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
 
 
 def test_search_finds_what_the_monitor_reclaimed(redis_search: LocalRedis) -> None:
@@ -74,8 +54,8 @@ def test_search_finds_what_the_monitor_reclaimed(redis_search: LocalRedis) -> No
         "t3": tweet(3, user="joanna", location="Berlin", text="nothing to see", hashtags=""),
         "t4": tweet(4, user="priya", location="New Delhi, India", text="just saying hi", hashtags="cov19"),
     }
-    abandon(client, list(samples.values()))
-    env = environment_for(redis_search, **{**NAMES, "MIN_IDLE_TIME_SEC": "10"})
+    abandon_in_pipeline(client, list(samples.values()))
+    env = environment_for(redis_search, **{**PIPELINE_NAMES, "MIN_IDLE_TIME_SEC": "10"})
     host = FunctionsHost(env).start()
     try:
         assert 4 == completed(host.invoke())["processed"]

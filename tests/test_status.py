@@ -5,44 +5,25 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import redis
 
 from handler.dev.local_redis import LocalRedis
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
-from tests import pipeline
+from handler.dev.samples import GROUP, STREAM
 from tests.cli import cli
 from tests.pipeline import (
+    abandon_in_pipeline,
     age,
     command,
-    create_group,
     set_deliveries,
     tweet,
 )
 
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-def abandon(
-    client: redis.Redis, entries: list[list[bytes]], consumer: str = "consumer-crashed"
-) -> list[bytes]:
-    return pipeline.abandon(client, STREAM, GROUP, entries, consumer)
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
-
 
 def test_status_json_shows_the_group_per_consumer(redis_8: LocalRedis, group: redis.Redis) -> None:
-    ids = abandon(group, [tweet(n) for n in range(30)], "consumer-a")
+    ids = abandon_in_pipeline(group, [tweet(n) for n in range(30)], "consumer-a")
     set_deliveries(group, STREAM, GROUP, "consumer-a", ids[:1], 7)
     age(group, STREAM, GROUP, "consumer-a", ids, 90_000)
-    abandon(group, [tweet(n) for n in range(30, 35)], "consumer-b")
+    abandon_in_pipeline(group, [tweet(n) for n in range(30, 35)], "consumer-b")
     command(group, "XGROUP", "CREATECONSUMER", STREAM, GROUP, "consumer-idle")
     done = cli(redis_8, "status", "--json")
     assert 0 == done.returncode, done.stderr
@@ -58,7 +39,7 @@ def test_status_json_shows_the_group_per_consumer(redis_8: LocalRedis, group: re
 
 
 def test_status_table_for_people(redis_8: LocalRedis, group: redis.Redis) -> None:
-    abandon(group, [tweet(n) for n in range(3)])
+    abandon_in_pipeline(group, [tweet(n) for n in range(3)])
     done = cli(redis_8, "status")
     assert 0 == done.returncode, done.stderr
     assert "consumer-crashed" in done.stdout
@@ -68,7 +49,7 @@ def test_status_table_for_people(redis_8: LocalRedis, group: redis.Redis) -> Non
 def test_status_warns_when_the_dead_letter_stream_nears_its_bound(
     redis_8: LocalRedis, group: redis.Redis
 ) -> None:
-    abandon(group, [[b"text", b"no id"] for _ in range(10)])
+    abandon_in_pipeline(group, [[b"text", b"no id"] for _ in range(10)])
     assert 0 == cli(redis_8, "reclaim").returncode
     done = cli(redis_8, "status", DEAD_LETTER_MAXLEN="10")
     assert "warning:" in done.stderr
