@@ -350,3 +350,29 @@ def test_what_the_monitor_and_the_operator_send_is_what_rights_declares(redis_8:
     sent.discard("+auth")
     declared = {call.token for call in rights.needed(rights.OPERATOR_CALLS, {"detect"})}
     assert (set(), set()) == (sent - declared, declared - sent)
+
+
+@pytest.mark.parametrize(
+    ("right", "args"),
+    [
+        ("+xinfo|groups", ["status"]),
+        ("+xinfo|consumers", ["status"]),
+        ("+xlen", ["status"]),
+        ("+time", ["status"]),
+        ("+xrevrange", ["dead-letter", "list", "--newest"]),
+        ("+xrange", ["dead-letter", "show", "1-1"]),
+        ("+xinfo|consumers", ["consumers", "prune", "--idle-sec", "0"]),
+        ("+xgroup|delconsumer", ["consumers", "prune", "--idle-sec", "0"]),
+    ],
+)
+def test_an_operator_missing_a_right_is_told_which(redis_8: LocalRedis, right: str, args: list[str]) -> None:
+    """A NOPERM names the rule to add: the operator's rule without one right, the command that needs it
+    fails saying which (on Redis 7+ even from inside a script; Redis 6 does not say which of a script's
+    commands it refused, so the script's are named)."""
+    admin = fresh(redis_8)
+    dead_letters_and_pending(redis_8, admin)
+    words = [word.replace(right + ")", ")") for word in rule("operator", True, rights.DOCUMENTED_SITUATION)]
+    set_user(admin, "operator", [word for word in words if word != right])
+    done = operator_cli(redis_8, "operator", *args)
+    assert 1 == done.returncode, done.stdout + done.stderr
+    assert right in done.stderr and "Traceback" not in done.stderr, done.stderr

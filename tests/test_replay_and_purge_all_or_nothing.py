@@ -150,3 +150,29 @@ def test_replay_and_purge_with_every_right_still_work(world: World) -> None:
     done = run_as(world, user, "dead-letter", "purge", "--all", "--yes")
     assert 0 == done.returncode and "purged 1 of 1" in done.stdout, done.stdout + done.stderr
     assert 0 == world.client.xlen(world.keys.dead_letter)
+
+
+def test_purging_a_parts_id_leaves_its_dead_letter_whole(world: World) -> None:
+    """Only a dead letter's own ID is purged (with its parts): a part's ID named by mistake deleted that part,
+    and its dead letter could no longer be replayed."""
+    dead_letter_world(world, inline=0, continued=1)
+    user = add_user(world.client, "admin-" + world.stream[-6:], "~*", "+@all")
+    head, part = [bytes(entry[0]).decode() for entry in snapshot(world)[1]][:2]
+    before = snapshot(world)
+    done = run_as(world, user, "dead-letter", "purge", part, "--yes")
+    assert 0 == done.returncode and "purged 0 of 1" in done.stdout, done.stdout + done.stderr
+    assert before == snapshot(world)
+    done = run_as(world, user, "dead-letter", "replay", head)
+    assert 0 == done.returncode and "replayed 1 of 1" in done.stdout, done.stdout + done.stderr
+
+
+def test_replaying_an_id_that_is_no_stream_id_among_good_ones_changes_nothing(world: World) -> None:
+    """Every dead letter of a batch is read before the first write: a bad ID after good ones stops the
+    batch before anything moved (it stopped after moving the ones before it)."""
+    dead_letter_world(world, inline=2, continued=0)
+    user = add_user(world.client, "admin-" + world.stream[-6:], "~*", "+@all")
+    ids = [bytes(entry[0]).decode() for entry in snapshot(world)[1]]
+    before = snapshot(world)
+    done = run_as(world, user, "dead-letter", "replay", *ids, "not-an-id")
+    assert 1 == done.returncode and "XRANGE" in done.stderr, done.stdout + done.stderr
+    assert before == snapshot(world)
