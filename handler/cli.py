@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SETTINGS = 0, 1, 2
 PAST_TENSE = {"replay": "replayed", "purge": "purged"}
+PRUNING = ("XINFO CONSUMERS", "XGROUP DELCONSUMER")  # what reclaim/consumers.py's script sends
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,10 +368,11 @@ def _confirm(question: str) -> bool:
 
 
 def consumers(args: argparse.Namespace, settings: MonitorSettings) -> int:
+    from handler.ops.rights import needs
     from handler.reclaim.consumers import prune_idle_consumers
 
     keys = StreamKeys.from_settings(settings)
-    with connected(settings) as client:
+    with connected(settings) as client, needs("EVAL", key=keys.stream, inside=PRUNING):
         removed = prune_idle_consumers(
             client, keys.stream, keys.group, args.idle_sec, [keys.consumer], args.dry_run
         )

@@ -486,7 +486,8 @@ def purge_all(client: Client, keys: StreamKeys, progress: Callable[[int], None] 
 
 
 def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
-    """Delete the named dead letters for good, each with its parts; returns how many were removed."""
+    """Delete the named dead letters for good, each with its parts; returns how many were removed. An ID
+    that is not a dead letter's own (a part of one: its dead letter could no longer be replayed) is left."""
     prove_purge_rights(client, keys)
     removed = 0
     for start in range(0, len(ids), PURGE_BATCH):
@@ -496,12 +497,13 @@ def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
         pipe = server_holding(client, keys.dead_letter).pipeline(transaction=False)
         for entry_id in batch:
             command(pipe, "XRANGE", keys.dead_letter, entry_id, entry_id)
+        heads: list[bytes] = []
         parts: list[bytes] = []
         with needs("XRANGE", key=keys.dead_letter):
             found_entries = pipe.execute()
         for found in found_entries:
             for head in _heads(found):
-                removed += 1
+                heads.append(head.entry_id)
                 if head.metadata.get(b"dlq:version") == CONTINUED:
                     following = command(
                         client, "XRANGE", keys.dead_letter, next_id(head.entry_id), "+", "COUNT",
@@ -512,6 +514,8 @@ def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
                         for part_id, fields in following
                         if is_part(list(fields)) and fields[1] == head.entry_id
                     ]
-        with needs("XDEL", key=keys.dead_letter):
-            command(client, "XDEL", keys.dead_letter, *batch, *parts)
+        if heads:
+            with needs("XDEL", key=keys.dead_letter):
+                command(client, "XDEL", keys.dead_letter, *heads, *parts)
+        removed += len(heads)
     return removed

@@ -42,14 +42,26 @@ def token(*words: str) -> str:
 
 
 class MissingRightError(MonitorError):
-    """Redis refused a command for want of a right: the message names the rule that grants it."""
+    """Redis refused a command for want of a right: the message names the rule that grants it. `inside`: the
+    commands a script runs, when the refusal came from one of them (Redis 6 does not say which)."""
 
-    def __init__(self, words: tuple[str, ...], key: str | None, reason: str, rule: str = OPERATOR) -> None:
+    def __init__(
+        self,
+        words: tuple[str, ...],
+        key: str | None,
+        reason: str,
+        rule: str = OPERATOR,
+        inside: tuple[str, ...] = (),
+    ) -> None:
         self.right = token(*words)
         self.key = key
         on = f" on '{display_name(key)}'" if key is not None else ""
+        sent = " ".join(words).upper()
+        if inside:
+            sent = f"one of {', '.join(inside)} in its {sent} script"
+            self.right = " ".join(token(*command.split()) for command in inside)
         super().__init__(
-            f"the Redis user may not run {' '.join(words).upper()}{on} ({reason}): add {self.right}"
+            f"the Redis user may not run {sent}{on} ({reason}): add {self.right}"
             f"{' for that key' if key is not None else ''} ({rule} in {SECURITY_DOC} has it)"
         )
 
@@ -59,13 +71,17 @@ def is_refused_right(error: BaseException | str) -> bool:
 
 
 @contextmanager
-def needs(*words: str, key: str | None = None, rule: str = OPERATOR) -> Iterator[None]:
-    """Around a command (or a script's step) sending `words` on `key`: a NOPERM becomes MissingRightError."""
+def needs(
+    *words: str, key: str | None = None, rule: str = OPERATOR, inside: tuple[str, ...] = ()
+) -> Iterator[None]:
+    """Around a command sending `words` on `key` (a script running the commands `inside`): a NOPERM becomes
+    MissingRightError naming the command, or the script's commands when the refusal came from within it."""
     try:
         yield
     except redis.exceptions.ResponseError as exc:
         if is_refused_right(exc):
-            raise MissingRightError(words, key, str(exc), rule) from exc
+            from_script = bool(inside) and not isinstance(exc, redis.exceptions.NoPermissionError)
+            raise MissingRightError(words, key, str(exc), rule, inside if from_script else ()) from exc
         raise
 
 

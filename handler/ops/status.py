@@ -14,6 +14,7 @@ import redis
 
 from handler.errors import StreamOrGroupMissingError
 from handler.keys import StreamKeys
+from handler.ops.rights import needs
 from handler.reclaim import heartbeat
 from handler.transport.client import Client, command, server_holding, text
 
@@ -58,7 +59,9 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
 
 def find_group(client: Client, keys: StreamKeys) -> dict[str, Any] | None:
     """The group's XINFO GROUPS row, None when the stream has no such group (ResponseError: no stream)."""
-    for group in client.xinfo_groups(keys.stream):
+    with needs("XINFO", "GROUPS", key=keys.stream):
+        groups = client.xinfo_groups(keys.stream)
+    for group in groups:
         if text(group["name"]) == keys.group:
             return dict(group)
     return None
@@ -71,7 +74,9 @@ def gather_status(
     dead_letter_warn_at: int = 10_000,
     stale_after_sec: float = 300,
 ) -> GroupStatus:
-    if text(client.type(keys.stream)) == "none":  # XINFO GROUPS would answer only "no such key"
+    with needs("TYPE", key=keys.stream):
+        kind = text(client.type(keys.stream))
+    if kind == "none":  # XINFO GROUPS would answer only "no such key"
         raise StreamOrGroupMissingError(
             f"stream '{keys.stream}' does not exist: check STREAM_NAME, or create it with its group as the "
             "processor does (XGROUP CREATE … MKSTREAM)"
@@ -82,10 +87,13 @@ def gather_status(
             f"stream '{keys.stream}' has no consumer group '{keys.group}': create it as the processor does "
             "(XGROUP CREATE … MKSTREAM)"
         )
-    summary = command(client, "XPENDING", keys.stream, keys.group)
+    with needs("XPENDING", key=keys.stream):
+        summary = command(client, "XPENDING", keys.stream, keys.group)
     consumers = []
     idle_empty = []
-    for info in client.xinfo_consumers(keys.stream, keys.group):
+    with needs("XINFO", "CONSUMERS", key=keys.stream):
+        infos = client.xinfo_consumers(keys.stream, keys.group)
+    for info in infos:
         name = text(info["name"])
         status = ConsumerStatus(name, int(info["pending"]), int(info["idle"]))
         if status.pending:
@@ -97,8 +105,10 @@ def gather_status(
             idle_empty.append(name)
     consumers.sort(key=lambda c: -c.pending)
     warnings: list[str] = []
-    dead_letter_kind = text(client.type(keys.dead_letter))
-    dead = int(client.xlen(keys.dead_letter)) if dead_letter_kind == "stream" else 0
+    with needs("TYPE", key=keys.dead_letter):
+        dead_letter_kind = text(client.type(keys.dead_letter))
+    with needs("XLEN", key=keys.dead_letter):
+        dead = int(client.xlen(keys.dead_letter)) if dead_letter_kind == "stream" else 0
     if dead_letter_kind not in ("stream", "none"):
         warnings.append(
             f"'{keys.dead_letter}' holds a {dead_letter_kind}, not a stream: no entry can be dead-lettered "
@@ -116,8 +126,8 @@ def gather_status(
         dead_letter_maxlen=dead_letter_maxlen,
         lag=int(lag) if lag is not None else None,
         search_documents=_search_documents(client),
-        last_refusal=_text_or_none(client.get(keys.last_refusal)),
-        last_cycle_age_sec=heartbeat.seconds_since(client, keys.last_cycle),
+        last_refusal=_last_refusal(client, keys),
+        last_cycle_age_sec=_last_cycle_age(client, keys),
         warnings=warnings,
     )
     if result.last_cycle_age_sec is None:
@@ -141,6 +151,16 @@ def gather_status(
             "(DEAD_LETTER_MAXLEN): the oldest are being trimmed; replay or purge them"
         )
     return result
+
+
+def _last_refusal(client: Client, keys: StreamKeys) -> str | None:
+    with needs("GET", key=keys.last_refusal):
+        return _text_or_none(client.get(keys.last_refusal))
+
+
+def _last_cycle_age(client: Client, keys: StreamKeys) -> float | None:
+    with needs("EVAL", key=keys.last_cycle, inside=("TIME", "GET")):
+        return heartbeat.seconds_since(client, keys.last_cycle)
 
 
 def _text_or_none(value: object) -> str | None:
