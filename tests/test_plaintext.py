@@ -5,6 +5,7 @@ listeners: what reaches the wire is read there."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -153,3 +154,17 @@ def test_a_reset_right_after_connecting_suggests_tls(
                 )
     finally:
         server.cleanup()
+
+
+def test_local_settings_json_plaintext_reaches_only_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """local.settings.json ships REDIS_TLS=false for a local server: pointed at an Azure cache as it is
+    (REDIS_HOST edited, REDIS_TLS left), it is refused before the key goes anywhere."""
+    values = json.loads((APP_ROOT / "local.settings.json").read_text())["Values"]
+    for name in MonitorSettings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    assert not load_settings().REDIS_TLS  # as shipped: this machine, no TLS
+    monkeypatch.setenv("REDIS_HOST", "mycache.redis.cache.windows.net:6380")
+    with pytest.raises(SettingsError, match="REDIS_TLS=true"):
+        load_settings()
