@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from handler.dev.host import APP_ROOT
+from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import PIPELINE_NAMES
@@ -168,3 +169,36 @@ def test_local_settings_json_plaintext_reaches_only_this_machine(monkeypatch: py
     monkeypatch.setenv("REDIS_HOST", "mycache.redis.cache.windows.net:6380")
     with pytest.raises(SettingsError, match="REDIS_TLS=true"):
         load_settings()
+
+
+@pytest.fixture(scope="module")
+def cluster_announcing_beyond() -> Iterator[LocalCluster]:
+    """Redis 8.2 as a cluster whose nodes announce this machine's network address, dialled through
+    127.0.0.1: REDIS_HOST names loopback, the nodes it leads to are beyond it."""
+    args = ["--bind", "0.0.0.0", "--protected-mode", "no", "--cluster-announce-ip", own_address()]  # noqa: S104
+    with LocalCluster(BINARIES["8.2"](), extra_args=args) as cluster:
+        yield cluster
+
+
+def test_a_cluster_announcing_nodes_beyond_loopback_needs_the_explicit_yes(
+    cluster_announcing_beyond: LocalCluster,
+) -> None:
+    """REDIS_HOST on loopback passed the plaintext rule, and the cycle then spoke plaintext to every node the
+    cluster announced, wherever they were."""
+    client = cluster_announcing_beyond.client()
+    client.flushall()
+    create_group(client, PIPELINE_NAMES["STREAM_NAME"], PIPELINE_NAMES["STREAM_CONSUMER_GROUP_NAME"])
+    client.close()
+    env = {
+        **os.environ, **NAMES, "REDIS_HOST": cluster_announcing_beyond.address, "REDIS_TLS": "false",
+        "REDIS_CLUSTER": "on",
+    }  # fmt: skip
+    for args in (["reclaim"], ["status"]):
+        done = run(env, *args)
+        assert 2 == done.returncode, done.stdout + done.stderr
+        assert "REDIS_ALLOW_PLAINTEXT" in done.stderr and own_address() in done.stderr, done.stderr
+    env["REDIS_ALLOW_PLAINTEXT"] = "true"
+    assert 0 == run(env, "reclaim").returncode
+    checked = run(env, "check")
+    line = next(x for x in checked.stdout.splitlines() if "connectivity" in x)
+    assert line.startswith("WARN") and own_address() in line, checked.stdout
