@@ -217,7 +217,7 @@ def _claim(channel: Channel, ids: list[bytes], poison: list[bytes], config: Page
         (justid,) = wire.read(1)
         if isinstance(justid, Exception):
             if ids:
-                wire.read(1)  # the other reply, so that the connection can go back to the pool
+                channel.drop(pool)  # the page's XCLAIM reply is left unread: a new connection next time
             raise justid
         claimed_poison = [entry_id for entry_id in justid if entry_id is not None]
     if not ids:
