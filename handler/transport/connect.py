@@ -28,8 +28,8 @@ from redis.connection import SSLConnection
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from handler.errors import MonitorError, RedisUnavailableError
-from handler.settings import MonitorSettings
+from handler.errors import MonitorError, RedisUnavailableError, SettingsError
+from handler.settings import MonitorSettings, is_loopback
 from handler.transport.client import Client
 from handler.transport.entra_id import SignInState, TokenUnavailableError
 from handler.transport.failures import LOST_CONNECTION
@@ -269,7 +269,25 @@ def connect(settings: MonitorSettings, credentials: Any = None) -> Client:
         raise unavailable(settings, exc) from exc
     if isinstance(client, redis.Redis):
         leave_stream_replies_raw(client)
+    else:
+        _refuse_plaintext_beyond_loopback(settings, client)
     return client
+
+
+def _refuse_plaintext_beyond_loopback(settings: MonitorSettings, client: RedisCluster) -> None:
+    """REDIS_HOST on this machine passed the settings' plaintext rule; the nodes its cluster announces may
+    not be on it. Read from the slot map, before any command goes to them."""
+    if settings.REDIS_TLS or settings.REDIS_ALLOW_PLAINTEXT:
+        return
+    hosts = {str(node.host) for node in client.get_nodes()}  # type: ignore[no-untyped-call]
+    beyond = sorted(host for host in hosts if not is_loopback(host))
+    if beyond:
+        client.close()
+        raise SettingsError(
+            f"REDIS_TLS=false, and the cluster at {settings.redis_shown} announces nodes beyond this machine "
+            f"({', '.join(beyond)}): the password and every tweet would reach them in cleartext. Set "
+            "REDIS_TLS=true, or, on a network you trust, REDIS_ALLOW_PLAINTEXT=true"
+        )
 
 
 class RedisConnection:
