@@ -379,7 +379,7 @@ def _finish_or_narrow(
     try:
         return channel.run(partial(step, writes=writes, dead=dead))
     except LOST_CONNECTION as exc:
-        if not _answers(channel, config):
+        if not _tied_to_an_entry(exc, channel, config):
             raise
         log.warning("a page's writes lost the connection although Redis answers (%s): narrowing it down", exc)
     total = _Outcome()
@@ -400,7 +400,7 @@ def _finish_or_narrow(
             continue
         except LOST_CONNECTION as exc:
             channel.close()
-            if not _answers(channel, config):
+            if not _tied_to_an_entry(exc, channel, config):
                 raise
             error = exc
         if len(group) > 1:
@@ -418,13 +418,17 @@ def _finish_or_narrow(
     return total
 
 
-def _answers(channel: Channel, config: PageSettings) -> bool:
-    """Whether the stream's node answers PING on a fresh connection (retried as every command is)."""
+def _tied_to_an_entry(error: BaseException, channel: Channel, config: PageSettings) -> bool:
+    """Whether a lost connection may be one entry's doing: Redis dropped it (a timeout says the server or
+    the network stalled, never narrowed down) and still answers PING on a fresh connection, once."""
+    if isinstance(error, redis.exceptions.TimeoutError):
+        return False
     pool = config.topology.node_of(config.keys.stream).pool
     channel.close()
     try:
-        channel.run(lambda ch: ch.wire(pool).call([pack((b"PING",))], 1))
+        channel.wire(pool).call([pack((b"PING",))], 1)
     except LOST_CONNECTION:
+        channel.close()
         return False
     return True
 
