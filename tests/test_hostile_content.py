@@ -22,7 +22,9 @@ from handler.dev.backlog import IDLE_ENOUGH_MS, age, crash_after_reading
 from handler.dev.host import APP_ROOT
 from handler.logs import capture_logs, configure_logging
 from handler.ops import dead_letter_tools
+from handler.reclaim import page
 from handler.reclaim.dead_letter import is_part
+from handler.reclaim.rules import PendingRow
 from handler.transport.connect import connect
 from handler.transport.wire import pack
 from tests.cli import env_for
@@ -299,3 +301,33 @@ def test_poison_deleted_while_pending_is_counted_as_deleted(world: World) -> Non
     summary = world.run()
     assert (summary.counts.deleted, summary.counts.dead_lettered) == (1, 0)
     assert world.pending() == set()
+
+
+def test_a_huge_entry_acknowledged_while_the_page_is_claimed_is_not_read(
+    world8: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processor acknowledges a huge entry between the monitor's XPENDING and its XCLAIM: XCLAIM skips
+    it, and the monitor asks whether it is still in the stream without reading it whole."""
+    (valid,) = world8.abandon([tweet(0)])
+    _produce_raw(world8.server.address, world8.stream, _many_fields(800_000, b"v"), 1)
+    crash_after_reading(world8.client, world8.stream, world8.group, PROCESSOR, 1)
+    (big,) = world8.pending() - {valid}
+    age(world8.client, world8.stream, world8.group, PROCESSOR, [big], IDLE_ENOUGH_MS)
+    claimable = page.claimable_ids
+
+    def processor_finishes_it_meanwhile(rows: list[PendingRow], min_idle_ms: int) -> list[bytes]:
+        ids = claimable(rows, min_idle_ms)
+        world8.client.xack(world8.stream, world8.group, big)
+        return ids
+
+    monkeypatch.setattr(page, "claimable_ids", processor_finishes_it_meanwhile)
+    cycle = world8.cycle(**SMALL_BOUNDS)
+    tracemalloc.start()
+    try:
+        summary = cycle.run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (summary.counts.processed, summary.counts.deleted, summary.counts.dead_lettered) == (1, 0, 0)
+    assert world8.pending() == set()
+    assert peak < 20_000_000, peak  # read whole, its 1,600,000 values alone would take about 80 MB
