@@ -22,9 +22,8 @@ from handler.dev.backlog import IDLE_ENOUGH_MS, age, crash_after_reading
 from handler.dev.host import APP_ROOT
 from handler.logs import capture_logs, configure_logging
 from handler.ops import dead_letter_tools
-from handler.reclaim import page
 from handler.reclaim.dead_letter import is_part
-from handler.reclaim.rules import PendingRow
+from handler.reclaim.rules import PendingRow, claimable_ids
 from handler.transport.connect import connect
 from handler.transport.wire import pack
 from tests.cli import env_for
@@ -313,14 +312,13 @@ def test_a_huge_entry_acknowledged_while_the_page_is_claimed_is_not_read(
     crash_after_reading(world8.client, world8.stream, world8.group, PROCESSOR, 1)
     (big,) = world8.pending() - {valid}
     age(world8.client, world8.stream, world8.group, PROCESSOR, [big], IDLE_ENOUGH_MS)
-    claimable = page.claimable_ids
 
     def processor_finishes_it_meanwhile(rows: list[PendingRow], min_idle_ms: int) -> list[bytes]:
-        ids = claimable(rows, min_idle_ms)
+        ids = claimable_ids(rows, min_idle_ms)
         world8.client.xack(world8.stream, world8.group, big)
         return ids
 
-    monkeypatch.setattr(page, "claimable_ids", processor_finishes_it_meanwhile)
+    monkeypatch.setattr("handler.reclaim.page.claimable_ids", processor_finishes_it_meanwhile)
     cycle = world8.cycle(**SMALL_BOUNDS)
     tracemalloc.start()
     try:

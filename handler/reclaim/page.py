@@ -44,7 +44,7 @@ from handler.reclaim.summary import Counts, Incidents
 from handler.reclaim.write_order import Ticket, WriteOrder
 from handler.transport.failures import LOST_CONNECTION, FailureKind, code_of, kind_of
 from handler.transport.topology import Node, Topology
-from handler.transport.wire import Channel, ReplyTooLarge, Wire, pack, pack_hsets
+from handler.transport.wire import Channel, RawReply, ReplyTooLarge, Wire, pack, pack_hsets
 
 log = logging.getLogger(__name__)
 
@@ -462,16 +462,15 @@ def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -
     exists in the stream, and that is either ours now (claimed as nil before 7.0) or no longer pending
     (dropped by XCLAIM from 7.0), counts as deleted.
     """
-    commands = []
-    for entry_id in candidates:
-        commands.append(pack((b"XRANGE", keys.stream, entry_id, entry_id, b"COUNT", 1)))
-        commands.append(pack((b"XPENDING", keys.stream, keys.group, entry_id, entry_id, 1)))
-    replies = wire.call(commands, len(commands))
-    _raise_first_error(replies)
+    rows = wire.call(
+        [pack((b"XPENDING", keys.stream, keys.group, entry_id, entry_id, 1)) for entry_id in candidates],
+        len(candidates),
+    )
+    _raise_first_error(rows)
+    in_stream = _in_stream(wire, keys.stream, candidates)
     deleted, to_ack = 0, []
     consumer = keys.consumer.encode()
-    for index, entry_id in enumerate(candidates):
-        still_in_stream, pending_row = replies[2 * index], replies[2 * index + 1]
+    for entry_id, still_in_stream, pending_row in zip(candidates, in_stream, rows, strict=True):
         if still_in_stream:
             continue
         if not pending_row:
@@ -484,6 +483,29 @@ def acknowledge_deleted(wire: Wire, keys: StreamKeys, candidates: list[bytes]) -
     if deleted:
         log.info("acknowledged %d pending entries deleted from the stream", deleted)
     return deleted
+
+
+def _in_stream(wire: Wire, stream: str, ids: list[bytes]) -> list[bool]:
+    """Whether each entry is still in the stream, without holding one whole: an entry found is read off the
+    wire and dropped as it arrives (it may be over every bound: the processor finished it meanwhile)."""
+    wire.send(b"".join(pack((b"XRANGE", stream, entry_id, entry_id)) for entry_id in ids), 0)
+    try:
+        reply, found = RawReply(wire.socket()), []
+        for _ in ids:
+            entries = reply.header(b"*")
+            for _ in range(entries):
+                reply.header(b"*")  # [id, fields]
+                reply.relay(1, _dropped)
+                reply.relay(reply.header(b"*"), _dropped)
+            found.append(entries > 0)
+    except BaseException:
+        wire.mark_broken()
+        raise
+    return found
+
+
+def _dropped(_piece: bytes) -> None:
+    pass
 
 
 def _write(
