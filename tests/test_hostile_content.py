@@ -8,9 +8,11 @@ the command line under an address-space limit with the default bounds."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from handler.ops import dead_letter_tools
 from handler.reclaim.dead_letter import is_part
 from handler.reclaim.rules import PendingRow, claimable_ids
 from handler.transport.connect import connect
-from handler.transport.wire import pack
+from handler.transport.wire import RawReply, pack
 from tests.cli import env_for
 from tests.conftest import settings_for
 from tests.pipeline import (
@@ -329,3 +331,40 @@ def test_a_huge_entry_acknowledged_while_the_page_is_claimed_is_not_read(
     assert (summary.counts.processed, summary.counts.deleted, summary.counts.dead_lettered) == (1, 0, 0)
     assert world8.pending() == set()
     assert peak < 20_000_000, peak  # read whole, its 1,600,000 values alone would take about 80 MB
+
+
+def test_redis_stalling_while_a_huge_dead_letter_is_relayed_is_a_timeout_like_any_other(
+    world8: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stops answering (stopped for 1.6 s, REDIS_TIMEOUT_SEC=1) just as the relay starts reading the
+    entry: a timeout, retried on fresh connections, and the entry is dead-lettered once."""
+    (valid,) = world8.abandon([tweet(0)])
+    big = _many_fields(400_000, b"v")
+    _produce_raw(world8.server.address, world8.stream, big, 1)
+    crash_after_reading(world8.client, world8.stream, world8.group, PROCESSOR, 1)
+    (poison,) = world8.pending() - {valid}
+    set_deliveries(world8.client, world8.stream, world8.group, PROCESSOR, [poison], 11)
+    age(world8.client, world8.stream, world8.group, PROCESSOR, [poison], IDLE_ENOUGH_MS)
+    process = world8.server.process
+    assert process is not None
+    stalled: list[threading.Timer] = []
+
+    class StallingOnce(RawReply):
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__(sock)
+            if not stalled:
+                process.send_signal(signal.SIGSTOP)
+                stalled.append(threading.Timer(1.6, process.send_signal, (signal.SIGCONT,)))
+                stalled[0].start()
+
+    monkeypatch.setattr("handler.reclaim.dead_letter.RawReply", StallingOnce)
+    try:
+        summary = world8.run(REDIS_TIMEOUT_SEC=1, **SMALL_BOUNDS)
+    finally:
+        for timer in stalled:
+            timer.join()
+    assert stalled
+    assert (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed) == (1, 1, 0)
+    metadata, original = _the_dead_letter(world8)
+    assert (metadata[b"dlq:original-id"], original) == (poison, big)
+    assert world8.pending() == set()
