@@ -347,14 +347,15 @@ def test_redis_stalling_while_a_huge_dead_letter_is_relayed_is_a_timeout_like_an
     age(world8.client, world8.stream, world8.group, PROCESSOR, [poison], IDLE_ENOUGH_MS)
     process = world8.server.process
     assert process is not None
+    signal_redis = process.send_signal
     stalled: list[threading.Timer] = []
 
     class StallingOnce(RawReply):
         def __init__(self, sock: socket.socket) -> None:
             super().__init__(sock)
             if not stalled:
-                process.send_signal(signal.SIGSTOP)
-                stalled.append(threading.Timer(1.6, process.send_signal, (signal.SIGCONT,)))
+                signal_redis(signal.SIGSTOP)
+                stalled.append(threading.Timer(1.6, signal_redis, (signal.SIGCONT,)))
                 stalled[0].start()
 
     monkeypatch.setattr("handler.reclaim.dead_letter.RawReply", StallingOnce)

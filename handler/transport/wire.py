@@ -226,7 +226,13 @@ class RawReply:
         self._pos = 0
 
     def _receive(self) -> bytes:
-        chunk = self._sock.recv(RECV_BYTES)
+        # The socket's own errors as redis-py's, like Wire's: a timeout or a reset is retried, not a crash.
+        try:
+            chunk = self._sock.recv(RECV_BYTES)
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError(f"Timeout reading from Redis: {exc}") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"Error talking to Redis: {exc}") from exc
         if not chunk:
             raise redis.exceptions.ConnectionError("Connection closed by server")
         return chunk
