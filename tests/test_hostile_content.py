@@ -369,3 +369,25 @@ def test_redis_stalling_while_a_huge_dead_letter_is_relayed_is_a_timeout_like_an
     metadata, original = _the_dead_letter(world8)
     assert (metadata[b"dlq:original-id"], original) == (poison, big)
     assert world8.pending() == set()
+
+
+def test_poison_with_a_value_over_the_servers_limit_is_still_dead_lettered(world8: World) -> None:
+    """A value over proto-max-bulk-len (the limit lowered after it was written, or the entry built by a
+    script) cannot be relayed: Redis drops the connection at the dead letter's XADD. Past MAX_DELIVERIES the
+    entry is still moved, by one script, byte-exact, and its neighbour written."""
+    client = world8.client
+    before = str(client.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
+    limit = 1024 * 1024
+    culprit_fields = [b"id", b"over", b"text", b"y" * (2 * limit)]
+    try:
+        (culprit,), _valid = _abandon_between(world8, [culprit_fields], 2)
+        client.config_set("proto-max-bulk-len", limit)
+        set_deliveries(client, world8.stream, world8.group, PROCESSOR, [culprit], 11)
+        age(client, world8.stream, world8.group, PROCESSOR, [culprit], IDLE_ENOUGH_MS)
+        summary = world8.run()
+        assert (summary.counts.processed, summary.counts.dead_lettered) == (2, 1), summary.counts
+        metadata, original = _the_dead_letter(world8)
+        assert (metadata[b"dlq:reason"], original) == (b"max-deliveries", culprit_fields)
+        assert world8.pending() == set()
+    finally:
+        client.config_set("proto-max-bulk-len", before)
