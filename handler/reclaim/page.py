@@ -382,7 +382,7 @@ def _finish_or_narrow(
         if not _tied_to_an_entry(exc, channel, config):
             raise
         log.warning("a page's writes lost the connection although Redis answers (%s): narrowing it down", exc)
-    total = _Outcome()
+    total, dead = _Outcome(), list(dead)
     units: list[tuple[str, int]] = [("w", i) for i in range(len(writes.keys))] + [
         ("d", i) for i in range(len(dead))
     ]
@@ -408,6 +408,12 @@ def _finish_or_narrow(
             stack += [group[half:], group[:half]]  # the first half next: stream order
             continue
         kind, index = group[0]
+        if kind == "d" and dead[index][1].relayed:
+            # Redis refused to be sent this entry's values (one over proto-max-bulk-len, say), which only a
+            # script can copy: moved by one, as without the relay's rights (_scripted_move).
+            dead[index] = (dead[index][0], dead[index][1]._replace(relayed=False))
+            stack.append(group)
+            continue
         entry_id = writes.entry_ids[index] if kind == "w" else dead[index][0]
         total.counts.failed += 1
         total.alerts.refuse("write" if kind == "w" else "dead-letter", "LOST", clip(str(error)))
