@@ -391,3 +391,28 @@ def test_poison_with_a_value_over_the_servers_limit_is_still_dead_lettered(world
         assert world8.pending() == set()
     finally:
         client.config_set("proto-max-bulk-len", before)
+
+
+def test_an_entry_over_the_servers_reply_limit_fails_alone_and_is_charged_alone(world8: World) -> None:
+    """A client-output-buffer-limit under one valid entry's size (within ENTRY_MAX_BYTES) makes Redis drop
+    the connection at every reply that carries it: its neighbours are still written, only it keeps its
+    delivery, and past MAX_DELIVERIES it is dead-lettered."""
+    client = world8.client
+    before = str(client.config_get("client-output-buffer-limit")["client-output-buffer-limit"])
+    culprit_fields = [b"id", b"big", b"text", b"y" * (3 << 20)]
+    try:
+        (culprit,), _valid = _abandon_between(world8, [culprit_fields], 4)
+        client.config_set("client-output-buffer-limit", "normal 1mb 0 0")
+        first = world8.run(MAX_DELIVERIES=1)
+        assert (first.counts.processed, first.counts.failed) == (4, 1), first.counts
+        assert {_key(n) for n in range(4)} == tweet_keys(client)
+        assert _deliveries(world8) == {culprit: 2}
+        monitor = world8.names["MONITORING_CONSUMER_NAME"]
+        age(client, world8.stream, world8.group, monitor, [culprit], IDLE_ENOUGH_MS)
+        second = world8.run(MAX_DELIVERIES=1)  # delivered twice: moved unread
+        assert second.counts.dead_lettered == 1, second.counts
+    finally:
+        client.config_set("client-output-buffer-limit", before)
+    metadata, original = _the_dead_letter(world8)
+    assert (metadata[b"dlq:reason"], original) == (b"max-deliveries", culprit_fields)
+    assert world8.pending() == set()
