@@ -10,7 +10,7 @@ import redis
 
 from handler.dev.local_redis import LocalRedis, free_port
 from handler.dev.redis_binaries import BINARIES
-from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM
+from handler.dev.samples import GROUP, STREAM
 from tests.acl import add_user, readme_rule_for, user_without_scan
 from tests.cli import cli, env_for
 from tests.pipeline import (
@@ -136,18 +136,6 @@ def test_check_passes_a_user_with_every_right_on_redis_6(version: str) -> None:
         assert "FAIL  permissions" in almost.stdout
     finally:
         server.cleanup()
-
-
-DEAD_LETTER = "{tweets_stream}:dead-letter"
-
-
-NAMES = PIPELINE_NAMES
-
-
-@pytest.fixture
-def group(client8: redis.Redis) -> redis.Redis:
-    create_group(client8, STREAM, GROUP)
-    return client8
 
 
 def test_check_passes_on_a_ready_deployment_and_names_what_fails(
