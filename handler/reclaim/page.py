@@ -273,13 +273,14 @@ def _handle_narrowed(
         order.wait_for_older_writes(ticket)
         pending = channel.run(partial(_held, ids=ids, config=config))
         claimed += len(pending)
+        at_once = _READ_AT_ONCE
         while pending or dead:
             entries: list[tuple[bytes, list[bytes]]] = []
             deleted: list[bytes] = []
             read, too_large = 0, None
             if pending:
-                entries, deleted, read, too_large = channel.run(
-                    partial(_read_some, ids=pending, config=config)
+                entries, deleted, read, too_large, at_once = _read_or_skip(
+                    channel, pending, at_once, total, config
                 )
             if too_large is not None:
                 detail = f"over ENTRY_MAX_BYTES={config.entry_max_bytes} bytes of RESP"
@@ -312,6 +313,30 @@ def _handle_narrowed(
         order.done(ticket)
     total.counts.claimed = claimed
     return PageResult(total.counts, total.alerts)
+
+
+def _read_or_skip(
+    channel: Channel, pending: list[bytes], at_once: int, total: _Outcome, config: PageSettings
+) -> tuple[list[tuple[bytes, list[bytes]]], list[bytes], int, bytes | None, int]:
+    """_read_some of the first `at_once` of `pending`, and how many to read next time. When Redis keeps
+    dropping the connection but answers, they are read one at a time down to the entry at fault: Redis drops
+    it at every reply that carries that entry (one over its client-output-buffer-limit, say), which is then
+    passed over, left pending with its delivery counted, as in _finish_or_narrow (past MAX_DELIVERIES it is
+    moved unread)."""
+    try:
+        return *channel.run(partial(_read_some, ids=pending[:at_once], config=config)), at_once
+    except LOST_CONNECTION as exc:
+        if not _tied_to_an_entry(exc, channel, config):
+            raise
+        if at_once > 1:
+            return [], [], 0, None, 1
+        total.counts.failed += 1
+        total.alerts.refuse("write", "LOST", clip(str(exc)))
+        log.warning(
+            "entry %s makes Redis drop the connection when read (%s): left pending, its delivery counted",
+            clip(pending[0]), clip(str(exc)),
+        )
+        return [], [], 1, None, _READ_AT_ONCE
 
 
 def _held(channel: Channel, ids: list[bytes], config: PageSettings) -> list[bytes]:
@@ -420,7 +445,7 @@ def _finish_or_narrow(
         log.warning(
             "entry %s makes Redis drop the connection (%s): left pending, its delivery counted",
             clip(entry_id), clip(str(error)),
-        )  # fmt: skip
+        )
     return total
 
 
@@ -605,7 +630,7 @@ def _log_refusals(refusals: dict[tuple[str, str], list[str]]) -> None:
         log.warning(
             "%s refused %d of this page's writes (%s), left pending for a later cycle; the first: %s",
             name, len(messages), code, messages[0],
-        )  # fmt: skip
+        )
 
 
 def _refuse(outcome: _Outcome, entry_id: bytes, step: str, reason: str, message: str) -> None:
@@ -620,7 +645,7 @@ def _reached_a_replica(node: Node, reply: object, wait_ms: int) -> bool:
     log.warning(
         "node %s has not copied this page's writes to a replica within %d ms (WAIT answered %r): they "
         "stay pending for a later cycle", node.name, wait_ms, reply,
-    )  # fmt: skip
+    )
     return False
 
 
@@ -637,7 +662,7 @@ def _acknowledge_and_dead_letter(
         arguments = move_arguments(
             keys.group, keys.consumer, entry_id, letter.reason.value, deliveries[entry_id], now_ms,
             letter.detail, config.dead_letter_maxlen,
-        )  # fmt: skip
+        )
         commands.append(
             pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))
         )
@@ -656,7 +681,7 @@ def _acknowledge_and_dead_letter(
                 relayed = relay_move(
                     wire.pool, keys.stream, keys.dead_letter, keys.group, keys.consumer, entry_id,
                     letter.reason.value, deliveries[entry_id], letter.detail, config.dead_letter_maxlen,
-                )  # fmt: skip
+                )
             except redis.exceptions.ResponseError as exc:
                 relayed = exc
                 if kind_of(exc) == FailureKind.NOT_PERMITTED:  # an ACL rule without +multi +exec +xdel
@@ -670,12 +695,12 @@ def _scripted_move(
     """The move in one script, when the user may not relay it: right, but it holds Redis for as long as the
     entry takes to copy (docs/security.md lists the rights the relay needs)."""
     log.warning("relaying a dead letter was refused (%s): moving %s with one script", clip(str(refused)),
-                clip(entry_id))  # fmt: skip
+                clip(entry_id))
     keys = config.keys
     arguments = move_arguments(
         keys.group, keys.consumer, entry_id, letter.reason.value, deliveries, int(time.time() * 1000),
         letter.detail, config.dead_letter_maxlen,
-    )  # fmt: skip
+    )
     (reply,) = wire.call(
         [pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))], 1
     )
