@@ -29,10 +29,13 @@ from handler.dev.samples import PIPELINE_NAMES, STREAM
 
 def monitor_env(node: LocalRedis) -> dict[str, str]:
     return environment_for(
-        node, **PIPELINE_NAMES,
-        MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC), CYCLE_TIME_BUDGET_SEC="600",
-        CYCLE_MAX_MESSAGES=str(MAX_MESSAGES), LOG_LEVEL="WARNING",
-    )  # fmt: skip
+        node,
+        **PIPELINE_NAMES,
+        MIN_IDLE_TIME_SEC=str(MIN_IDLE_SEC),
+        CYCLE_TIME_BUDGET_SEC="600",
+        CYCLE_MAX_MESSAGES=str(MAX_MESSAGES),
+        LOG_LEVEL="WARNING",
+    )
 
 
 class Deployment:
@@ -86,8 +89,11 @@ def main() -> None:
                 for deployment in deployments:
                     rate = deployment.run(size)
                     rates[deployment.name].append(rate)
-                    print(f"  {deployment.name:<38} N={size:>9,} run {attempt + 1}: {rate:>9,.0f} msg/s "
-                          "(verified)", flush=True)  # fmt: skip
+                    print(
+                        f"  {deployment.name:<38} N={size:>9,} run {attempt + 1}: {rate:>9,.0f} msg/s "
+                        "(verified)",
+                        flush=True,
+                    )
             rows += [(size, name, statistics.median(values)) for name, values in rates.items()]
         report(rows)
 

@@ -60,15 +60,23 @@ def delivered_too_often(client: redis.Redis, port: int, big: list[bytes], copies
 
 
 CASES: list[tuple[str, Callable[[redis.Redis, int], None]]] = [
-    ("1,000 entries of 20,000 two-byte pairs (320 kB of RESP each) between 6 tweets",
-     lambda c, p: valid_around(c, p, many_fields(20_000), 1000)),
-    ("200 entries of 20,000 pairs, each delivered 11 times (past MAX_DELIVERIES)",
-     lambda c, p: delivered_too_often(c, p, many_fields(20_000), 200)),
-    ("one entry of 1,000,000 one-byte pairs (8 MB of RESP, over ENTRY_MAX_BYTES)",
-     lambda c, p: valid_around(c, p, many_fields(1_000_000, b"v"), 1)),
-    ("one entry with a 400 MB value (too large)",
-     lambda c, p: valid_around(c, p, [b"text", b"x" * 400_000_000], 1)),
-]  # fmt: skip
+    (
+        "1,000 entries of 20,000 two-byte pairs (320 kB of RESP each) between 6 tweets",
+        lambda c, p: valid_around(c, p, many_fields(20_000), 1000),
+    ),
+    (
+        "200 entries of 20,000 pairs, each delivered 11 times (past MAX_DELIVERIES)",
+        lambda c, p: delivered_too_often(c, p, many_fields(20_000), 200),
+    ),
+    (
+        "one entry of 1,000,000 one-byte pairs (8 MB of RESP, over ENTRY_MAX_BYTES)",
+        lambda c, p: valid_around(c, p, many_fields(1_000_000, b"v"), 1),
+    ),
+    (
+        "one entry with a 400 MB value (too large)",
+        lambda c, p: valid_around(c, p, [b"text", b"x" * 400_000_000], 1),
+    ),
+]
 
 
 def run_case(name: str, make: Callable[[redis.Redis, int], None], as_mb: int) -> None:
@@ -85,10 +93,23 @@ def run_case(name: str, make: Callable[[redis.Redis, int], None], as_mb: int) ->
         client.slowlog_reset()
         env = environment_for(server, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10", LOG_LEVEL="ERROR")
         done = subprocess.run(
-            ["prlimit", f"--as={as_mb * 1_000_000}", sys.executable, "-m", "bench.peak_rss",
-             sys.executable, "-m", "handler", "reclaim"],
-            env=env, cwd=APP_ROOT, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                "prlimit",
+                f"--as={as_mb * 1_000_000}",
+                sys.executable,
+                "-m",
+                "bench.peak_rss",
+                sys.executable,
+                "-m",
+                "handler",
+                "reclaim",
+            ],
+            env=env,
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         peak_mb = int(done.stderr.strip().splitlines()[-1].removeprefix("peak_rss_kb=")) / 1024
         longest: dict[bytes, float] = {}
         for entry in client.slowlog_get(100_000):

@@ -41,9 +41,13 @@ def build(server: LocalRedis, streams: int, entries: int) -> list[str]:
 def invocations(address: str, count: int, results: Queue[list[tuple[set[str], int, float]]]) -> None:
     """One monitor (a process of its own): `count` scheduled invocations, one after the other."""
     settings = MonitorSettings(
-        REDIS_HOST=address, REDIS_TLS=False, STREAM_NAME=f"{PREFIX}:*", STREAM_CONSUMER_GROUP_NAME=GROUP,
-        MONITORING_CONSUMER_NAME=MONITOR, MIN_IDLE_TIME_SEC=30,
-    )  # fmt: skip
+        REDIS_HOST=address,
+        REDIS_TLS=False,
+        STREAM_NAME=f"{PREFIX}:*",
+        STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR,
+        MIN_IDLE_TIME_SEC=30,
+    )
     connection = RedisConnection(settings)
     cycle = StreamsCycle(connection, settings)
     done = []

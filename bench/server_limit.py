@@ -39,8 +39,10 @@ def command_stream(client: redis.Redis, page_size: int) -> list[bytes]:
         if not entries:
             break
         ids = [entry_id for entry_id, _ in entries]
-        parts = [pack((b"XPENDING", STREAM, GROUP, start, b"+", page_size)),
-                 pack((b"XCLAIM", STREAM, GROUP, MONITOR, MIN_IDLE_SEC * 1000, *ids))]  # fmt: skip
+        parts = [
+            pack((b"XPENDING", STREAM, GROUP, start, b"+", page_size)),
+            pack((b"XCLAIM", STREAM, GROUP, MONITOR, MIN_IDLE_SEC * 1000, *ids)),
+        ]
         parts += [pack((b"HSET", b"tweet:" + fields[3], *fields)) for _, fields in entries]
         parts.append(pack((b"XACK", STREAM, GROUP, *ids)))
         chunks.append(b"".join(parts))

@@ -35,12 +35,36 @@ EXECUTABLE = "tweets-monitor"
 SHELL = "/bin/sh"
 LOADER_COPIES = "tweets-monitor-loader."  # the launcher's private folders for a runnable copy of the loader
 # Parts of the standard library a headless service never imports.
-STDLIB_LEFT_OUT = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
-                   "pydoc_data", "__pycache__", f"config-{PYTHON_VERSION[6:]}-x86_64-linux-gnu"}  # fmt: skip
+STDLIB_LEFT_OUT = {
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "site-packages",
+    "pydoc_data",
+    "__pycache__",
+    f"config-{PYTHON_VERSION[6:]}-x86_64-linux-gnu",
+}
 # Extension modules for a desktop, a terminal or CPython's own tests, and the system libraries they would
 # drag in (Tk, X11, ncurses, SQLite, NIS).
-DYNLOAD_LEFT_OUT = ("_tkinter", "_test", "_xxtest", "xxlimited", "_ctypes_test", "_curses", "nis",
-                    "ossaudiodev", "readline", "_sqlite3", "_dbm", "_gdbm", "spwd", "audioop")  # fmt: skip
+DYNLOAD_LEFT_OUT = (
+    "_tkinter",
+    "_test",
+    "_xxtest",
+    "xxlimited",
+    "_ctypes_test",
+    "_curses",
+    "nis",
+    "ossaudiodev",
+    "readline",
+    "_sqlite3",
+    "_dbm",
+    "_gdbm",
+    "spwd",
+    "audioop",
+)
 # Test folders and modules in the standard library and the dependencies: nothing at run time imports them.
 TEST_ONLY_FOLDERS = {"test", "tests"}
 # The launcher, a /bin/sh script kept as a file so that shellcheck reads it (tests/test_launcher.py). Its
@@ -161,10 +185,24 @@ def _install_dependencies(app: Path) -> None:
     """Exactly the pins (and hashes) of requirements/app.lock, nothing resolved afresh; certifi among them is
     the CA bundle of last resort, for an image without one (see deploy/launcher.sh)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-         "--require-hashes", "--no-deps", "--only-binary=:all:", "--target", str(app), "-r", str(APP_LOCK)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-compile",
+            "--require-hashes",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--target",
+            str(app),
+            "-r",
+            str(APP_LOCK),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     for junk in app.glob("bin"):
         shutil.rmtree(junk)
 

@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             action.add_argument("--count", type=positive_int, help="the N oldest dead letters")
             action.add_argument(
-                "--rate", type=seconds, default=0.0,
+                "--rate",
+                type=seconds,
+                default=0.0,
                 help="at most this many entries per second (default: unpaced; live processors read them)",
-            )  # fmt: skip
+            )
 
     consumers = commands.add_parser("consumers", help="remove consumers idle with nothing pending")
     consumer_actions = consumers.add_subparsers(dest="action", required=True)
@@ -269,9 +271,12 @@ def status(args: argparse.Namespace, settings: MonitorSettings) -> int:
     keys = StreamKeys.from_settings(settings)
     with connected(settings) as client, console.progress("reading the group", None):
         result = gather_status(
-            client, keys, settings.DEAD_LETTER_MAXLEN, settings.DEAD_LETTER_WARN_AT,
+            client,
+            keys,
+            settings.DEAD_LETTER_MAXLEN,
+            settings.DEAD_LETTER_WARN_AT,
             settings.SWEEP_STALE_AFTER_SEC,
-        )  # fmt: skip
+        )
     if args.json:
         print(json.dumps(result.as_dict()))
     else:

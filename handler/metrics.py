@@ -116,9 +116,10 @@ class _GroupGauges(Collector):
         if without_group:
             log.warning(
                 "metrics: %d streams STREAM_NAME's patterns match have no group '%s' and no gauges (e.g. %s)",
-                len(without_group), self._settings.STREAM_CONSUMER_GROUP_NAME,
+                len(without_group),
+                self._settings.STREAM_CONSUMER_GROUP_NAME,
                 ", ".join(display_name(name) for name in without_group[:3]),
-            )  # fmt: skip
+            )
         return read
 
 

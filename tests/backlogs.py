@@ -44,8 +44,11 @@ def abandon_backlog(client: Client, valid: int, every: int = 100, offset: int = 
     poison = [entry_id for entry_id, kind in zip(ids, kinds, strict=True) if kind == "poison"]
     set_deliveries(client, STREAM, GROUP, CRASHED, poison, 50)  # which makes them fresh: aged after
     age(client, STREAM, GROUP, CRASHED, ids, IDLE_ENOUGH_MS)
-    tweets = {b"tweet:" + fields[3]: expected_hash(fields)
-              for fields, kind in zip(entries, kinds, strict=True) if kind == "valid"}  # fmt: skip
+    tweets = {
+        b"tweet:" + fields[3]: expected_hash(fields)
+        for fields, kind in zip(entries, kinds, strict=True)
+        if kind == "valid"
+    }
     bad = {entry_id for entry_id, kind in zip(ids, kinds, strict=True) if kind != "valid"}
     return Backlog(tweets, bad)
 

@@ -480,8 +480,18 @@ class Run:
         stream = rng.choice(self.streams)
         rows = self._foreign_rows(stream)
         for row in rng.sample(rows, min(len(rows), rng.randrange(1, 4))):
-            command(self.admin, "XCLAIM", stream, GROUP, row[1], 0, row[0], "RETRYCOUNT", POISON_DELIVERIES,
-                    "JUSTID")  # fmt: skip
+            command(
+                self.admin,
+                "XCLAIM",
+                stream,
+                GROUP,
+                row[1],
+                0,
+                row[0],
+                "RETRYCOUNT",
+                POISON_DELIVERIES,
+                "JUSTID",
+            )
             self.model.poison.add((stream, row[0]))
 
     def _delete(self, rng: random.Random) -> None:
@@ -522,8 +532,14 @@ class Run:
 
         def run() -> tuple[subprocess.CompletedProcess[str], float]:
             began = time.monotonic()
-            done = subprocess.run([sys.executable, "-m", "handler", "reclaim"], env=env, cwd=APP_ROOT,
-                                  capture_output=True, text=True, timeout=bound * 3)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-m", "handler", "reclaim"],
+                env=env,
+                cwd=APP_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=bound * 3,
+            )
             return done, time.monotonic() - began
 
         def check(result: Any) -> bool:

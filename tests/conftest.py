@@ -27,11 +27,23 @@ ALL_VERSIONS = ["6.0", "6.2", "8.2"]
 # The modules left out of the fast lane (`./scripts/test-fast`, `-m "not slow"`): each starts clusters, a
 # Debian root, long fault runs or sleeps through schedules. `./scripts/test` runs everything.
 SLOW_MODULES = {
-    "test_artifact", "test_chaos", "test_cluster", "test_daylight_saving", "test_faults", "test_fuzz",
-    "test_no_entry_lost", "test_scheduler", "test_search", "test_security", "test_telemetry",
-    "test_entra_id", "test_tls_server_name", "test_hostile_content", "test_acl_rules",
+    "test_artifact",
+    "test_chaos",
+    "test_cluster",
+    "test_daylight_saving",
+    "test_faults",
+    "test_fuzz",
+    "test_no_entry_lost",
+    "test_scheduler",
+    "test_search",
+    "test_security",
+    "test_telemetry",
+    "test_entra_id",
+    "test_tls_server_name",
+    "test_hostile_content",
+    "test_acl_rules",
     "test_replay_and_purge_all_or_nothing",
-}  # fmt: skip
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

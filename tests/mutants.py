@@ -335,8 +335,10 @@ def project_files(root: Path = ROOT) -> list[str]:
     """The tracked files that exist, and the untracked ones git does not ignore."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root, capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return sorted({name for name in listed.split("\0") if name and (root / name).is_file()})
 
 
@@ -360,8 +362,12 @@ def check_imports_the_copy(root: Path) -> None:
     """The copy's `handler` must be the one imported there, not the editable install's (the working tree)."""
     done = subprocess.run(
         [str(PYTHON), "-c", "import handler; print(handler.__file__)"],
-        cwd=root, env=environment(root), capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=root,
+        env=environment(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     imported = Path(done.stdout.strip()).resolve()
     if not imported.is_relative_to(root.resolve()):
         raise RuntimeError(f"the scratch copy at {root} imports handler from {imported}, not its own")
@@ -373,8 +379,12 @@ def pytest(root: Path, arguments: Sequence[str], timeout: float = 900) -> tuple[
     started = time.monotonic()
     done = subprocess.run(
         [*NICE, str(PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *arguments],
-        cwd=root, env=environment(root), capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=root,
+        env=environment(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     # `FAILED tests/test_failures.py::test_a[OOM …] - Error`: ids hold spaces, a message follows " - "
     failed = [
         test + (HUNG if "Timeout" in message else "")
@@ -413,9 +423,14 @@ def run_checker(root: Path, seconds: float) -> tuple[str | None, float]:
             break
         command = [*NICE, str(PYTHON), "-m", "tests.chaos", "--seed", str(seed), "--steps", str(CHAOS_STEPS)]
         process = subprocess.Popen(
-            [*command, "--world", world], cwd=root, env=environment(root), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
+            [*command, "--world", world],
+            cwd=root,
+            env=environment(root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         assert process.stdout is not None
         violation = None
         for line in process.stdout:
@@ -457,8 +472,12 @@ def try_mutant(
         caught, checker_seconds = run_checker(root, chaos_seconds)
         if caught is not None:
             return Result(mutant, True, caught, seconds + checker_seconds)
-        return Result(mutant, False, f"its tests and {checker_seconds:.0f} s of the checker passed",
-                      seconds + checker_seconds)  # fmt: skip
+        return Result(
+            mutant,
+            False,
+            f"its tests and {checker_seconds:.0f} s of the checker passed",
+            seconds + checker_seconds,
+        )
 
 
 def table(results: Sequence[Result]) -> list[str]:

@@ -42,8 +42,15 @@ class Audit:
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.corrupted or self.duplicated_dead_letters or self.missing_dead_letters
-                    or self.still_pending or self.stray_tweet_keys or self.wrongly_dead_lettered)  # fmt: skip
+        return not (
+            self.lost
+            or self.corrupted
+            or self.duplicated_dead_letters
+            or self.missing_dead_letters
+            or self.still_pending
+            or self.stray_tweet_keys
+            or self.wrongly_dead_lettered
+        )
 
 
 def audit(
@@ -97,16 +104,23 @@ def audit(
 
 
 def record(fault: str, repetitions: int, entries: int, result: Audit) -> None:
-    RECORDS.append(FaultRecord(fault, repetitions, entries, result.lost, result.corrupted,
-                               result.duplicated_dead_letters))  # fmt: skip
+    RECORDS.append(
+        FaultRecord(
+            fault, repetitions, entries, result.lost, result.corrupted, result.duplicated_dead_letters
+        )
+    )
 
 
 def table() -> list[str]:
-    lines = ["| fault | repetitions | entries | lost | corrupted | duplicated dead letters |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        "| fault | repetitions | entries | lost | corrupted | duplicated dead letters |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in RECORDS:
-        lines.append(f"| {r.fault} | {r.repetitions} | {r.entries:,} | {r.lost} | {r.corrupted} | "
-                     f"{r.duplicated_dead_letters} |")  # fmt: skip
+        lines.append(
+            f"| {r.fault} | {r.repetitions} | {r.entries:,} | {r.lost} | {r.corrupted} | "
+            f"{r.duplicated_dead_letters} |"
+        )
     for name, cases in FUZZ_CASES.items():
         lines.append(f"\nfuzz: {name}: {cases:,} cases, every one answered 4xx (or 200 for a valid envelope)")
     for check in SECURITY_CHECKS:

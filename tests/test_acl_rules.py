@@ -95,9 +95,14 @@ def fresh(server: LocalRedis) -> redis.Redis:
 
 def settings_as(server: LocalRedis, user: str, **overrides: Any) -> MonitorSettings:
     values: dict[str, Any] = {
-        **PIPELINE_NAMES, "REDIS_HOST": server.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10,
-        "REDIS_USERNAME": user, "REDIS_PASSWORD": PASSWORD, **overrides,
-    }  # fmt: skip
+        **PIPELINE_NAMES,
+        "REDIS_HOST": server.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        "REDIS_USERNAME": user,
+        "REDIS_PASSWORD": PASSWORD,
+        **overrides,
+    }
     return MonitorSettings(**values)
 
 
@@ -142,9 +147,13 @@ def monitor_scenario(
     wrong is returned in words (empty: nothing)."""
     backlog(admin)
     settings = settings_as(
-        server, user, DELETE_IDLE_CONSUMERS_AFTER_SEC=0.001, DEAD_LETTER_MAXLEN=3, LEASE_TTL_SEC=1,
+        server,
+        user,
+        DELETE_IDLE_CONSUMERS_AFTER_SEC=0.001,
+        DEAD_LETTER_MAXLEN=3,
+        LEASE_TTL_SEC=1,
         CYCLE_MAX_MESSAGES=10,
-    )  # fmt: skip
+    )
     problems: list[str] = []
     monitor = Monitor.observed(settings)
     try:
@@ -217,9 +226,13 @@ def operator_cli(started: LocalRedis, user: str, *args: str) -> subprocess.Compl
         started, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10", REDIS_USERNAME=user, REDIS_PASSWORD=PASSWORD
     )
     return subprocess.run(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 def dead_letters_and_pending(started: LocalRedis, admin: redis.Redis) -> list[bytes]:
@@ -227,8 +240,13 @@ def dead_letters_and_pending(started: LocalRedis, admin: redis.Redis) -> list[by
     with and without pending entries; the dead letters' IDs, oldest first."""
     create_group(admin, STREAM, GROUP)
     abandon(admin, STREAM, GROUP, [[b"text", b"no id 1"], [b"text", b"no id 2"], big_entry()], CRASHED)
-    settings = MonitorSettings(**{**PIPELINE_NAMES, "REDIS_HOST": started.address, "REDIS_TLS": False,
-                                  "MIN_IDLE_TIME_SEC": 10})  # type: ignore[arg-type]  # fmt: skip
+    values: dict[str, Any] = {
+        **PIPELINE_NAMES,
+        "REDIS_HOST": started.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+    }
+    settings = MonitorSettings(**values)
     Monitor(settings).run_once(no_stop)
     abandon(admin, STREAM, GROUP, [tweet(n) for n in range(5)], CRASHED)
     crash_after_reading(admin, STREAM, GROUP, "idle-consumer", 0)

@@ -170,10 +170,16 @@ def test_a_malformed_request_gets_a_4xx_json_answer_and_runs_no_cycle(
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/monitor", 405), ("PUT", "/monitor", 405), ("POST", "/docs", 404),
-     ("GET", "/openapi.json", 404), ("GET", "/api/monitor", 404), ("DELETE", "/", 405),
-     ("POST", "/monitor/", 404)],
-)  # fmt: skip
+    [
+        ("GET", "/monitor", 405),
+        ("PUT", "/monitor", 405),
+        ("POST", "/docs", 404),
+        ("GET", "/openapi.json", 404),
+        ("GET", "/api/monitor", 404),
+        ("DELETE", "/", 405),
+        ("POST", "/monitor/", 404),
+    ],
+)
 def test_wrong_methods_and_paths_get_json_4xx(
     host: FunctionsHost, method: str, path: str, status: int
 ) -> None:
@@ -267,8 +273,11 @@ def test_sigterm_mid_cycle_finishes_the_page_in_hand_then_exits_200(
     summary = completed(answers[0])
     assert "signal" == summary["stopped_by"]
     assert 0 < summary["processed"] < 50_000
-    owned = [row for row in pending_rows(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
-             if row[1] == b"monitoring_app"]  # fmt: skip
+    owned = [
+        row
+        for row in pending_rows(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"])
+        if row[1] == b"monitoring_app"
+    ]
     assert [] == owned  # every claimed entry was written and acknowledged before the exit
     assert summary["processed"] == len(tweet_keys(client8))
     assert "SIGTERM received" in host.stderr
@@ -319,8 +328,14 @@ def test_an_invocation_overlapping_a_running_cycle_is_skipped_not_doubled(
         assert (50_000, 50_000) == (first["claimed"], first["processed"])
         assert 0 == pending(client8)
         tweets = {b"tweet:" + fields[3]: expected_hash(fields) for fields in map(tweet, range(50_000))}
-        result = audit(client8, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"],
-                       "{tweets_stream}:dead-letter", tweets, set())  # fmt: skip
+        result = audit(
+            client8,
+            NAMES["STREAM_NAME"],
+            NAMES["STREAM_CONSUMER_GROUP_NAME"],
+            "{tweets_stream}:dead-letter",
+            tweets,
+            set(),
+        )
         record("a manual run overlapping the scheduled one in one handler", 1, 50_000, result)
         assert result.clean, result
     finally:
@@ -334,9 +349,14 @@ def test_serve_answers_503_when_the_whole_cluster_is_down(names: dict[str, str],
         create_group(client, names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"])
         pattern = {"STREAM_NAME": names["STREAM_NAME"][:-3] + "*"} if streams == "a pattern" else {}
         env = dict(
-            os.environ, REDIS_HOST=cluster.address, REDIS_TLS="false", REDIS_CLUSTER="on",
-            REDIS_TIMEOUT_SEC="0.5", MIN_IDLE_TIME_SEC="10", **{**names, **pattern},
-        )  # fmt: skip
+            os.environ,
+            REDIS_HOST=cluster.address,
+            REDIS_TLS="false",
+            REDIS_CLUSTER="on",
+            REDIS_TIMEOUT_SEC="0.5",
+            MIN_IDLE_TIME_SEC="10",
+            **{**names, **pattern},
+        )
         host = FunctionsHost(env).start()
         try:
             completed(host.invoke())

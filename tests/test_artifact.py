@@ -89,8 +89,12 @@ def clear_exec_bits(folder: Path) -> None:
 
 def test_the_root_is_bullseye_with_glibc_231_and_no_python(bullseye_root: Path) -> None:
     assert (bullseye_root / "etc" / "debian_version").read_text().startswith("11.")
-    glibc = subprocess.run(["chroot", str(bullseye_root), "/usr/bin/ldd", "--version"], capture_output=True,
-                           text=True, check=True).stdout.splitlines()[0]  # fmt: skip
+    glibc = subprocess.run(
+        ["chroot", str(bullseye_root), "/usr/bin/ldd", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[0]
     assert glibc.endswith("2.31"), glibc
     pythons = [
         p for folder in ("usr/bin", "bin", "usr/local/bin") for p in (bullseye_root / folder).glob("python*")
@@ -244,8 +248,9 @@ def test_on_a_noexec_mount_the_launcher_exits_126_saying_so(
         ]
     start = f"cd {APP_ROOT_INSIDE} && HOME=/tmp exec /bin/sh ./{EXECUTABLE} --help"
     script = " && ".join([*mounts, f"exec chroot {bullseye_root} /bin/sh -c '{start}'"])
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60,
-                          env=CLEAN_ENV)  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60, env=CLEAN_ENV
+    )
     assert (126, "") == (done.returncode, done.stdout), done.stderr
     assert NOEXEC[noexec] in done.stderr
     assert [] == list((bullseye_root / "tmp").glob(f"{LOADER_COPY_PREFIX}*"))  # no copy left behind
@@ -265,9 +270,13 @@ def test_the_artifact_speaks_verified_tls_in_bullseye(
         )
         shutil.copy(certificates.ca, installed / "ca.pem")
         env = environment_for(
-            server, REDIS_HOST=f"localhost:{server.port}", REDIS_TLS="true",
-            REDIS_TLS_CA_FILE=f"{APP_ROOT_INSIDE}/ca.pem", MIN_IDLE_TIME_SEC="10", **NAMES,
-        )  # fmt: skip
+            server,
+            REDIS_HOST=f"localhost:{server.port}",
+            REDIS_TLS="true",
+            REDIS_TLS_CA_FILE=f"{APP_ROOT_INSIDE}/ca.pem",
+            MIN_IDLE_TIME_SEC="10",
+            **NAMES,
+        )
         host = FunctionsHost(env, launch=host_command(bullseye_root, installed)).start()
         try:
             assert 20 == completed(host.invoke())["processed"], host.stderr
@@ -283,8 +292,13 @@ def test_without_a_system_ca_bundle_the_launcher_uses_certifis(bullseye_root: Pa
     assert not (bullseye_root / "etc" / "ssl" / "certs" / "ca-certificates.crt").exists()
     script = f"cd {APP_ROOT_INSIDE} && sh -x ./{EXECUTABLE} --help"
     clean = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # as the platform starts it: no SSL_CERT_FILE
-    traced = subprocess.run(["chroot", str(bullseye_root), "/bin/sh", "-c", script], capture_output=True,
-                            text=True, timeout=60, env=clean)  # fmt: skip
+    traced = subprocess.run(
+        ["chroot", str(bullseye_root), "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean,
+    )
     assert 0 == traced.returncode, traced.stderr
     assert f"export SSL_CERT_FILE={APP_ROOT_INSIDE}/app/certifi/cacert.pem" in traced.stderr
 
@@ -309,8 +323,10 @@ def test_the_demo_in_the_artifact_exits_2_saying_it_is_not_deployed(
 ) -> None:
     done = subprocess.run(
         ["chroot", str(bullseye_root), "/bin/sh", "-c", f"{APP_ROOT_INSIDE}/{EXECUTABLE} demo"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert 2 == done.returncode, done.stderr
     assert "the demo is not part of the deployed app" in done.stderr
     assert "Traceback" not in done.stderr
@@ -361,8 +377,13 @@ PLANTS = {
 
 
 def in_bullseye(root: Path, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["chroot", str(root), "/bin/sh", "-c", script], capture_output=True, text=True,
-                          timeout=60, env=CLEAN_ENV)  # fmt: skip
+    return subprocess.run(
+        ["chroot", str(root), "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=CLEAN_ENV,
+    )
 
 
 def test_the_launcher_ignores_modules_in_the_working_directory(bullseye_root: Path, installed: Path) -> None:

@@ -72,9 +72,16 @@ def test_unreachable_redis_exits_1_naming_the_address(redis_8: LocalRedis, names
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("REDIS_HOST", ""), ("MIN_IDLE_TIME_SEC", "-5"), ("MIN_IDLE_TIME_SEC", "abc"), ("REDIS_HOST", "h:0"),
-     ("MAX_DELIVERIES", "-1"), ("REDIS_TLS", "perhaps"), ("STREAM_NAME", "")],
-)  # fmt: skip
+    [
+        ("REDIS_HOST", ""),
+        ("MIN_IDLE_TIME_SEC", "-5"),
+        ("MIN_IDLE_TIME_SEC", "abc"),
+        ("REDIS_HOST", "h:0"),
+        ("MAX_DELIVERIES", "-1"),
+        ("REDIS_TLS", "perhaps"),
+        ("STREAM_NAME", ""),
+    ],
+)
 def test_bad_settings_exit_2_with_one_message_naming_the_variable(
     redis_8: LocalRedis, names: dict[str, str], variable: str, value: str
 ) -> None:
@@ -104,9 +111,13 @@ def test_a_signal_mid_cycle_finishes_the_page_in_hand_and_exits_0(
     abandon(client8, names, 50_000)
     env = env_for(redis_8, names, RECLAIM_PAGE_SIZE="200", CYCLE_TIME_BUDGET_SEC="60")
     process = subprocess.Popen(
-        [sys.executable, "-m", "handler", "reclaim"], env=env, cwd=APP_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "handler", "reclaim"],
+        env=env,
+        cwd=APP_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
     deadline = time.monotonic() + 30
     while len(pending_rows(client8, stream, group)) == 50_000 and time.monotonic() < deadline:

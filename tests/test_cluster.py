@@ -299,8 +299,14 @@ def test_the_documented_acl_rule_is_enough_on_a_cluster(
     env = cluster_env(redis_cluster, redis_cluster.masters[0], REDIS_USERNAME="monitor", REDIS_PASSWORD="pw")
     try:
         done = reclaim(env)
-        check = subprocess.run([sys.executable, "-m", "handler", "check"], env=env, cwd=APP_ROOT,
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        check = subprocess.run(
+            [sys.executable, "-m", "handler", "check"],
+            env=env,
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         for node in redis_cluster.nodes:
             with redis_cluster.node_client(node) as admin:

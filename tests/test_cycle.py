@@ -262,9 +262,17 @@ class TestTheDeadLetterMoveIsAtomic:
 def blocked_from_the_first_ten_tweets(world: World) -> dict[str, Any]:
     """Settings for an ACL user who may not write tweet:<id> for tweets 0-9: their HSETs fail (NOPERM)."""
     world.client.execute_command(  # type: ignore[no-untyped-call]
-        "ACL", "SETUSER", "monitor-limited", "reset", "on", ">limited-pw", "+@all",
-        f"~{world.stream}", "~{" + world.stream + "}*", "~tweet:13940000000000000[1-9]?",
-    )  # fmt: skip
+        "ACL",
+        "SETUSER",
+        "monitor-limited",
+        "reset",
+        "on",
+        ">limited-pw",
+        "+@all",
+        f"~{world.stream}",
+        "~{" + world.stream + "}*",
+        "~tweet:13940000000000000[1-9]?",
+    )
     return {"REDIS_USERNAME": "monitor-limited", "REDIS_PASSWORD": "limited-pw"}
 
 
@@ -317,8 +325,24 @@ def test_only_redis_60_commands_and_arguments_are_used(world: World) -> None:
         world.run(RECLAIM_PAGE_SIZE=5, CYCLE_MAX_MESSAGES=7)
         world.run(RECLAIM_PAGE_SIZE=5)
     used = {args[0].upper() for args in commands}
-    allowed = {b"XPENDING", b"XCLAIM", b"XACK", b"XRANGE", b"HSET", b"EVALSHA", b"EVAL", b"SCRIPT", b"GET",
-               b"SET", b"DEL", b"CLIENT", b"HELLO", b"PING", b"AUTH", b"INFO"}  # fmt: skip
+    allowed = {
+        b"XPENDING",
+        b"XCLAIM",
+        b"XACK",
+        b"XRANGE",
+        b"HSET",
+        b"EVALSHA",
+        b"EVAL",
+        b"SCRIPT",
+        b"GET",
+        b"SET",
+        b"DEL",
+        b"CLIENT",
+        b"HELLO",
+        b"PING",
+        b"AUTH",
+        b"INFO",
+    }
     assert used <= allowed
     assert {b"XPENDING", b"XCLAIM", b"XACK", b"HSET"} <= used
     for args in named(commands, b"XPENDING"):
@@ -345,6 +369,9 @@ def test_the_cap_shortens_the_last_page_when_it_is_not_a_multiple_of_the_page_si
     world.abandon([tweet(n) for n in range(30)])
     summary = world.run(CYCLE_MAX_MESSAGES=12, RECLAIM_PAGE_SIZE=5)
     assert (12, 12, 3, "cap") == (
-        summary.counts.claimed, summary.counts.processed, summary.pages, summary.stopped_by
-    )  # fmt: skip
+        summary.counts.claimed,
+        summary.counts.processed,
+        summary.pages,
+        summary.stopped_by,
+    )
     assert 18 == len(world.pending())

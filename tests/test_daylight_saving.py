@@ -91,15 +91,26 @@ def _run_under_faketime(
     library = libfaketime()
     create_group(redis_8.client(), names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"])
     env = environment_for(
-        redis_8, **names, MIN_IDLE_TIME_SEC="10", WEBSITE_TIME_ZONE="Europe/London",
-        METRICS_ADDRESS=f"127.0.0.1:{free_port()}", LOG_LEVEL="INFO", TZ="UTC",
-        LD_PRELOAD=str(library), FAKETIME=f"@{moment}", FAKETIME_DONT_FAKE_MONOTONIC="1",
+        redis_8,
+        **names,
+        MIN_IDLE_TIME_SEC="10",
+        WEBSITE_TIME_ZONE="Europe/London",
+        METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
+        LOG_LEVEL="INFO",
+        TZ="UTC",
+        LD_PRELOAD=str(library),
+        FAKETIME=f"@{moment}",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
         PYTHONPATH=str(APP_ROOT),
-    )  # fmt: skip
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "handler", "run", "--schedule", "*/5 * * * * *"],
-        env=env, cwd=APP_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        cwd=APP_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(seconds)
     process.terminate()
     _, stderr = process.communicate(timeout=30)

@@ -123,8 +123,12 @@ def run_page(page: Path, port: int) -> subprocess.CompletedProcess[str]:
     env = {name: value for name, value in os.environ.items() if not PAGE_SETTINGS.match(name)}
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", preamble + script],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_SEC,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SEC,
+    )
 
 
 def test_the_readme_path_runs_on_a_redis_of_ones_own(fresh_redis_62: LocalRedis) -> None:
@@ -159,8 +163,11 @@ def test_each_acl_rule_is_accepted_as_redis_cli_takes_it() -> None:
         try:
             done = subprocess.run(
                 [str(ROOT / ".venv" / "bin" / "redis-cli"), "-p", str(server.port)],
-                input=block.body, capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
+                input=block.body,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert 0 == done.returncode, done.stderr
             assert ["OK"] * len(block.body.strip().splitlines()) == done.stdout.split(), block.where
             client = redis.Redis(port=server.port, decode_responses=True)

@@ -95,15 +95,24 @@ class IdentityEndpoint:
             return 400, {"statusCode": 400, "message": "unexpected resource or identity"}
         now = time.time()
         expires = int(now) + TOKEN_LIFETIME_SEC
-        token = jwt.encode({"oid": IDENTITY_OID, "aud": REDIS_RESOURCE, "iat": int(now), "exp": expires},
-                           SIGNING_KEY, algorithm="HS256")  # fmt: skip
+        token = jwt.encode(
+            {"oid": IDENTITY_OID, "aud": REDIS_RESOURCE, "iat": int(now), "exp": expires},
+            SIGNING_KEY,
+            algorithm="HS256",
+        )
         # Azure's Redis accepts any valid token of the identity; here each one becomes a password.
         for server in self.servers if self.grants else ():
-            server.acl_setuser(IDENTITY_OID, enabled=True, passwords=[f"+{token}"], keys=["*"],
-                               commands=["+@all"])  # fmt: skip
+            server.acl_setuser(
+                IDENTITY_OID, enabled=True, passwords=[f"+{token}"], keys=["*"], commands=["+@all"]
+            )
         self.issued.append((now, token))
-        return 200, {"access_token": token, "expires_on": str(expires), "resource": REDIS_RESOURCE,
-                     "token_type": "Bearer", "client_id": CLIENT_ID}  # fmt: skip
+        return 200, {
+            "access_token": token,
+            "expires_on": str(expires),
+            "resource": REDIS_RESOURCE,
+            "token_type": "Bearer",
+            "client_id": CLIENT_ID,
+        }
 
     def revoke(self, token: str) -> None:
         """The token is no good any more, and connections must be made afresh; the identity keeps its
@@ -212,9 +221,14 @@ def test_the_handler_signs_in_with_entra_id_tokens_and_renews_them(
     create_group(target.data, stream, group)
     abandon(target.data, stream, group, [tweet(n) for n in range(50)])
     env = {
-        **target.env, "MIN_IDLE_TIME_SEC": "10", "REDIS_AUTH": "managed-identity",
-        "AZURE_CLIENT_ID": CLIENT_ID, "IDENTITY_ENDPOINT": url, "IDENTITY_HEADER": HEADER_SECRET, **NAMES,
-    }  # fmt: skip
+        **target.env,
+        "MIN_IDLE_TIME_SEC": "10",
+        "REDIS_AUTH": "managed-identity",
+        "AZURE_CLIENT_ID": CLIENT_ID,
+        "IDENTITY_ENDPOINT": url,
+        "IDENTITY_HEADER": HEADER_SECRET,
+        **NAMES,
+    }
     host = FunctionsHost(env).start()
     try:
         assert 50 == completed(host.invoke())["processed"], host.stderr
@@ -253,9 +267,12 @@ def test_entra_id_settings_are_checked() -> None:
 
 def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
     values: dict[str, Any] = {
-        "REDIS_HOST": server.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10, **PIPELINE_NAMES,
+        "REDIS_HOST": server.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        **PIPELINE_NAMES,
         **overrides,
-    }  # fmt: skip
+    }
     return MonitorSettings(**values)
 
 
@@ -325,9 +342,14 @@ def one_node(redis_8: LocalRedis) -> Iterator[OneNode]:
     stream, group = NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"]
     create_group(admin, stream, group)
     env = environment_for(
-        redis_8, MIN_IDLE_TIME_SEC="10", REDIS_AUTH="managed-identity", AZURE_CLIENT_ID=CLIENT_ID,
-        IDENTITY_ENDPOINT=url, IDENTITY_HEADER=HEADER_SECRET, **NAMES,
-    )  # fmt: skip
+        redis_8,
+        MIN_IDLE_TIME_SEC="10",
+        REDIS_AUTH="managed-identity",
+        AZURE_CLIENT_ID=CLIENT_ID,
+        IDENTITY_ENDPOINT=url,
+        IDENTITY_HEADER=HEADER_SECRET,
+        **NAMES,
+    )
     yield OneNode(admin, identity, env, {int(c["id"]) for c in admin.client_list()})
     identity.stop()
     admin.acl_deluser(IDENTITY_OID)
@@ -336,8 +358,12 @@ def one_node(redis_8: LocalRedis) -> Iterator[OneNode]:
 
 def abandon_some(node: OneNode, count: int = 20) -> None:
     start = int(time.time() * 1000) % 10_000_000
-    abandon(node.admin, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"],
-            [tweet(n) for n in range(start, start + count)])  # fmt: skip
+    abandon(
+        node.admin,
+        NAMES["STREAM_NAME"],
+        NAMES["STREAM_CONSUMER_GROUP_NAME"],
+        [tweet(n) for n in range(start, start + count)],
+    )
 
 
 def until_completed(host: FunctionsHost, within: float) -> list[Answer]:
@@ -485,13 +511,20 @@ def test_redis_py_token_lines_stay_out_of_the_invocations_logs_and_the_exported_
     abandon_some(one_node)
     with Tripwire() as wire, OtlpCollector() as collector:
         env = telemetry_environment(
-            one_node.env, tmp_path / "run", wire, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+            one_node.env,
+            tmp_path / "run",
+            wire,
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
             METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
-        )  # fmt: skip
+        )
         done = subprocess.run(
             [sys.executable, "-m", "handler", "run", "--once"],
-            env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            env=env,
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert 0 == done.returncode, done.stderr[-2000:]
         records = collector.log_records()
     assert any("reclaim cycle" in r.body.string_value for r in records)

@@ -25,22 +25,31 @@ def parse_error(reply: str) -> Exception:
 REPLIES = [
     ("OOM command not allowed when used memory > 'maxmemory'.", "OOM", FailureKind.REFUSED_FOR_NOW),
     ("NOREPLICAS Not enough good replicas to write.", "NOREPLICAS", FailureKind.REFUSED_FOR_NOW),
-    ("MISCONF Redis is configured to save RDB snapshots, but it's unable to persist", "MISCONF",
-     FailureKind.REFUSED_FOR_NOW),
+    (
+        "MISCONF Redis is configured to save RDB snapshots, but it's unable to persist",
+        "MISCONF",
+        FailureKind.REFUSED_FOR_NOW,
+    ),
     ("NOPERM User mon has no permissions to run the 'hset' command", "NOPERM", FailureKind.NOT_PERMITTED),
     ("READONLY You can't write against a read only replica.", "READONLY", FailureKind.PASSING_STATE),
-    ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", "MASTERDOWN",
-     FailureKind.PASSING_STATE),
+    (
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "MASTERDOWN",
+        FailureKind.PASSING_STATE,
+    ),
     ("BUSY Redis is busy running a script.", "BUSY", FailureKind.PASSING_STATE),
     ("MOVED 3999 127.0.0.1:6381", "MOVED", FailureKind.CLUSTER_CHANGED),
     ("ASK 3999 127.0.0.1:6381", "ASK", FailureKind.CLUSTER_CHANGED),
     ("CLUSTERDOWN The cluster is down", "CLUSTERDOWN", FailureKind.CLUSTER_CHANGED),
     ("TRYAGAIN Multiple keys request during rehashing of slot", "TRYAGAIN", FailureKind.CLUSTER_CHANGED),
     ("NOGROUP No such key 'tweets_stream' or consumer group 'g'", "NOGROUP", FailureKind.NO_GROUP),
-    ("WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE",
-     FailureKind.WRONG_TYPE),
+    (
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "WRONGTYPE",
+        FailureKind.WRONG_TYPE,
+    ),
     ("ERR something else", "ERR", FailureKind.OTHER),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("reply", "code", "kind"), REPLIES)
@@ -65,16 +74,23 @@ def test_a_reply_parsed_by_redis_py_is_named_by_the_same_code(
 @pytest.mark.parametrize(
     ("reply", "code"),
     [
-        ("ERR Error running script (call to f_1): @user_script:25: @user_script: 25: -OOM command not "
-         "allowed when used memory > 'maxmemory'.", "OOM"),
+        (
+            "ERR Error running script (call to f_1): @user_script:25: @user_script: 25: -OOM command not "
+            "allowed when used memory > 'maxmemory'.",
+            "OOM",
+        ),
         ("ERR ACL failure in script: this user has no permissions to run the 'xlen' command", "NOPERM"),
-        ("NOPERM User mon has no permissions to run the 'xdel' command script: 5c1b…, on @user_script:3.",
-         "NOPERM"),
+        (
+            "NOPERM User mon has no permissions to run the 'xdel' command script: 5c1b…, on @user_script:3.",
+            "NOPERM",
+        ),
         ("ERR Error running script (call to f_2): @user_script:4: -NOGROUP No such key", "NOGROUP"),
-        ("ERR Error running script (call to f_3): @user_script:9: -WRONGTYPE Operation against a key",
-         "WRONGTYPE"),
+        (
+            "ERR Error running script (call to f_3): @user_script:9: -WRONGTYPE Operation against a key",
+            "WRONGTYPE",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_refusal_inside_a_script_is_named_by_the_refused_code(reply: str, code: str) -> None:
     assert code == code_of(redis.exceptions.ResponseError(reply))
     assert code == code_of(parse_error(reply))
@@ -87,8 +103,10 @@ def test_lost_connections_and_an_unreachable_cluster_are_unavailable() -> None:
     ]
     for error in lost:
         assert FailureKind.LOST == kind_of(error)
-    unreachable = [RedisClusterException("Redis Cluster cannot be connected"),
-                   redis.exceptions.ClusterError("TTL exhausted.")]  # fmt: skip
+    unreachable = [
+        RedisClusterException("Redis Cluster cannot be connected"),
+        redis.exceptions.ClusterError("TTL exhausted."),
+    ]
     for error in unreachable:
         assert FailureKind.CLUSTER_UNREACHABLE == kind_of(error)
     assert all(is_unavailable(error) for error in [*lost, *unreachable])

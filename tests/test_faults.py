@@ -60,8 +60,14 @@ def fresh(client8: redis.Redis) -> redis.Redis:
 def test_the_handler_killed_mid_cycle_loses_nothing(redis_8: LocalRedis, fresh: redis.Redis) -> None:
     rng = random.Random(20261127)
     backlog = abandon_backlog(fresh, 60_000)
-    env = environment_for(redis_8, STREAM_NAME=STREAM, STREAM_CONSUMER_GROUP_NAME=GROUP,
-                          MONITORING_CONSUMER_NAME=MONITOR, RECLAIM_PAGE_SIZE="200", **FAST)  # fmt: skip
+    env = environment_for(
+        redis_8,
+        STREAM_NAME=STREAM,
+        STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR,
+        RECLAIM_PAGE_SIZE="200",
+        **FAST,
+    )
     kills, attempts = 6, 0  # fewer than MAX_DELIVERIES, so no valid tweet legitimately turns poison
     while kills and attempts < 15:
         attempts += 1
@@ -91,8 +97,14 @@ def test_redis_killed_and_restarted_mid_cycle_loses_nothing(redis_8: LocalRedis,
     try:
         create_group(client, STREAM, GROUP)
         backlog = abandon_backlog(client, 30_000)
-        env = environment_for(server, STREAM_NAME=STREAM, STREAM_CONSUMER_GROUP_NAME=GROUP,
-                              MONITORING_CONSUMER_NAME=MONITOR, RECLAIM_PAGE_SIZE="300", **FAST)  # fmt: skip
+        env = environment_for(
+            server,
+            STREAM_NAME=STREAM,
+            STREAM_CONSUMER_GROUP_NAME=GROUP,
+            MONITORING_CONSUMER_NAME=MONITOR,
+            RECLAIM_PAGE_SIZE="300",
+            **FAST,
+        )
         host = FunctionsHost(env).start()
         restarts = 3
         for _ in range(restarts):
@@ -119,8 +131,14 @@ def test_redis_killed_and_restarted_mid_cycle_loses_nothing(redis_8: LocalRedis,
 @pytest.fixture
 def proxied(redis_8: LocalRedis, fresh: redis.Redis) -> Iterator[tuple[FaultyProxy, FunctionsHost]]:
     proxy = FaultyProxy(redis_8.port)
-    env = environment_for(redis_8, STREAM_NAME=STREAM, STREAM_CONSUMER_GROUP_NAME=GROUP,
-                          MONITORING_CONSUMER_NAME=MONITOR, REDIS_HOST=proxy.address, **FAST)  # fmt: skip
+    env = environment_for(
+        redis_8,
+        STREAM_NAME=STREAM,
+        STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR,
+        REDIS_HOST=proxy.address,
+        **FAST,
+    )
     host = FunctionsHost(env).start()
     yield proxy, host
     host.stop()
@@ -216,8 +234,10 @@ class LiveProcessors:
         self.stop = threading.Event()
         self.tweets: dict[bytes, dict[bytes, bytes]] = {}
         self.threads = [threading.Thread(target=self._produce, daemon=True)]
-        self.threads += [threading.Thread(target=self._process, args=(f"consumer-live-{n}",), daemon=True)
-                         for n in range(count)]  # fmt: skip
+        self.threads += [
+            threading.Thread(target=self._process, args=(f"consumer-live-{n}",), daemon=True)
+            for n in range(count)
+        ]
         self.errors: list[BaseException] = []
 
     def __enter__(self) -> LiveProcessors:
@@ -259,8 +279,20 @@ class LiveProcessors:
         client = self.server.client()
         try:
             while not self.stop.is_set():
-                reply = command(client, "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", 100, "BLOCK", 50,
-                                "STREAMS", STREAM, ">")  # fmt: skip
+                reply = command(
+                    client,
+                    "XREADGROUP",
+                    "GROUP",
+                    GROUP,
+                    consumer,
+                    "COUNT",
+                    100,
+                    "BLOCK",
+                    50,
+                    "STREAMS",
+                    STREAM,
+                    ">",
+                )
                 for entry_id, fields in reply[0][1] if reply else []:
                     if fields[2:3] == [b"id"]:
                         command(client, "HSET", b"tweet:" + fields[3], *fields)
@@ -275,8 +307,10 @@ def test_several_monitors_at_once_with_one_frozen_mid_page(redis_8: LocalRedis, 
     frozen = FunctionsHost(
         environment_for(redis_8, MONITORING_CONSUMER_NAME="monitor-frozen", **common)
     ).start()
-    others = [FunctionsHost(environment_for(redis_8, MONITORING_CONSUMER_NAME=name, **common)).start()
-              for name in ("monitoring_app", "monitoring_app", "monitor-b")]  # fmt: skip
+    others = [
+        FunctionsHost(environment_for(redis_8, MONITORING_CONSUMER_NAME=name, **common)).start()
+        for name in ("monitoring_app", "monitoring_app", "monitor-b")
+    ]
     answers: list[Any] = []
     stop = threading.Event()
 
@@ -328,9 +362,12 @@ def test_several_monitors_at_once_with_one_frozen_mid_page(redis_8: LocalRedis, 
 
 def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
     values: dict[str, Any] = {
-        "REDIS_HOST": server.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10, **PIPELINE_NAMES,
+        "REDIS_HOST": server.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        **PIPELINE_NAMES,
         **overrides,
-    }  # fmt: skip
+    }
     return MonitorSettings(**values)
 
 
@@ -418,9 +455,14 @@ def test_a_server_that_stops_answering_mid_cycle_answers_503_within_three_timeou
     abandon(client8, STREAM, GROUP, [tweet(n) for n in range(60_000)])
     proxy = FaultyProxy(redis_8.port)
     env = environment_for(
-        redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10", REDIS_HOST=proxy.address,
-        REDIS_TIMEOUT_SEC=str(timeout), CYCLE_TIME_BUDGET_SEC="60", RECLAIM_PAGE_SIZE="500",
-    )  # fmt: skip
+        redis_8,
+        **PIPELINE_NAMES,
+        MIN_IDLE_TIME_SEC="10",
+        REDIS_HOST=proxy.address,
+        REDIS_TIMEOUT_SEC=str(timeout),
+        CYCLE_TIME_BUDGET_SEC="60",
+        RECLAIM_PAGE_SIZE="500",
+    )
     host = FunctionsHost(env).start()
     try:
         thread, answers = host.invoke_in_background()

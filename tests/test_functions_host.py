@@ -137,8 +137,9 @@ def handler_env(server: LocalRedis, **settings: str) -> dict[str, str]:
 
 
 def abandon(client: redis.Redis, count: int) -> None:
-    pipeline.abandon(client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"],
-                     [tweet(n) for n in range(count)])  # fmt: skip
+    pipeline.abandon(
+        client, NAMES["STREAM_NAME"], NAMES["STREAM_CONSUMER_GROUP_NAME"], [tweet(n) for n in range(count)]
+    )
 
 
 def under_way(client: redis.Redis) -> None:

@@ -31,11 +31,34 @@ from tests.reliability import FUZZ_CASES
 
 CASES = 400
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-PATHS = ["/monitor", "/monitor", "/monitor", "/", "/monitor/", "/Monitor", "/admin/functions/monitor",
-         "/docs", "/redoc", "/openapi.json", "/metrics/../monitor", "/%00", "/monitor?x=1"]  # fmt: skip
-CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "text/plain",
-                 "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml",
-                 "application/json-patch+json", "", "*/*", "application/json; charset=latin-1"]  # fmt: skip
+PATHS = [
+    "/monitor",
+    "/monitor",
+    "/monitor",
+    "/",
+    "/monitor/",
+    "/Monitor",
+    "/admin/functions/monitor",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/metrics/../monitor",
+    "/%00",
+    "/monitor?x=1",
+]
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "APPLICATION/JSON",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/xml",
+    "application/json-patch+json",
+    "",
+    "*/*",
+    "application/json; charset=latin-1",
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -116,8 +139,13 @@ def is_valid_envelope(body: bytes) -> bool:
 def test_hostile_requests_never_get_a_5xx_or_a_stack_trace(fuzz_host: FunctionsHost) -> None:
     ran = 0
 
-    @settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=CASES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(
         method=st.sampled_from(METHODS),
         path=st.sampled_from(PATHS),
@@ -173,8 +201,13 @@ def test_odd_stream_entries_are_written_byte_exact_or_dead_lettered(
     ids = produce(client8, stream, entries)
     crash_after_reading(client8, stream, group, "crashed", len(ids))
     age(client8, stream, group, "crashed", ids, IDLE_ENOUGH_MS)
-    env = environment_for(redis_8, STREAM_NAME=stream, STREAM_CONSUMER_GROUP_NAME=group,
-                          MONITORING_CONSUMER_NAME="monitoring_app", MIN_IDLE_TIME_SEC="10")  # fmt: skip
+    env = environment_for(
+        redis_8,
+        STREAM_NAME=stream,
+        STREAM_CONSUMER_GROUP_NAME=group,
+        MONITORING_CONSUMER_NAME="monitoring_app",
+        MIN_IDLE_TIME_SEC="10",
+    )
     host = FunctionsHost(env).start()
     try:
         summary = completed(host.invoke())

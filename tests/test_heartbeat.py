@@ -28,9 +28,13 @@ def env_for(server: LocalRedis, names: dict[str, str], **settings: str) -> dict[
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 def heartbeat_key(names: dict[str, str], stream: str | None = None) -> str:
@@ -152,9 +156,10 @@ def test_only_the_streams_an_invocation_reached_get_the_heartbeat_and_check_name
     served = {name for name, one in summary["streams"].items() if one["processed"]}
     assert served and len(served) < len(streams), len(served)
     fresh = {
-        stream for stream in streams
+        stream
+        for stream in streams
         if redis_micros(client8) - int(client8.get(heartbeat_key(names, stream)) or 0) < 100 * MICROS
-    }  # fmt: skip
+    }
     assert served == fresh
     check = cli({**env, "SWEEP_STALE_AFTER_SEC": "300"}, "check")
     stale = [line for line in check.stdout.splitlines() if "last completed cycle" in line and "FAIL" in line]

@@ -285,8 +285,12 @@ def test_the_monitor_stays_under_its_memory_bound_whatever_the_entries(world8: W
     started = time.monotonic()
     done = subprocess.run(
         ["prlimit", f"--as={1_500_000_000}", sys.executable, "-m", "handler", "reclaim"],
-        env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert {_key(n) for n in range(6)} == tweet_keys(world8.client)
     assert world8.pending() == set(), time.monotonic() - started

@@ -24,9 +24,12 @@ from tests.test_streams import settings_for as streams_settings
 
 def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
     values: dict[str, Any] = {
-        "REDIS_HOST": server.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10, **PIPELINE_NAMES,
+        "REDIS_HOST": server.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        **PIPELINE_NAMES,
         **overrides,
-    }  # fmt: skip
+    }
     return MonitorSettings(**values)
 
 

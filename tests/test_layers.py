@@ -139,8 +139,12 @@ def test_a_command_loads_only_what_it_needs(command: str, redis_8: LocalRedis, n
     env = environment_for(redis_8, **names, MIN_IDLE_TIME_SEC="10")
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "handler", command],
-        env=env, cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert 0 == done.returncode, done.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "import time:" in line}
     assert "handler.cli" in imported  # the listing is real

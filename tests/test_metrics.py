@@ -22,9 +22,12 @@ from tests.test_streams import shard_backlog
 
 def test_metrics_answer_with_redis_down(redis_8: LocalRedis) -> None:
     env = environment_for(
-        redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10", REDIS_HOST=f"127.0.0.1:{free_port()}",
+        redis_8,
+        **PIPELINE_NAMES,
+        MIN_IDLE_TIME_SEC="10",
+        REDIS_HOST=f"127.0.0.1:{free_port()}",
         REDIS_TIMEOUT_SEC="1",
-    )  # fmt: skip
+    )
     host = FunctionsHost(env).start()
     try:
         answer = host.request("GET", "/metrics")

@@ -257,18 +257,14 @@ def test_the_later_of_two_entries_for_one_tweet_wins_across_pages(world8: World)
 def test_an_outage_of_refused_writes_does_not_dead_letter_valid_tweets(world: World) -> None:
     """A user without +hset for six cycles (MAX_DELIVERIES=3), then fixed: every tweet is written."""
     user = "monitor-" + world.stream[-10:]
-    world.client.acl_setuser(
-        user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-hset"]
-    )  # fmt: skip
+    world.client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-hset"])
     try:
         world.abandon([tweet(n) for n in range(5)])
         for _ in range(6):
             refused = world.run(
                 REDIS_USERNAME=user, REDIS_PASSWORD="pw", MAX_DELIVERIES=3, MIN_IDLE_TIME_SEC=0
             )
-            assert (5, 0, 5) == (
-                refused.counts.claimed, refused.counts.dead_lettered, refused.counts.failed
-            )  # fmt: skip
+            assert (5, 0, 5) == (refused.counts.claimed, refused.counts.dead_lettered, refused.counts.failed)
         world.client.acl_setuser(user, enabled=True, commands=["+hset"])  # the permission comes back
         fixed = world.run(REDIS_USERNAME=user, REDIS_PASSWORD="pw", MAX_DELIVERIES=3, MIN_IDLE_TIME_SEC=0)
     finally:

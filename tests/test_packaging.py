@@ -29,8 +29,10 @@ def test_the_wheel_contains_every_subpackage(tmp_path: Path) -> None:
         shutil.copy(ROOT / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(source)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("tweets_monitor-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in SUBPACKAGES:

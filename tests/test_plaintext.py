@@ -50,9 +50,13 @@ def everywhere() -> Iterator[LocalRedis]:
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
 
 
 def test_plaintext_beyond_loopback_needs_an_explicit_yes_and_check_warns(everywhere: LocalRedis) -> None:
@@ -90,9 +94,14 @@ def test_plaintext_to_a_tls_port_is_refused_whatever_is_set(host: str) -> None:
     listener = Listener(address, int(port))
     try:
         env = {
-            **os.environ, **NAMES, "REDIS_HOST": host, "REDIS_TLS": "false", "REDIS_PASSWORD": ACCESS_KEY,
-            "REDIS_ALLOW_PLAINTEXT": "true", "REDIS_TIMEOUT_SEC": "1",
-        }  # fmt: skip
+            **os.environ,
+            **NAMES,
+            "REDIS_HOST": host,
+            "REDIS_TLS": "false",
+            "REDIS_PASSWORD": ACCESS_KEY,
+            "REDIS_ALLOW_PLAINTEXT": "true",
+            "REDIS_TIMEOUT_SEC": "1",
+        }
         done = run(env, "reclaim")
     finally:
         listener.close()
@@ -190,9 +199,12 @@ def test_a_cluster_announcing_nodes_beyond_loopback_needs_the_explicit_yes(
     create_group(client, PIPELINE_NAMES["STREAM_NAME"], PIPELINE_NAMES["STREAM_CONSUMER_GROUP_NAME"])
     client.close()
     env = {
-        **os.environ, **NAMES, "REDIS_HOST": cluster_announcing_beyond.address, "REDIS_TLS": "false",
+        **os.environ,
+        **NAMES,
+        "REDIS_HOST": cluster_announcing_beyond.address,
+        "REDIS_TLS": "false",
         "REDIS_CLUSTER": "on",
-    }  # fmt: skip
+    }
     for args in (["reclaim"], ["status"]):
         done = run(env, *args)
         assert 2 == done.returncode, done.stdout + done.stderr

@@ -73,9 +73,11 @@ def test_several_streams_share_one_cap(world8: World) -> None:
         create_group(world8.client, stream, world8.group)
         abandon(world8.client, stream, world8.group, [tweet(n) for n in range(800)])
     settings = settings_for(
-        world8.server, {**world8.names, "STREAM_NAME": world8.stream + ":*"}, RECLAIM_MAX_RATE=400,
+        world8.server,
+        {**world8.names, "STREAM_NAME": world8.stream + ":*"},
+        RECLAIM_MAX_RATE=400,
         CYCLE_TIME_BUDGET_SEC=30,
-    )  # fmt: skip
+    )
     monitor = connect(settings)
     try:
         summary = StreamsCycle(RedisConnection(settings, monitor), settings).run()

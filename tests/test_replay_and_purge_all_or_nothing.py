@@ -25,9 +25,13 @@ def run_as(world: World, user: str, *args: str) -> subprocess.CompletedProcess[s
         world.server, **world.names, MIN_IDLE_TIME_SEC="10", REDIS_USERNAME=user, REDIS_PASSWORD=PASSWORD
     )
     return subprocess.run(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 def add_user(client: redis.Redis, name: str, *rule: str) -> str:
@@ -67,11 +71,33 @@ def test_replay_under_the_rule_security_md_gave_changes_nothing_run_after_run(wo
     refused, and each run added another copy (6 -> 9 entries over three runs)."""
     dead_letter_world(world, inline=3, continued=0)
     rule = (
-        "resetkeys", "~" + world.stream, "~{" + world.stream + "}:*", "~tweet:*", "-@all", "+xpending",
-        "+xclaim", "+xack", "+xrange", "+xadd", "+xlen", "+type", "+hset", "+eval", "+get", "+set", "+del",
-        "+pexpire", "+pttl", "+time", "+ping", "+client|setname", "+info", "+command", "+cluster|slots",
+        "resetkeys",
+        "~" + world.stream,
+        "~{" + world.stream + "}:*",
+        "~tweet:*",
+        "-@all",
+        "+xpending",
+        "+xclaim",
+        "+xack",
+        "+xrange",
+        "+xadd",
+        "+xlen",
+        "+type",
+        "+hset",
+        "+eval",
+        "+get",
+        "+set",
+        "+del",
+        "+pexpire",
+        "+pttl",
+        "+time",
+        "+ping",
+        "+client|setname",
+        "+info",
+        "+command",
+        "+cluster|slots",
         "+wait",
-    )  # fmt: skip
+    )
     user = add_user(world.client, "documented-" + world.stream[-6:], *rule)
     before = snapshot(world)
     for _ in range(3):

@@ -34,9 +34,13 @@ from tests.pipeline import abandon_in_pipeline, create_group, tweet, tweet_keys
 
 def start_run(env: dict[str, str], schedule: str = "* * * * * *") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "handler", "run", "--schedule", schedule], env=env, cwd=APP_ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "handler", "run", "--schedule", schedule],
+        env=env,
+        cwd=APP_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop_run(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -54,10 +58,15 @@ def scrape(port: int) -> str:
 def test_run_keeps_going_while_redis_is_unreachable(names: dict[str, str], cluster: str) -> None:
     metrics_port = free_port()
     env = dict(
-        os.environ, REDIS_HOST=f"127.0.0.1:{free_port()}", REDIS_TLS="false",
-        REDIS_CLUSTER=cluster, REDIS_TIMEOUT_SEC="0.5", MIN_IDLE_TIME_SEC="10",
-        METRICS_ADDRESS=f"127.0.0.1:{metrics_port}", **names,
-    )  # fmt: skip
+        os.environ,
+        REDIS_HOST=f"127.0.0.1:{free_port()}",
+        REDIS_TLS="false",
+        REDIS_CLUSTER=cluster,
+        REDIS_TIMEOUT_SEC="0.5",
+        MIN_IDLE_TIME_SEC="10",
+        METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
+        **names,
+    )
     process = start_run(env)
     time.sleep(6)
     alive = process.poll() is None
@@ -139,9 +148,13 @@ def test_run_without_function_json_exits_2_naming_the_path(
 ) -> None:
     """No built-in copy of the schedule: a `run` that cannot find the timer says where it looked."""
     done = subprocess.run(
-        [sys.executable, "-m", "handler", "run"], env={**env_for(redis_8), "PYTHONPATH": str(APP_ROOT)},
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "handler", "run"],
+        env={**env_for(redis_8), "PYTHONPATH": str(APP_ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert 2 == done.returncode, done.stderr
     assert str(tmp_path / "monitor" / "function.json") in done.stderr
     assert "Traceback" not in done.stderr

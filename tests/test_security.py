@@ -233,9 +233,12 @@ def test_the_access_policy_string_grants_what_the_monitor_needs(
     try:
         done = subprocess.run(
             [sys.executable, "-m", "handler", "check", "--user", "policy"],
-            env=environment_for(redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10"), cwd=APP_ROOT,
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            env=environment_for(redis_8, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10"),
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         client8.execute_command("ACL", "DELUSER", "policy")  # type: ignore[no-untyped-call]
     line = next(x for x in done.stdout.splitlines() if "permissions" in x)
@@ -288,9 +291,13 @@ class Listener:
 def handler_process(env: dict[str, str], *args: str, timeout: float = 30) -> tuple[int | None, str]:
     """Runs `python -m handler *args`; (exit code or None if still running at `timeout`, its output)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -307,9 +314,13 @@ def test_a_connection_string_in_redis_tls_server_name_is_refused_never_echoed_ne
     listener = Listener()
     try:
         env = environment_for(
-            redis_8, **NAMES, MIN_IDLE_TIME_SEC="10", REDIS_HOST=f"127.0.0.1:{listener.port}",
-            REDIS_TLS="true", REDIS_TIMEOUT_SEC="1",
-        )  # fmt: skip
+            redis_8,
+            **NAMES,
+            MIN_IDLE_TIME_SEC="10",
+            REDIS_HOST=f"127.0.0.1:{listener.port}",
+            REDIS_TLS="true",
+            REDIS_TIMEOUT_SEC="1",
+        )
         for value in (HOST_AND_KEY, CONNECTION_STRING):
             env["REDIS_TLS_SERVER_NAME"] = value
             for args in (["reclaim"], ["check"], ["status"], ["dead-letter", "list"], ["serve"]):

@@ -171,8 +171,15 @@ def test_settings_that_cannot_work_exit_2_naming_the_setting(
     redis_8: LocalRedis, names: dict[str, str], setting: str, value: str
 ) -> None:
     value = value.replace("{stream}", names["STREAM_NAME"])
-    done = cli(env_for(redis_8, names, REDIS_TLS="true" if setting == "REDIS_TLS_CA_FILE" else "false",
-                       **{setting: value}), "reclaim")  # fmt: skip
+    done = cli(
+        env_for(
+            redis_8,
+            names,
+            REDIS_TLS="true" if setting == "REDIS_TLS_CA_FILE" else "false",
+            **{setting: value},
+        ),
+        "reclaim",
+    )
     assert 2 == done.returncode, done.stdout + done.stderr
     assert setting in done.stderr and "Traceback" not in done.stderr, done.stderr
 
@@ -186,8 +193,14 @@ def test_a_dead_letter_maxlen_at_its_bound_still_dead_letters(world8: World) -> 
 
 def test_an_ipv6_host_is_printed_in_brackets(names: dict[str, str]) -> None:
     port = free_port()
-    env = dict(os.environ, REDIS_HOST=f"[::1]:{port}", REDIS_TLS="false", REDIS_TIMEOUT_SEC="0.5",
-               MIN_IDLE_TIME_SEC="10", **names)  # fmt: skip
+    env = dict(
+        os.environ,
+        REDIS_HOST=f"[::1]:{port}",
+        REDIS_TLS="false",
+        REDIS_TIMEOUT_SEC="0.5",
+        MIN_IDLE_TIME_SEC="10",
+        **names,
+    )
     done = cli(env, "reclaim")
     assert 1 == done.returncode
     assert f"[::1]:{port}" in done.stderr, done.stderr

@@ -35,9 +35,13 @@ def env_for(world: World, **settings: str) -> dict[str, str]:
 
 def cli(world: World, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "handler", *args], env=env_for(world, **settings), cwd=APP_ROOT,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "handler", *args],
+        env=env_for(world, **settings),
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def on_a_terminal(world: World, *args: str, columns: int) -> str:
@@ -45,9 +49,13 @@ def on_a_terminal(world: World, *args: str, columns: int) -> str:
     leader, follower = pty.openpty()
     env = {**env_for(world), "COLUMNS": str(columns), "TERM": "xterm"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, stdout=follower,
-        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -185,9 +193,13 @@ def terminal_and_pipe(world: World, *args: str, **settings: str) -> list[str]:
     leader, follower = pty.openpty()
     env = {**env_for(world, **settings), "COLUMNS": "80", "TERM": "xterm-256color"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "handler", *args], env=env, cwd=APP_ROOT, stdout=follower, stderr=follower,
+        [sys.executable, "-m", "handler", *args],
+        env=env,
+        cwd=APP_ROOT,
+        stdout=follower,
+        stderr=follower,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -272,9 +284,13 @@ def test_every_line_of_check_reads_on_a_terminal(redis_8: LocalRedis, names: dic
     create_group(redis_8.client(), names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"])
     env = environment_for(redis_8, **names, MIN_IDLE_TIME_SEC="10")
     done = subprocess.run(
-        [sys.executable, "-m", "handler", "check"], env=env, cwd=APP_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "handler", "check"],
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     replicas = [line for line in done.stdout.splitlines() if line.startswith("PASS  replicas:")]
     assert 1 == len(replicas), done.stdout
     assert len(replicas[0]) <= 200, replicas[0]

@@ -38,10 +38,14 @@ def moving_client(moving_cluster: LocalCluster) -> Iterator[RedisCluster]:
 
 def settings_for(cluster: LocalCluster, stream_name: str, **overrides: object) -> MonitorSettings:
     values: dict[str, object] = {
-        "REDIS_HOST": cluster.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10,
-        "STREAM_NAME": stream_name, "STREAM_CONSUMER_GROUP_NAME": GROUP,
-        "MONITORING_CONSUMER_NAME": MONITOR, **overrides,
-    }  # fmt: skip
+        "REDIS_HOST": cluster.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        "STREAM_NAME": stream_name,
+        "STREAM_CONSUMER_GROUP_NAME": GROUP,
+        "MONITORING_CONSUMER_NAME": MONITOR,
+        **overrides,
+    }
     return MonitorSettings(**values)  # type: ignore[arg-type]
 
 

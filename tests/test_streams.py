@@ -35,9 +35,14 @@ SHARDS = [f"tweets_stream:{n}" for n in range(4)]
 
 def settings_for(address: str, stream_name: str, **overrides: Any) -> MonitorSettings:
     values: dict[str, Any] = {
-        "REDIS_HOST": address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10, "STREAM_NAME": stream_name,
-        "STREAM_CONSUMER_GROUP_NAME": GROUP, "MONITORING_CONSUMER_NAME": MONITOR, **overrides,
-    }  # fmt: skip
+        "REDIS_HOST": address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        "STREAM_NAME": stream_name,
+        "STREAM_CONSUMER_GROUP_NAME": GROUP,
+        "MONITORING_CONSUMER_NAME": MONITOR,
+        **overrides,
+    }
     return MonitorSettings(**values)
 
 
@@ -117,9 +122,12 @@ def test_a_named_stream_without_the_group_fails_after_the_others_are_swept(
 def test_the_host_gets_per_stream_summaries_and_metrics(redis_8: LocalRedis, client8: redis.Redis) -> None:
     shard_backlog(client8, [7, 3])
     env = environment_for(
-        redis_8, STREAM_NAME="tweets_stream:*", STREAM_CONSUMER_GROUP_NAME=GROUP,
-        MONITORING_CONSUMER_NAME=MONITOR, MIN_IDLE_TIME_SEC="10",
-    )  # fmt: skip
+        redis_8,
+        STREAM_NAME="tweets_stream:*",
+        STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR,
+        MIN_IDLE_TIME_SEC="10",
+    )
     host = FunctionsHost(env).start()
     try:
         answer = completed(host.invoke())
@@ -140,9 +148,12 @@ def test_check_covers_every_stream_and_per_stream_commands_ask_for_one(
 ) -> None:
     shard_backlog(client8, [1, 1])
     env = environment_for(
-        redis_8, STREAM_NAME="tweets_stream:*", STREAM_CONSUMER_GROUP_NAME=GROUP,
-        MONITORING_CONSUMER_NAME=MONITOR, MIN_IDLE_TIME_SEC="10",
-    )  # fmt: skip
+        redis_8,
+        STREAM_NAME="tweets_stream:*",
+        STREAM_CONSUMER_GROUP_NAME=GROUP,
+        MONITORING_CONSUMER_NAME=MONITOR,
+        MIN_IDLE_TIME_SEC="10",
+    )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "handler", *args]
@@ -169,11 +180,20 @@ def test_shards_spread_over_a_cluster_are_all_swept(
     summary = StreamsCycle(RedisConnection(settings), settings).run()
     assert 2000 == summary.counts.processed
     assert written(cluster_client, produced)
-    done = subprocess.run([sys.executable, "-m", "handler", "reclaim"], cwd=APP_ROOT, capture_output=True,
-                          text=True, timeout=60, env=environment_for(
-                              redis_cluster.masters[0], STREAM_NAME="tweets_stream:*",
-                              STREAM_CONSUMER_GROUP_NAME=GROUP, MONITORING_CONSUMER_NAME=MONITOR,
-                              MIN_IDLE_TIME_SEC="10"))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "handler", "reclaim"],
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment_for(
+            redis_cluster.masters[0],
+            STREAM_NAME="tweets_stream:*",
+            STREAM_CONSUMER_GROUP_NAME=GROUP,
+            MONITORING_CONSUMER_NAME=MONITOR,
+            MIN_IDLE_TIME_SEC="10",
+        ),
+    )
     assert sorted(SHARDS) == sorted(json.loads(done.stdout)["streams"])
 
 

@@ -31,10 +31,15 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 def _settings(server: LocalRedis, stream_name: str, **overrides: Any) -> MonitorSettings:
     values: dict[str, Any] = {
-        "REDIS_HOST": server.address, "REDIS_TLS": False, "MIN_IDLE_TIME_SEC": 10,
-        "STREAM_NAME": stream_name, "STREAM_CONSUMER_GROUP_NAME": GROUP,
-        "MONITORING_CONSUMER_NAME": MONITOR, "RECLAIM_PAGE_SIZE": 3, **overrides,
-    }  # fmt: skip
+        "REDIS_HOST": server.address,
+        "REDIS_TLS": False,
+        "MIN_IDLE_TIME_SEC": 10,
+        "STREAM_NAME": stream_name,
+        "STREAM_CONSUMER_GROUP_NAME": GROUP,
+        "MONITORING_CONSUMER_NAME": MONITOR,
+        "RECLAIM_PAGE_SIZE": 3,
+        **overrides,
+    }
     return MonitorSettings(**values)
 
 

@@ -120,14 +120,22 @@ def test_without_its_variables_no_opentelemetry_is_imported(
     env = _env(redis_8, names, tmp_path, tripwire)
     libraries = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import redis, fastapi, uvicorn, prometheus_client"],
-        env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     by_libraries = _otel(_imported(libraries.stderr))
     for command in (["reclaim"], ["run", "--once"]):
         done = subprocess.run(
             [sys.executable, "-X", "importtime", "-m", "handler", *command],
-            env=env, cwd=APP_ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            env=env,
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert 0 == done.returncode, done.stderr[-2000:]
         imported = _imported(done.stderr)
         assert "handler.cli" in imported  # the listing is real
@@ -149,8 +157,11 @@ def test_without_its_variables_no_opentelemetry_is_imported(
         done = subprocess.run(
             [sys.executable, "-X", "importtime", "-m", "handler", "run", "--once"],
             env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint},
-            cwd=APP_ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert 0 == done.returncode, done.stderr[-2000:]
     assert {
         "handler.telemetry.export",
@@ -172,10 +183,13 @@ def test_the_handler_exports_a_real_cycle_to_azure_monitor_and_an_otlp_collector
     readiness probes included), and /metrics keeps its names."""
     with Breeze() as breeze, OtlpCollector() as collector:
         env = _env(
-            redis_8, names, tmp_path, tripwire,
+            redis_8,
+            names,
+            tmp_path,
+            tripwire,
             APPLICATIONINSIGHTS_CONNECTION_STRING=breeze.connection_string,
             OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
-        )  # fmt: skip
+        )
         host = FunctionsHost(env).start()
         try:
             wait_for("the telemetry start line", lambda: "telemetry: metrics to" in host.stdout)
@@ -264,8 +278,11 @@ def test_run_exports_its_log_records_with_the_cycles_counts(
         done = subprocess.run(
             [sys.executable, "-m", "handler", "run", "--once"],
             env=_env(redis_8, names, tmp_path, tripwire, **variable),
-            cwd=APP_ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=APP_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         took = time.monotonic() - started
     assert 0 == done.returncode, done.stderr[-2000:]
     assert took < 10, took
@@ -280,8 +297,11 @@ def test_run_exports_its_log_records_with_the_cycles_counts(
             "failed": "0",
             "stopped_by": "end",
         }.items() <= properties.items()
-        assert [TWEETS] == [p.value for p in breeze.metric_points("tweets_monitor_processed_entries")
-                            if p.properties == {"stream": abandoned}]  # fmt: skip
+        assert [TWEETS] == [
+            p.value
+            for p in breeze.metric_points("tweets_monitor_processed_entries")
+            if p.properties == {"stream": abandoned}
+        ]
     else:
         (record,) = [r for r in collector.log_records() if "reclaim cycle" in r.body.string_value]
         assert {
@@ -321,13 +341,16 @@ def test_an_unreachable_endpoint_never_fails_or_slows_an_invocation(
         plain_stop = _stop_seconds(plain)
 
     env = _env(
-        redis_8, names, tmp_path, tripwire,
+        redis_8,
+        names,
+        tmp_path,
+        tripwire,
         APPLICATIONINSIGHTS_CONNECTION_STRING=(
             f"InstrumentationKey={INSTRUMENTATION_KEY};IngestionEndpoint=http://127.0.0.1:{closed}/"
         ),
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed}",
         OTEL_EXPORTER_OTLP_TIMEOUT="1",
-    )  # fmt: skip
+    )
     host = FunctionsHost(env).start()
     try:
         wait_for("the telemetry start line", lambda: "telemetry: metrics to" in host.stdout)
@@ -397,8 +420,9 @@ def test_counters_reach_application_insights_counted_once_when_answers_are_lost(
     stream, group = names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"]
     create_group(client8, stream, group)
     with Breeze() as breeze:
-        env = _env(redis_8, names, tmp_path, tripwire,
-                   APPLICATIONINSIGHTS_CONNECTION_STRING=breeze.connection_string)  # fmt: skip
+        env = _env(
+            redis_8, names, tmp_path, tripwire, APPLICATIONINSIGHTS_CONNECTION_STRING=breeze.connection_string
+        )
         host = FunctionsHost(env).start()
         try:
             wait_for("the telemetry start line", lambda: "telemetry: metrics to" in host.stdout)
@@ -414,8 +438,11 @@ def test_counters_reach_application_insights_counted_once_when_answers_are_lost(
             _expire_leases(storage)
 
             def sent() -> list[BreezeMetric]:
-                return [p for p in breeze.metric_points("tweets_monitor_processed_entries")
-                        if p.properties == {"stream": stream}]  # fmt: skip
+                return [
+                    p
+                    for p in breeze.metric_points("tweets_monitor_processed_entries")
+                    if p.properties == {"stream": stream}
+                ]
 
             wait_for("the batches sent again", lambda: sum(p.value for p in sent()) > processed)
             wait_for("every entry counted", lambda: counted_once(sent()) >= processed)
@@ -495,8 +522,15 @@ def test_failed_exports_warn_at_most_every_ten_minutes_and_their_own_lines_are_k
     now = [1000.0]
     gate = Gate(clock=lambda: now[0])
     gate.hide(INSTRUMENTATION_KEY)
-    record = logging.LogRecord("urllib3.connectionpool", logging.WARNING, __file__, 1,
-                               f"Connection refused for {INSTRUMENTATION_KEY}", None, None)  # fmt: skip
+    record = logging.LogRecord(
+        "urllib3.connectionpool",
+        logging.WARNING,
+        __file__,
+        1,
+        f"Connection refused for {INSTRUMENTATION_KEY}",
+        None,
+        None,
+    )
     with gate.exporting():
         assert not gate.filter(record)  # anything logged while exporting stays quiet, and is the reason
     assert gate.filter(record)  # the same logger elsewhere is not the exporter's
@@ -515,8 +549,10 @@ def test_failed_exports_warn_at_most_every_ten_minutes_and_their_own_lines_are_k
 
     # What reading the registry logs for an export (the gauges while Redis is down): once in 10 minutes,
     # the same answer for every handler that asks about one record.
-    gauges = [logging.LogRecord("handler.metrics", logging.WARNING, __file__, 1, "Redis down", None, None)
-              for _ in range(3)]  # fmt: skip
+    gauges = [
+        logging.LogRecord("handler.metrics", logging.WARNING, __file__, 1, "Redis down", None, None)
+        for _ in range(3)
+    ]
     with gate.reading():
         assert [True, True, False, False] == [
             gate.filter(r) for r in (gauges[0], gauges[0], gauges[1], gauges[1])

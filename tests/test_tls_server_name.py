@@ -200,7 +200,7 @@ IP_MISMATCH = "IP address mismatch, certificate is not valid for '{}'"
             HOST_NAME_MISMATCH.format("some-name"),
         ),
     ],
-)  # fmt: skip
+)
 def test_a_certificate_for_another_name_is_still_refused(
     target: str,
     settings: dict[str, str],

@@ -19,10 +19,17 @@ LOCAL_SETTINGS = "local.settings.json"
 FUNCIGNORE = ".funcignore"
 # Helpers/GlobalCoreToolsSettings.cs:46-88: the runtime flags, the first one present wins.
 RUNTIME_FLAGS = {
-    "--csharp": "dotnet", "--dotnet": "dotnet", "--dotnet-isolated": "dotnetIsolated",
-    "--javascript": "node", "--typescript": "node", "--node": "node", "--java": "java",
-    "--python": "python", "--powershell": "powershell", "--custom": "custom",
-}  # fmt: skip
+    "--csharp": "dotnet",
+    "--dotnet": "dotnet",
+    "--dotnet-isolated": "dotnetIsolated",
+    "--javascript": "node",
+    "--typescript": "node",
+    "--node": "node",
+    "--java": "java",
+    "--python": "python",
+    "--powershell": "powershell",
+    "--custom": "custom",
+}
 # Helpers/WorkerRuntimeLanguageHelper.cs:25-38: each runtime's name and aliases, matched ignoring case.
 _RUNTIME_NAMES = {
     "dotnetIsolated": ("dotnet-isolated", "c#-isolated", "csharp-isolated", "f#-isolated", "fsharp-isolated"),
@@ -33,8 +40,9 @@ _RUNTIME_NAMES = {
     "powershell": ("pwsh",),
     "custom": (),
 }
-NORMALIZE = {alias.lower(): runtime for runtime, aliases in _RUNTIME_NAMES.items()
-             for alias in (*aliases, runtime)}  # fmt: skip
+NORMALIZE = {
+    alias.lower(): runtime for runtime, aliases in _RUNTIME_NAMES.items() for alias in (*aliases, runtime)
+}
 # Common/FileSystemHelpers.cs:139 and 144: never uploaded, whatever .funcignore says.
 IGNORED_FOLDERS = (".git", ".vscode")
 IGNORED_FILES = (".funcignore", ".gitignore", "local.settings.json", "project.lock.json")

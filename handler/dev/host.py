@@ -322,8 +322,9 @@ class FunctionsHost:
             data = response.read()
         finally:
             connection.close()
-        return Answer(response.status, response.getheader("Content-Type") or "", data,
-                      time.monotonic() - started)  # fmt: skip
+        return Answer(
+            response.status, response.getheader("Content-Type") or "", data, time.monotonic() - started
+        )
 
     def invoke(
         self,

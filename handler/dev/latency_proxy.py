@@ -142,10 +142,19 @@ class LatencyProxy:
         self.rtt_ms = rtt_ms
         self.added_ms = rtt_ms if added_ms is None else added_ms
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "handler.dev.latency_proxy", "--target-port", str(target_port),
-             "--rtt-ms", str(self.added_ms)],
-            stdout=subprocess.PIPE, text=True, cwd=CHECKOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "handler.dev.latency_proxy",
+                "--target-port",
+                str(target_port),
+                "--rtt-ms",
+                str(self.added_ms),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=CHECKOUT,
+        )
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("listening "):
             self.stop()

@@ -37,13 +37,17 @@ class LocalCluster:
     ) -> None:
         self.client_options = client_options or {}  # e.g. TLS options, for the set-up and probe clients
         args = [
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(node_timeout_ms),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(node_timeout_ms),
             # A test kills masters on purpose: the replicas must take over without a human.
-            "--cluster-replica-validity-factor", "0",
+            "--cluster-replica-validity-factor",
+            "0",
             *extra_args,
-        ]  # fmt: skip
+        ]
         count = masters * (1 + replicas_per_master)
         # The cluster bus defaults to the port + 10000, which may be taken or past 65535: pick one apiece.
         ports = free_ports(2 * count)

@@ -111,13 +111,16 @@ class LocalRedis:
         )
         args = [
             str(self.binary),
-            "--bind", "127.0.0.1",
+            "--bind",
+            "127.0.0.1",
             *(["--port", str(self.port)] if "--tls-port" not in self.extra_args else []),
-            "--save", "",
-            "--dir", str(self.directory),
+            "--save",
+            "",
+            "--dir",
+            str(self.directory),
             *persistence,
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         log_file = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
             args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env

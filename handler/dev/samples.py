@@ -52,5 +52,7 @@ def timer_envelope(timer_value: Any = None, **metadata: Any) -> dict[str, Any]:
         "UtcNow": "2024-11-30T14:43:50.46239Z",
         "RandGuid": "fa3b2fbc-26ed-4fcb-be75-82db8773b519",
     }
-    return {"Data": {"req": timer() if timer_value is None else timer_value},
-            "Metadata": {"sys": sys_metadata, **metadata}}  # fmt: skip
+    return {
+        "Data": {"req": timer() if timer_value is None else timer_value},
+        "Metadata": {"sys": sys_metadata, **metadata},
+    }

@@ -34,23 +34,58 @@ def issue_certificate(folder: Path, name: str, san: str) -> tuple[Path, Path]:
     """A server certificate `<name>.pem` (and key) signed by the CA in `folder`, with `san` as its
     subjectAltName (e.g. `DNS:localhost`: a host name only, no IP address)."""
     openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder,
-    )  # fmt: skip
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=folder,
+    )
     (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
     openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=folder,
-    )  # fmt: skip
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.pem",
+        cwd=folder,
+    )
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
 def make_ca(folder: Path, name: str = "ca") -> Path:
     """A private CA, `<name>.pem` and its key, in `folder` (openssl)."""
     openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=folder,
-    )  # fmt: skip
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        cwd=folder,
+    )
     return folder / f"{name}.pem"
 
 
@@ -74,10 +109,21 @@ def tls_server(binary: Binary, cert: Path, key: Path, ca: Path, protocols: str =
     """A started server that speaks only TLS, serving `cert`; the caller cleans it up."""
     port = free_port()
     args = [
-        "--tls-port", str(port), "--port", "0",
-        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-        "--tls-auth-clients", "no", "--tls-protocols", protocols,
-    ]  # fmt: skip
+        "--tls-port",
+        str(port),
+        "--port",
+        "0",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+        "--tls-protocols",
+        protocols,
+    ]
     probe = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
     return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
 
@@ -95,12 +141,28 @@ def local_tls_cluster(
     replicas, every node serving `cert`. `client_options` are the set-up and probe clients' (default:
     verified against the CA and 127.0.0.1, the address each node is dialled at)."""
     args = [
-        "--tls-port", "{port}", "--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes",
-        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
-    ]  # fmt: skip
+        "--tls-port",
+        "{port}",
+        "--port",
+        "0",
+        "--tls-cluster",
+        "yes",
+        "--tls-replication",
+        "yes",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+    ]
     options = client_options or {"ssl": True, "ssl_ca_certs": str(ca)}
     return LocalCluster(
-        binary[0], replicas_per_master=replicas_per_master, extra_args=args, env=binary[1],
+        binary[0],
+        replicas_per_master=replicas_per_master,
+        extra_args=args,
+        env=binary[1],
         client_options=options,
-    )  # fmt: skip
+    )

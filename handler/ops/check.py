@@ -135,10 +135,11 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         return
     except redis.exceptions.ResponseError as exc:  # NOPERM: a pattern needs SCAN
         yield Check(
-            "stream and group", False,
+            "stream and group",
+            False,
             f"cannot find the streams matching '{settings.STREAM_NAME}' with SCAN: {exc} (add +scan to the "
             "user's rule)",
-        )  # fmt: skip
+        )
         return
     if not streams:
         yield Check("stream and group", False, f"no stream matches '{settings.STREAM_NAME}'")
@@ -169,9 +170,11 @@ def _checks_on(client: Client, settings: MonitorSettings, user: str | None) -> I
         version = str(stream_node.info("server").get("redis_version", UNKNOWN))
     except redis.exceptions.ResponseError as exc:  # NOPERM: the monitor needs INFO only to detect a cluster
         yield Check(
-            "server version", False,
-            f"not read: '{who}' may not run INFO ({exc}); only REDIS_CLUSTER=detect needs it", skipped=True,
-        )  # fmt: skip
+            "server version",
+            False,
+            f"not read: '{who}' may not run INFO ({exc}); only REDIS_CLUSTER=detect needs it",
+            skipped=True,
+        )
         version = UNKNOWN
     else:
         yield Check("server version", _at_least(version, (6, 0)), f"Redis {version} (6.0 or newer needed)")
@@ -199,11 +202,12 @@ def _connectivity(client: Client, settings: MonitorSettings, mode: str) -> Check
             "connectivity", True, f"PING answered without TLS (REDIS_TLS=false, this machine); {mode}"
         )
     return Check(
-        "connectivity", False,
+        "connectivity",
+        False,
         f"PING answered without TLS from {', '.join(beyond)}, beyond this machine: the password and every "
         f"tweet cross the network in cleartext (REDIS_TLS=false, REDIS_ALLOW_PLAINTEXT=true); {mode}",
         warning=True,
-    )  # fmt: skip
+    )
 
 
 def _last_cycle(client: Client, keys: StreamKeys, stale_after_sec: float) -> Check:
@@ -214,18 +218,20 @@ def _last_cycle(client: Client, keys: StreamKeys, stale_after_sec: float) -> Che
         return Check("last completed cycle", False, f"cannot read {display_name(keys.last_cycle)}: {exc}")
     if age is None:
         return Check(
-            "last completed cycle", False,
+            "last completed cycle",
+            False,
             "none recorded yet: the timer (or `run`) records each cycle it completes; if it has been "
             "deployed for more than a minute, look at the Function App's invocations",
             warning=True,
-        )  # fmt: skip
+        )
     if age > stale_after_sec:
         return Check(
-            "last completed cycle", False,
+            "last completed cycle",
+            False,
             f"{age:,.0f} s ago, longer than SWEEP_STALE_AFTER_SEC={stale_after_sec:g}: the timer may have "
             "stopped (after a deploy, or when its singleton lease moved): restart the Function App; or the "
             "invocations do not reach this stream (more streams than they serve: docs/scale.md)",
-        )  # fmt: skip
+        )
     return Check("last completed cycle", True, f"{age:,.0f} s ago")
 
 
@@ -238,10 +244,11 @@ def _pruning(client: Client, keys: StreamKeys, idle_sec: float) -> Check:
         command(client, "XGROUP", "DELCONSUMER", keys.stream, keys.group, PRUNE_PROBE_CONSUMER)
     except redis.exceptions.ResponseError as exc:
         return Check(
-            "consumer pruning", False,
+            "consumer pruning",
+            False,
             f"DELETE_IDLE_CONSUMERS_AFTER_SEC is set, but pruning was refused ({exc}): allow "
             "+xinfo|consumers +xgroup|delconsumer (XINFO CONSUMERS, XGROUP DELCONSUMER), or unset it",
-        )  # fmt: skip
+        )
     return Check("consumer pruning", True, f"allowed; {len(would_remove)} consumers would be removed now")
 
 
@@ -285,10 +292,11 @@ def _dead_letter_stream(client: Client, keys: StreamKeys) -> Check:
         what = "exists" if kind == "stream" else "will be made by the first dead letter"
         return Check("dead-letter stream", True, f"'{dead_letter}' {what}")
     return Check(
-        "dead-letter stream", False,
+        "dead-letter stream",
+        False,
         f"'{dead_letter}' holds a {kind}, not a stream: every dead letter is refused and its entry "
         "stays pending; rename or delete that key, or set DEAD_LETTER_STREAM",
-    )  # fmt: skip
+    )
 
 
 def _permissions(
@@ -297,10 +305,17 @@ def _permissions(
     """Every call the monitor makes, with its real keys: asked of ACL DRYRUN for another user (`check
     --user`, an administrator signed in), of redis.acl_check_cmd for the signed-in one (7.0+), of ACL
     GETUSER before 7.0. With `asked`, not being able to verify is a failure: verifying was the point."""
-    values = {"stream": keys.stream, "group": keys.group, "consumer": keys.consumer,
-              "dead_letter": keys.dead_letter, "cursor": keys.cursor, "lease": keys.lease,
-              "last_refusal": keys.last_refusal, "last_cycle": keys.last_cycle,
-              "tweet": TWEET_KEY_PREFIX.decode() + "1"}  # fmt: skip
+    values = {
+        "stream": keys.stream,
+        "group": keys.group,
+        "consumer": keys.consumer,
+        "dead_letter": keys.dead_letter,
+        "cursor": keys.cursor,
+        "lease": keys.lease,
+        "last_refusal": keys.last_refusal,
+        "last_cycle": keys.last_cycle,
+        "tweet": TWEET_KEY_PREFIX.decode() + "1",
+    }
     sent = [[part.format(**values) for part in call.words] for call in calls]
     if version != UNKNOWN and not _at_least(version, (7, 0)):
         return _permissions_before_dryrun(client, user, asked)
@@ -311,11 +326,12 @@ def _permissions(
         except redis.exceptions.ResponseError as exc:
             if kind_of(exc) == FailureKind.NOT_PERMITTED:
                 return Check(
-                    "permissions", False,
+                    "permissions",
+                    False,
                     f"not verified: '{user}' may not run EVAL without keys ({exc}); to verify it, run "
                     f"`check --user {user}` with an administrator's REDIS_USERNAME and REDIS_PASSWORD",
                     skipped=True,
-                )  # fmt: skip
+                )
             return _permissions_before_dryrun(client, user, asked)  # no acl_check_cmd: before 7.0
     else:
         for call, args in zip(calls, sent, strict=True):
@@ -323,10 +339,11 @@ def _permissions(
                 answer = command(client, "ACL", "DRYRUN", user, *args)
             except redis.exceptions.NoPermissionError as exc:
                 return Check(
-                    "permissions", False,
+                    "permissions",
+                    False,
                     f"not verified: the signed-in user may not run ACL DRYRUN ({exc}); sign in as an "
                     f"administrator (REDIS_USERNAME, REDIS_PASSWORD) to verify '{user}'",
-                )  # fmt: skip
+                )
             except redis.exceptions.ResponseError as exc:
                 if "unknown" in str(exc).lower() and "dryrun" in str(exc).lower():  # before 7.0
                     return _permissions_before_dryrun(client, user, asked)
@@ -372,11 +389,12 @@ def _permissions_before_dryrun(client: Client, user: str, asked: bool) -> Check:
         rules: Any = client.acl_getuser(user) or {}
     except redis.exceptions.ResponseError as exc:  # the monitor's own rule does not grant ACL GETUSER
         return Check(
-            "permissions", False,
+            "permissions",
+            False,
             f"not verified: Redis < 7.0 tells a user's rights only to an administrator ({exc}); to verify "
             f"'{user}', run `check --user {user}` signed in as one",
             skipped=not asked,
-        )  # fmt: skip
+        )
     # Decided from the flags (redis-py reports `+@all` under categories, not commands): every command and
     # every key, and no `-` rule taking any back (`+@all -hset` still reports categories ['+@all']).
     flags = {text(flag) for flag in rules.get("flags", [])}

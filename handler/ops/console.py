@@ -39,9 +39,13 @@ def _seconds(ms: int | None) -> str:
 
 def status_table(status: GroupStatus) -> None:
     out.print(
-        _line((visible(status.stream), "bold"), " / ", (visible(status.group), "bold"),
-              f": {status.pending:,} pending")
-    )  # fmt: skip
+        _line(
+            (visible(status.stream), "bold"),
+            " / ",
+            (visible(status.group), "bold"),
+            f": {status.pending:,} pending",
+        )
+    )
     table = Table(
         Column("consumer", overflow="fold"), "pending", "oldest idle*", "most deliveries*", "last seen"
     )
@@ -82,11 +86,19 @@ def dead_letter_rows(entries: list[DeadLetterEntry]) -> list[tuple[str, ...]]:
             k.decode(errors="replace").removeprefix("dlq:"): v.decode(errors="replace")
             for k, v in entry.metadata.items()
         }
-        rows.append(tuple(visible(cell) for cell in (
-            entry.entry_id.decode(), meta.get("original-id", "?"), meta.get("reason", "?"),
-            meta.get("deliveries", "?"), _when(meta.get("time-ms", "0")),
-            " ".join(meta.get("detail", "").split()),
-        )))  # fmt: skip
+        rows.append(
+            tuple(
+                visible(cell)
+                for cell in (
+                    entry.entry_id.decode(),
+                    meta.get("original-id", "?"),
+                    meta.get("reason", "?"),
+                    meta.get("deliveries", "?"),
+                    _when(meta.get("time-ms", "0")),
+                    " ".join(meta.get("detail", "").split()),
+                )
+            )
+        )
     return rows
 
 
@@ -115,9 +127,10 @@ def dead_letter_table(entries: list[DeadLetterEntry], terminal: bool) -> None:
 def dead_letter_detail(entry: DeadLetterEntry) -> None:
     # Folded, never cut: `show` is where every field is read whole.
     table = Table(
-        Column("field", overflow="fold"), Column("value", overflow="fold"),
+        Column("field", overflow="fold"),
+        Column("value", overflow="fold"),
         title=Text(f"dead letter {visible(entry.entry_id)}"),
-    )  # fmt: skip
+    )
     for name, value in entry.metadata.items():
         table.add_row(Text(visible(name)), Text(visible(value)))
     for name, value in zip(entry.original[::2], entry.original[1::2], strict=True):

@@ -316,8 +316,11 @@ def prove_replay_rights(client: Client, keys: StreamKeys) -> None:
 def _prove_transactions(node: redis.Redis, key: str) -> None:
     connection = node.connection_pool.get_connection()
     steps: list[tuple[tuple[str, ...], str | None]] = [
-        (("WATCH", key), key), (("UNWATCH",), None), (("MULTI",), None), (("EXEC",), None),
-    ]  # fmt: skip
+        (("WATCH", key), key),
+        (("UNWATCH",), None),
+        (("MULTI",), None),
+        (("EXEC",), None),
+    ]
     try:
         for words, step_key in steps:
             with needs(words[0], key=step_key):
@@ -351,9 +354,16 @@ def replay(
         pacer.handed_out(len(batch))
         with needs("EVAL", key=keys.dead_letter):
             reply = command(
-                client, "EVAL", REPLAY_LUA, 2, keys.dead_letter, keys.stream, METADATA_FIELD_COUNT,
-                keys.group, *batch,
-            )  # fmt: skip
+                client,
+                "EVAL",
+                REPLAY_LUA,
+                2,
+                keys.dead_letter,
+                keys.stream,
+                METADATA_FIELD_COUNT,
+                keys.group,
+                *batch,
+            )
         moved += int(reply[0])
         if len(reply) > len(REPLAYED):
             _raise_refused(keys, moved, reply[len(REPLAYED) :])
@@ -416,8 +426,16 @@ def _replay_continued(node: redis.Redis, keys: StreamKeys, entry_id: bytes, move
                 return 0  # replayed or purged meanwhile
             pipe.multi()
             command(pipe, "XADD", keys.stream, "*", *letter.original)
-            command(pipe, "EVAL", DELETE_IF_REPLAYED_LUA, 2, keys.stream, keys.dead_letter, letter.entry_id,
-                    *letter.part_ids)  # fmt: skip
+            command(
+                pipe,
+                "EVAL",
+                DELETE_IF_REPLAYED_LUA,
+                2,
+                keys.stream,
+                keys.dead_letter,
+                letter.entry_id,
+                *letter.part_ids,
+            )
             try:
                 added, deleted = pipe.execute(raise_on_error=False)
             except redis.exceptions.WatchError:
@@ -506,9 +524,14 @@ def purge(client: Client, keys: StreamKeys, ids: Sequence[bytes | str]) -> int:
                 heads.append(head.entry_id)
                 if head.metadata.get(b"dlq:version") == CONTINUED:
                     following = command(
-                        client, "XRANGE", keys.dead_letter, next_id(head.entry_id), "+", "COUNT",
+                        client,
+                        "XRANGE",
+                        keys.dead_letter,
+                        next_id(head.entry_id),
+                        "+",
+                        "COUNT",
                         int(head.metadata[PARTS]),
-                    )  # fmt: skip
+                    )
                     parts += [
                         part_id
                         for part_id, fields in following

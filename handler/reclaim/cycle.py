@@ -146,9 +146,11 @@ class ReclaimCycle:
         if holder is not None:
             log.info("another monitor is sweeping the group; lease held by %s", holder)
             return CycleSummary(
-                pending=pending, duration_ms=_ms_since(started), stopped_by=StopReason.SKIPPED,
+                pending=pending,
+                duration_ms=_ms_since(started),
+                stopped_by=StopReason.SKIPPED,
                 skipped=f"lease held by {holder}",
-            )  # fmt: skip
+            )
         try:
             cursor = with_retries(partial(read_cursor, client, keys.cursor))
             topology = self._connection.topology()
@@ -192,12 +194,18 @@ class ReclaimCycle:
         counts, alerts, pages = sweep.done_before_failing()
         log.warning(
             "the slot of %s moved during its cycle (%s): the slot map is read again and the rest of its "
-            "pending list waits for its next turn", display_name(self._keys.stream), exc,
-        )  # fmt: skip
+            "pending list waits for its next turn",
+            display_name(self._keys.stream),
+            exc,
+        )
         return CycleSummary(
-            pending=pending, counts=counts, alerts=alerts, duration_ms=_ms_since(started), pages=pages,
+            pending=pending,
+            counts=counts,
+            alerts=alerts,
+            duration_ms=_ms_since(started),
+            pages=pages,
             stopped_by=StopReason.SLOT_MOVED,
-        )  # fmt: skip
+        )
 
     def _report(self, client: Client, alerts: Incidents) -> None:
         """Say what an operator must hear about: trimmed dead letters, and the last refused attempt, which
@@ -205,9 +213,10 @@ class ReclaimCycle:
         if alerts.dead_letters_trimmed:
             log.warning(
                 "DEAD_LETTER_MAXLEN=%d: trimmed %s dead letters from %s; they are gone",
-                self._settings.DEAD_LETTER_MAXLEN, f"{alerts.dead_letters_trimmed:,}",
+                self._settings.DEAD_LETTER_MAXLEN,
+                f"{alerts.dead_letters_trimmed:,}",
                 display_name(self._keys.dead_letter),
-            )  # fmt: skip
+            )
         if not alerts.refused:
             return
         refused = ", ".join(f"{count} {step} {reason}" for (step, reason), count in alerts.refused.items())

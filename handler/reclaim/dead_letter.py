@@ -127,9 +127,15 @@ return {1, trimmed}
 
 
 def move_arguments(
-    group: str, consumer: str, entry_id: bytes, reason: str, deliveries: int, time_ms: int, detail: str,
+    group: str,
+    consumer: str,
+    entry_id: bytes,
+    reason: str,
+    deliveries: int,
+    time_ms: int,
+    detail: str,
     maxlen: int,
-) -> tuple[object, ...]:  # fmt: skip
+) -> tuple[object, ...]:
     """ARGV of MOVE_TO_DEAD_LETTER_LUA, in its order."""
     return (group, consumer, entry_id, reason, deliveries, time_ms, detail, maxlen, VALUES_PER_CALL)
 
@@ -218,9 +224,17 @@ def _reserve_ms(redis_time_ms: int) -> int:
 
 
 def relay_move(
-    pool: ConnectionPool, stream: str, dead_letter: str, group: str, consumer: str, entry_id: bytes,
-    reason: str, deliveries: int, detail: str, maxlen: int,
-) -> tuple[MoveOutcome, int]:  # fmt: skip
+    pool: ConnectionPool,
+    stream: str,
+    dead_letter: str,
+    group: str,
+    consumer: str,
+    entry_id: bytes,
+    reason: str,
+    deliveries: int,
+    detail: str,
+    maxlen: int,
+) -> tuple[MoveOutcome, int]:
     """Move one entry to the dead-letter stream without reading it whole and without a long script.
 
     A Lua move copies the entry inside one call, blocking every client of Redis for as long as that takes
@@ -241,10 +255,29 @@ def relay_move(
         reply = RawReply(source.socket())
         if reply.header(b"*") == 0:  # deleted from the stream: the ordinary move acknowledges it
             (result,) = target.call(
-                [pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, stream, dead_letter,
-                       *move_arguments(group, consumer, entry_id, reason, deliveries, int(time.time() * 1000),
-                                       detail, maxlen)))], 1,
-            )  # fmt: skip
+                [
+                    pack(
+                        (
+                            b"EVAL",
+                            MOVE_TO_DEAD_LETTER_LUA,
+                            2,
+                            stream,
+                            dead_letter,
+                            *move_arguments(
+                                group,
+                                consumer,
+                                entry_id,
+                                reason,
+                                deliveries,
+                                int(time.time() * 1000),
+                                detail,
+                                maxlen,
+                            ),
+                        )
+                    )
+                ],
+                1,
+            )
             if isinstance(result, Exception):
                 raise result
             return parse_move_reply(result)
@@ -261,10 +294,25 @@ def relay_move(
         head_id = b"%d-%d" % (ms, seq)
         part_ids = [b"%d-%d" % (ms, seq + n) for n in range(1, parts + 1)]
         metadata = (
-            b"dlq:version", INLINE if inline else CONTINUED, b"dlq:original-id", entry_id,
-            b"dlq:stream", stream, b"dlq:group", group, b"dlq:reason", reason, b"dlq:deliveries", deliveries,
-            b"dlq:consumer", consumer, b"dlq:time-ms", int(time.time() * 1000), b"dlq:detail", detail,
-        )  # fmt: skip
+            b"dlq:version",
+            INLINE if inline else CONTINUED,
+            b"dlq:original-id",
+            entry_id,
+            b"dlq:stream",
+            stream,
+            b"dlq:group",
+            group,
+            b"dlq:reason",
+            reason,
+            b"dlq:deliveries",
+            deliveries,
+            b"dlq:consumer",
+            consumer,
+            b"dlq:time-ms",
+            int(time.time() * 1000),
+            b"dlq:detail",
+            detail,
+        )
         out = _Outbox(target)
         out.add(pack((b"MULTI",)) + pack((b"XLEN", dead_letter)))  # the length before, to count a trim
         # The max length trims with the head, as the scripted move's XADD does.
@@ -281,8 +329,23 @@ def relay_move(
             # The command's own header counts the part's values too: they follow it, relayed as RESP.
             out.add(_with_more_arguments(pack((b"XADD", dead_letter, part_id, PART_OF, head_id)), count))
             values.relay(count, out.add)
-        out.add(pack((b"EVAL", COMMIT_RELAYED_MOVE_LUA, 2, stream, dead_letter, group, consumer, entry_id,
-                      head_id, maxlen, *part_ids)))  # fmt: skip
+        out.add(
+            pack(
+                (
+                    b"EVAL",
+                    COMMIT_RELAYED_MOVE_LUA,
+                    2,
+                    stream,
+                    dead_letter,
+                    group,
+                    consumer,
+                    entry_id,
+                    head_id,
+                    maxlen,
+                    *part_ids,
+                )
+            )
+        )
         out.add(pack((b"EXEC",)))
         out.send(5 + parts)  # MULTI's OK, QUEUED for XLEN, the head, each part and the script, EXEC's reply
         *queued, executed = target.read(5 + parts)

@@ -113,8 +113,10 @@ class Lease:
             log.warning(
                 "the sweep lease %s (%s) had no time to live, so no monitor could ever take it: it now "
                 "expires in %g s (LEASE_TTL_SEC) and is then taken over",
-                text(self._key), text(current), self._ttl_ms / 1000,
-            )  # fmt: skip
+                text(self._key),
+                text(current),
+                self._ttl_ms / 1000,
+            )
         return "unknown (just expired)" if pttl == GONE or current is None else text(current)
 
     def save_cursor(self, cursor_key: str | bytes, value: bytes, ttl_ms: int) -> bool:

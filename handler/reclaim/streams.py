@@ -282,8 +282,9 @@ class StreamsCycle:
                 if stop is not None:
                     break  # a stream left in the round claims nothing: not even its first page
                 time_left = max(deadline - time.monotonic(), 0.0)
-                summary = self._run_one(name, should_stop, Limits(min(slice_sec, time_left), messages_left,
-                                        pacer), failures)  # fmt: skip
+                summary = self._run_one(
+                    name, should_stop, Limits(min(slice_sec, time_left), messages_left, pacer), failures
+                )
                 earlier = summaries.get(name)
                 summaries[name] = earlier.merged_with(summary) if earlier else summary
                 handled = summary.counts.handled
@@ -307,8 +308,11 @@ class StreamsCycle:
         if not_reached:
             log.info(
                 "%d of %d streams not reached (%s); the next invocation starts at %s",
-                len(not_reached), len(order), stop or StopReason.BUDGET, display_name(not_reached[0]),
-            )  # fmt: skip
+                len(not_reached),
+                len(order),
+                stop or StopReason.BUDGET,
+                display_name(not_reached[0]),
+            )
         if failures:
             raise StreamOrGroupMissingError("; ".join(failures))
         # Streams of other pipelines (without the group) are one line here, not a row each in the answer.

@@ -80,9 +80,15 @@ class SweepPlan:
 
     def pages_on(self, topology: Topology) -> PageSettings:
         return PageSettings(
-            self.keys, topology, self.min_idle_ms, self.max_deliveries, self.dead_letter_maxlen,
-            self.wait_for_replica_ms, self.entry_max_bytes, self.page_max_bytes,
-        )  # fmt: skip
+            self.keys,
+            topology,
+            self.min_idle_ms,
+            self.max_deliveries,
+            self.dead_letter_maxlen,
+            self.wait_for_replica_ms,
+            self.entry_max_bytes,
+            self.page_max_bytes,
+        )
 
 
 @dataclass(frozen=True)

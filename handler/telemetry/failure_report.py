@@ -42,6 +42,9 @@ class FailureReport:
         log.warning(
             "telemetry: could not send %s to %s: %s (the monitor carries on; this warning repeats at most "
             "every %d minutes)",
-            what, destination, self._secrets.redact(reason), round(self._throttle.every / 60),
-        )  # fmt: skip
+            what,
+            destination,
+            self._secrets.redact(reason),
+            round(self._throttle.every / 60),
+        )
         return True
