@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +21,7 @@ import redis
 from prometheus_client import generate_latest
 
 from handler.dev.host import APP_ROOT
-from handler.dev.local_redis import LocalRedis, environment_for
+from handler.dev.local_redis import LocalRedis
 from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet
 from handler.monitor import CycleFailed, Monitor
@@ -30,6 +29,7 @@ from handler.ops import rights
 from handler.ops.check import run_checks
 from handler.reclaim.summary import CycleSummary
 from handler.settings import MonitorSettings
+from tests.cli import cli
 from tests.pipeline import abandon, age, command, crash_after_reading, create_group, set_deliveries
 
 DOC = APP_ROOT / "docs" / "security.md"
@@ -222,17 +222,7 @@ def test_check_signed_in_as_the_monitor_on_redis_6_skips_only_what_it_cannot_rea
 
 
 def operator_cli(started: LocalRedis, user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = environment_for(
-        started, **PIPELINE_NAMES, MIN_IDLE_TIME_SEC="10", REDIS_USERNAME=user, REDIS_PASSWORD=PASSWORD
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "handler", *args],
-        env=env,
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(started, *args, REDIS_USERNAME=user, REDIS_PASSWORD=PASSWORD)
 
 
 def dead_letters_and_pending(started: LocalRedis, admin: redis.Redis) -> list[bytes]:

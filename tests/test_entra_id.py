@@ -51,6 +51,7 @@ from handler.transport.entra_id import (
     TokenUnavailableError,
     retry_delay,
 )
+from tests.conftest import settings_for
 from tests.pipeline import abandon, create_group, tweet
 from tests.reliability import SECURITY_CHECKS
 
@@ -265,24 +266,13 @@ def test_entra_id_settings_are_checked() -> None:
         MonitorSettings(**base, REDIS_AUTH="service-principal", AZURE_CLIENT_ID=CLIENT_ID)
 
 
-def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
-    values: dict[str, Any] = {
-        "REDIS_HOST": server.address,
-        "REDIS_TLS": False,
-        "MIN_IDLE_TIME_SEC": 10,
-        **PIPELINE_NAMES,
-        **overrides,
-    }
-    return MonitorSettings(**values)
-
-
 def test_refused_entra_id_sign_ins_leave_no_renewal_thread_behind(
     redis_8: LocalRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     endpoint = IdentityEndpoint([])  # issues tokens that no Redis user accepts: every sign-in is refused
     monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.start())
     monkeypatch.setenv("IDENTITY_HEADER", HEADER_SECRET)
-    settings = pipeline_settings(redis_8, REDIS_AUTH="managed-identity", AZURE_CLIENT_ID=CLIENT_ID)
+    settings = settings_for(redis_8, PIPELINE_NAMES, REDIS_AUTH="managed-identity", AZURE_CLIENT_ID=CLIENT_ID)
     connection = RedisConnection(settings)
     cycle = StreamsCycle(connection, settings)
     try:

@@ -23,10 +23,10 @@ from handler.dev.redis_binaries import BINARIES
 from handler.dev.samples import GROUP, MONITOR, PIPELINE_NAMES, STREAM
 from handler.errors import RedisUnavailableError
 from handler.reclaim.streams import StreamsCycle
-from handler.settings import MonitorSettings
 from handler.transport.connect import RedisConnection
 from tests import pipeline
 from tests.backlogs import DEAD_LETTER, FAST, Backlog, abandon_backlog, drain, pending_count
+from tests.conftest import settings_for
 from tests.pipeline import (
     abandon,
     command,
@@ -360,17 +360,6 @@ def test_several_monitors_at_once_with_one_frozen_mid_page(redis_8: LocalRedis, 
     check(fresh, everything, monitors, 1)
 
 
-def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
-    values: dict[str, Any] = {
-        "REDIS_HOST": server.address,
-        "REDIS_TLS": False,
-        "MIN_IDLE_TIME_SEC": 10,
-        **PIPELINE_NAMES,
-        **overrides,
-    }
-    return MonitorSettings(**values)
-
-
 @pytest.fixture
 def replica_of_8(redis_8: LocalRedis) -> Iterator[LocalRedis]:
     replica = LocalRedis(BINARIES["8.2"](), extra_args=["--replicaof", "127.0.0.1", str(redis_8.port)])
@@ -418,7 +407,7 @@ def test_a_busy_server_answers_503(redis_8: LocalRedis, client8: redis.Redis) ->
     blocker.start()
     time.sleep(0.3)
     try:
-        settings = pipeline_settings(redis_8)
+        settings = settings_for(redis_8, PIPELINE_NAMES)
         with pytest.raises(RedisUnavailableError, match="BUSY"):
             StreamsCycle(RedisConnection(settings), settings).run()
     finally:
@@ -439,7 +428,7 @@ def test_masterdown_on_a_replica_answers_503() -> None:
         with replica.client() as stale:
             stale.config_set("replica-serve-stale-data", "no")
         master.cleanup()
-        settings = pipeline_settings(replica)
+        settings = settings_for(replica, PIPELINE_NAMES)
         with pytest.raises(RedisUnavailableError, match="MASTERDOWN"):
             StreamsCycle(RedisConnection(settings), settings).run()
     finally:

@@ -5,36 +5,20 @@ A manual `reclaim` records nothing. Real servers, the handler under the host har
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import redis
 
-from handler.dev.host import APP_ROOT, FunctionsHost, completed
-from handler.dev.local_redis import LocalRedis, environment_for, free_port
+from handler.dev.host import FunctionsHost, completed
+from handler.dev.local_redis import LocalRedis, free_port
 from handler.keys import hash_tag_of
 from handler.reclaim.streams import StreamsCycle
 from handler.transport.connect import RedisConnection
 from tests.acl import ACL_RULE
+from tests.cli import cli, env_for
 from tests.conftest import settings_for
 from tests.pipeline import abandon, command, create_group, tweet
 
 MICROS = 1_000_000
-
-
-def env_for(server: LocalRedis, names: dict[str, str], **settings: str) -> dict[str, str]:
-    return environment_for(server, **{**names, "MIN_IDLE_TIME_SEC": "10", **settings})
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "handler", *args],
-        env=env,
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def heartbeat_key(names: dict[str, str], stream: str | None = None) -> str:

@@ -3,15 +3,13 @@ that could not finish, and pages refused said as `budget`), and a stop request (
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
 from handler.dev.local_redis import LocalRedis
 from handler.dev.samples import GROUP, MONITOR, PIPELINE_NAMES, STREAM
 from handler.reclaim.streams import StreamsCycle
-from handler.settings import MonitorSettings
 from handler.transport.connect import RedisConnection, connect
+from tests.conftest import settings_for
 from tests.pipeline import (
     abandon,
     create_group,
@@ -20,17 +18,6 @@ from tests.pipeline import (
 )
 from tests.test_streams import SHARDS, shard_backlog
 from tests.test_streams import settings_for as streams_settings
-
-
-def pipeline_settings(server: LocalRedis, **overrides: Any) -> MonitorSettings:
-    values: dict[str, Any] = {
-        "REDIS_HOST": server.address,
-        "REDIS_TLS": False,
-        "MIN_IDLE_TIME_SEC": 10,
-        **PIPELINE_NAMES,
-        **overrides,
-    }
-    return MonitorSettings(**values)
 
 
 def test_the_cap_shared_by_several_streams_stops_with_cap(redis_8: LocalRedis, client8: redis.Redis) -> None:
@@ -76,7 +63,7 @@ def test_pages_refused_by_the_budget_say_budget_and_none_is_claimed_before_a_pag
     one), the others wait for its time, are refused, and the cycle says `budget`, not `end`."""
     create_group(client8, STREAM, GROUP)
     abandon(client8, STREAM, GROUP, [tweet(n, text="x" * 8000) for n in range(4000)])
-    settings = pipeline_settings(redis_8, CYCLE_TIME_BUDGET_SEC=0.01, RECLAIM_PAGE_SIZE=1000)
+    settings = settings_for(redis_8, PIPELINE_NAMES, CYCLE_TIME_BUDGET_SEC=0.01, RECLAIM_PAGE_SIZE=1000)
     summary = StreamsCycle(RedisConnection(settings), settings).run()
     assert ("budget", 1000) == (summary.stopped_by, summary.counts.claimed)
     again = StreamsCycle(RedisConnection(settings), settings).run()

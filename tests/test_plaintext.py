@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from handler.dev.samples import PIPELINE_NAMES
 from handler.dev.tls import Certificates, tls_server
 from handler.errors import SettingsError
 from handler.settings import MonitorSettings, load_settings
+from tests.cli import cli
 from tests.pipeline import create_group
 from tests.test_security import ACCESS_KEY, Listener
 
@@ -48,17 +47,6 @@ def everywhere() -> Iterator[LocalRedis]:
     server.cleanup()
 
 
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "handler", *args],
-        env=env,
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_plaintext_beyond_loopback_needs_an_explicit_yes_and_check_warns(everywhere: LocalRedis) -> None:
     """REDIS_TLS=false sent the password in cleartext to any host, and `check` said PASS."""
     client = everywhere.client()
@@ -66,16 +54,16 @@ def test_plaintext_beyond_loopback_needs_an_explicit_yes_and_check_warns(everywh
     beyond = f"{own_address()}:{everywhere.port}"
     env = environment_for(everywhere, **NAMES, REDIS_HOST=beyond, REDIS_TLS="false")
     for args in (["reclaim"], ["check"], ["status"]):
-        done = run(env, *args)
+        done = cli(env, *args)
         assert 2 == done.returncode, done.stdout + done.stderr
         assert "REDIS_ALLOW_PLAINTEXT" in done.stderr and "REDIS_TLS" in done.stderr, done.stderr
     env["REDIS_ALLOW_PLAINTEXT"] = "true"
-    assert 0 == run(env, "reclaim").returncode
-    checked = run(env, "check")
+    assert 0 == cli(env, "reclaim").returncode
+    checked = cli(env, "check")
     line = next(x for x in checked.stdout.splitlines() if "connectivity" in x)
     assert line.startswith("WARN") and "cleartext" in line, checked.stdout
     assert 0 == checked.returncode, checked.stdout  # a warning, not a failure: it was asked for
-    on_loopback = run(environment_for(everywhere, **NAMES), "check")
+    on_loopback = cli(environment_for(everywhere, **NAMES), "check")
     line = next(x for x in on_loopback.stdout.splitlines() if "connectivity" in x)
     assert line.startswith("PASS"), on_loopback.stdout
     client.close()
@@ -102,7 +90,7 @@ def test_plaintext_to_a_tls_port_is_refused_whatever_is_set(host: str) -> None:
             "REDIS_ALLOW_PLAINTEXT": "true",
             "REDIS_TIMEOUT_SEC": "1",
         }
-        done = run(env, "reclaim")
+        done = cli(env, "reclaim")
     finally:
         listener.close()
     assert ACCESS_KEY.encode() not in listener.received
@@ -155,7 +143,7 @@ def test_a_reset_right_after_connecting_suggests_tls(
         for cluster in ("detect", "off"):
             env = environment_for(server, **NAMES, REDIS_CLUSTER=cluster, REDIS_TIMEOUT_SEC="2")
             for args in (["reclaim"], ["check"], ["status"]):
-                done = run(env, *args)
+                done = cli(env, *args)
                 assert 1 == done.returncode, done.stdout + done.stderr
                 assert "REDIS_TLS=true" in done.stdout + done.stderr, (
                     cluster,
@@ -206,11 +194,11 @@ def test_a_cluster_announcing_nodes_beyond_loopback_needs_the_explicit_yes(
         "REDIS_CLUSTER": "on",
     }
     for args in (["reclaim"], ["status"]):
-        done = run(env, *args)
+        done = cli(env, *args)
         assert 2 == done.returncode, done.stdout + done.stderr
         assert "REDIS_ALLOW_PLAINTEXT" in done.stderr and own_address() in done.stderr, done.stderr
     env["REDIS_ALLOW_PLAINTEXT"] = "true"
-    assert 0 == run(env, "reclaim").returncode
-    checked = run(env, "check")
+    assert 0 == cli(env, "reclaim").returncode
+    checked = cli(env, "check")
     line = next(x for x in checked.stdout.splitlines() if "connectivity" in x)
     assert line.startswith("WARN") and own_address() in line, checked.stdout

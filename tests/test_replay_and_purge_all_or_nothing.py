@@ -6,14 +6,12 @@ a real `python -m handler` process signed in as an ACL user."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 import redis
 
-from handler.dev.host import APP_ROOT
-from handler.dev.local_redis import environment_for
+from tests.cli import cli
 from tests.pipeline import command
 from tests.world import World
 
@@ -21,17 +19,7 @@ PASSWORD = "pw-replay"
 
 
 def run_as(world: World, user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = environment_for(
-        world.server, **world.names, MIN_IDLE_TIME_SEC="10", REDIS_USERNAME=user, REDIS_PASSWORD=PASSWORD
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "handler", *args],
-        env=env,
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(world, *args, REDIS_USERNAME=user, REDIS_PASSWORD=PASSWORD)
 
 
 def add_user(client: redis.Redis, name: str, *rule: str) -> str:

@@ -334,7 +334,8 @@ def _read_or_skip(
         total.alerts.refuse("write", "LOST", clip(str(exc)))
         log.warning(
             "entry %s makes Redis drop the connection when read (%s): left pending, its delivery counted",
-            clip(pending[0]), clip(str(exc)),
+            clip(pending[0]),
+            clip(str(exc)),
         )
         return [], [], 1, None, _READ_AT_ONCE
 
@@ -444,7 +445,8 @@ def _finish_or_narrow(
         total.alerts.refuse("write" if kind == "w" else "dead-letter", "LOST", clip(str(error)))
         log.warning(
             "entry %s makes Redis drop the connection (%s): left pending, its delivery counted",
-            clip(entry_id), clip(str(error)),
+            clip(entry_id),
+            clip(str(error)),
         )
     return total
 
@@ -629,7 +631,10 @@ def _log_refusals(refusals: dict[tuple[str, str], list[str]]) -> None:
     for (name, code), messages in refusals.items():
         log.warning(
             "%s refused %d of this page's writes (%s), left pending for a later cycle; the first: %s",
-            name, len(messages), code, messages[0],
+            name,
+            len(messages),
+            code,
+            messages[0],
         )
 
 
@@ -644,7 +649,10 @@ def _reached_a_replica(node: Node, reply: object, wait_ms: int) -> bool:
         return True
     log.warning(
         "node %s has not copied this page's writes to a replica within %d ms (WAIT answered %r): they "
-        "stay pending for a later cycle", node.name, wait_ms, reply,
+        "stay pending for a later cycle",
+        node.name,
+        wait_ms,
+        reply,
     )
     return False
 
@@ -660,8 +668,14 @@ def _acknowledge_and_dead_letter(
     scripted = [(entry_id, letter) for entry_id, letter in outcome.dead if not letter.relayed]
     for entry_id, letter in scripted:
         arguments = move_arguments(
-            keys.group, keys.consumer, entry_id, letter.reason.value, deliveries[entry_id], now_ms,
-            letter.detail, config.dead_letter_maxlen,
+            keys.group,
+            keys.consumer,
+            entry_id,
+            letter.reason.value,
+            deliveries[entry_id],
+            now_ms,
+            letter.detail,
+            config.dead_letter_maxlen,
         )
         commands.append(
             pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))
@@ -679,8 +693,16 @@ def _acknowledge_and_dead_letter(
             relayed: object
             try:
                 relayed = relay_move(
-                    wire.pool, keys.stream, keys.dead_letter, keys.group, keys.consumer, entry_id,
-                    letter.reason.value, deliveries[entry_id], letter.detail, config.dead_letter_maxlen,
+                    wire.pool,
+                    keys.stream,
+                    keys.dead_letter,
+                    keys.group,
+                    keys.consumer,
+                    entry_id,
+                    letter.reason.value,
+                    deliveries[entry_id],
+                    letter.detail,
+                    config.dead_letter_maxlen,
                 )
             except redis.exceptions.ResponseError as exc:
                 relayed = exc
@@ -694,12 +716,21 @@ def _scripted_move(
 ) -> object:
     """The move in one script, when the user may not relay it: right, but it holds Redis for as long as the
     entry takes to copy (docs/security.md lists the rights the relay needs)."""
-    log.warning("relaying a dead letter was refused (%s): moving %s with one script", clip(str(refused)),
-                clip(entry_id))
+    log.warning(
+        "relaying a dead letter was refused (%s): moving %s with one script",
+        clip(str(refused)),
+        clip(entry_id),
+    )
     keys = config.keys
     arguments = move_arguments(
-        keys.group, keys.consumer, entry_id, letter.reason.value, deliveries, int(time.time() * 1000),
-        letter.detail, config.dead_letter_maxlen,
+        keys.group,
+        keys.consumer,
+        entry_id,
+        letter.reason.value,
+        deliveries,
+        int(time.time() * 1000),
+        letter.detail,
+        config.dead_letter_maxlen,
     )
     (reply,) = wire.call(
         [pack((b"EVAL", MOVE_TO_DEAD_LETTER_LUA, 2, keys.stream, keys.dead_letter, *arguments))], 1
