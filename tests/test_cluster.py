@@ -28,6 +28,7 @@ from handler.transport.connect import RedisConnection, connect
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
+from tests.cli import cli
 from tests.pipeline import create_group, expected_hash, tweet
 from tests.reliability import SECURITY_CHECKS, audit, record
 
@@ -299,14 +300,7 @@ def test_the_documented_acl_rule_is_enough_on_a_cluster(
     env = cluster_env(redis_cluster, redis_cluster.masters[0], REDIS_USERNAME="monitor", REDIS_PASSWORD="pw")
     try:
         done = reclaim(env)
-        check = subprocess.run(
-            [sys.executable, "-m", "handler", "check"],
-            env=env,
-            cwd=APP_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        check = cli(env, "check", timeout=60)
     finally:
         for node in redis_cluster.nodes:
             with redis_cluster.node_client(node) as admin:

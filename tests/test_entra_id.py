@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ import redis
 from pydantic import SecretStr
 from redis.auth.token import SimpleToken
 
-from handler.dev.host import APP_ROOT, Answer, FunctionsHost, completed, failed
+from handler.dev.host import Answer, FunctionsHost, completed, failed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, environment_for, free_port
 from handler.dev.samples import PIPELINE_NAMES
@@ -51,6 +49,7 @@ from handler.transport.entra_id import (
     TokenUnavailableError,
     retry_delay,
 )
+from tests.cli import cli
 from tests.conftest import settings_for
 from tests.pipeline import abandon, create_group, tweet
 from tests.reliability import SECURITY_CHECKS
@@ -507,14 +506,7 @@ def test_redis_py_token_lines_stay_out_of_the_invocations_logs_and_the_exported_
             OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
             METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "handler", "run", "--once"],
-            env=env,
-            cwd=APP_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = cli(env, "run", "--once", timeout=60)
         assert 0 == done.returncode, done.stderr[-2000:]
         records = collector.log_records()
     assert any("reclaim cycle" in r.body.string_value for r in records)

@@ -4,14 +4,13 @@ writes are."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 from handler.dev.demo import SEARCH_QUERIES
-from handler.dev.host import APP_ROOT, FunctionsHost, completed
+from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, environment_for
 from handler.dev.samples import GROUP, PIPELINE_NAMES, STREAM, tweet_id
+from tests.cli import cli
 from tests.pipeline import (
     abandon_in_pipeline,
     command,
@@ -77,13 +76,6 @@ def test_search_finds_what_the_monitor_reclaimed(redis_search: LocalRedis) -> No
         written_by_processor = {control_of[key] for key in found[1:] if key in control_of}
         assert reclaimed, query  # every query finds reclaimed tweets...
         assert written_by_processor == reclaimed, query  # ...exactly as it finds the processor's
-    done = subprocess.run(
-        [sys.executable, "-m", "handler", "status", "--json"],
-        env=env,
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = cli(env, "status", "--json", timeout=60)
     assert 8 == json.loads(done.stdout)["search_documents"]
     client.close()

@@ -24,30 +24,16 @@ from handler.ops import dead_letter_tools
 from handler.reclaim.dead_letter import METADATA_FIELDS
 from handler.transport.client import Client
 from handler.transport.connect import connect
+from tests.cli import cli, env_for
 from tests.conftest import settings_for
 from tests.pipeline import command, create_group, tweet
 from tests.world import World
 
 
-def env_for(world: World, **settings: str) -> dict[str, str]:
-    return environment_for(world.server, **{**world.names, "MIN_IDLE_TIME_SEC": "10", **settings})
-
-
-def cli(world: World, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "handler", *args],
-        env=env_for(world, **settings),
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def on_a_terminal(world: World, *args: str, columns: int) -> str:
     """The command's stdout as a terminal `columns` wide shows it (a real pseudo-terminal)."""
     leader, follower = pty.openpty()
-    env = {**env_for(world), "COLUMNS": str(columns), "TERM": "xterm"}
+    env = {**env_for(world.server, world.names), "COLUMNS": str(columns), "TERM": "xterm"}
     process = subprocess.Popen(
         [sys.executable, "-m", "handler", *args],
         env=env,
@@ -191,7 +177,7 @@ def terminal_and_pipe(world: World, *args: str, **settings: str) -> list[str]:
     """The command's whole output (stdout and stderr) on an 80-column terminal, then piped; each run must
     succeed."""
     leader, follower = pty.openpty()
-    env = {**env_for(world, **settings), "COLUMNS": "80", "TERM": "xterm-256color"}
+    env = {**env_for(world.server, world.names, **settings), "COLUMNS": "80", "TERM": "xterm-256color"}
     process = subprocess.Popen(
         [sys.executable, "-m", "handler", *args],
         env=env,
@@ -213,7 +199,7 @@ def terminal_and_pipe(world: World, *args: str, **settings: str) -> list[str]:
     assert 0 == process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
     os.close(leader)
     terminal = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
-    piped = cli(world, *args, **settings)
+    piped = cli(env_for(world.server, world.names, **settings), *args)
     assert 0 == piped.returncode, piped.stdout + piped.stderr
     return [terminal, piped.stdout + piped.stderr]
 
@@ -283,14 +269,7 @@ def test_every_line_of_check_reads_on_a_terminal(redis_8: LocalRedis, names: dic
     sentence and leaves the rest to docs/azure-managed-redis.md)."""
     create_group(redis_8.client(), names["STREAM_NAME"], names["STREAM_CONSUMER_GROUP_NAME"])
     env = environment_for(redis_8, **names, MIN_IDLE_TIME_SEC="10")
-    done = subprocess.run(
-        [sys.executable, "-m", "handler", "check"],
-        env=env,
-        cwd=APP_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = cli(env, "check", timeout=60)
     replicas = [line for line in done.stdout.splitlines() if line.startswith("PASS  replicas:")]
     assert 1 == len(replicas), done.stdout
     assert len(replicas[0]) <= 200, replicas[0]

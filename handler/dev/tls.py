@@ -105,12 +105,11 @@ def make_certificates(folder: Path) -> Certificates:
     )
 
 
-def tls_server(binary: Binary, cert: Path, key: Path, ca: Path, protocols: str = BOTH_VERSIONS) -> LocalRedis:
-    """A started server that speaks only TLS, serving `cert`; the caller cleans it up."""
-    port = free_port()
-    args = [
+def _tls_only(port: str, cert: Path, key: Path, ca: Path) -> list[str]:
+    """A server's arguments to speak only TLS on `port`, serving `cert`, clients not asked for theirs."""
+    return [
         "--tls-port",
-        str(port),
+        port,
         "--port",
         "0",
         "--tls-cert-file",
@@ -121,9 +120,13 @@ def tls_server(binary: Binary, cert: Path, key: Path, ca: Path, protocols: str =
         str(ca),
         "--tls-auth-clients",
         "no",
-        "--tls-protocols",
-        protocols,
     ]
+
+
+def tls_server(binary: Binary, cert: Path, key: Path, ca: Path, protocols: str = BOTH_VERSIONS) -> LocalRedis:
+    """A started server that speaks only TLS, serving `cert`; the caller cleans it up."""
+    port = free_port()
+    args = [*_tls_only(str(port), cert, key, ca), "--tls-protocols", protocols]
     probe = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
     return LocalRedis(binary[0], port=port, extra_args=args, env=binary[1], probe_options=probe).start()
 
@@ -140,24 +143,7 @@ def local_tls_cluster(
     """Debian's Redis 7.0.15 as a cluster (not started) that speaks only TLS: to clients, on its bus and to
     replicas, every node serving `cert`. `client_options` are the set-up and probe clients' (default:
     verified against the CA and 127.0.0.1, the address each node is dialled at)."""
-    args = [
-        "--tls-port",
-        "{port}",
-        "--port",
-        "0",
-        "--tls-cluster",
-        "yes",
-        "--tls-replication",
-        "yes",
-        "--tls-cert-file",
-        str(cert),
-        "--tls-key-file",
-        str(key),
-        "--tls-ca-cert-file",
-        str(ca),
-        "--tls-auth-clients",
-        "no",
-    ]
+    args = [*_tls_only("{port}", cert, key, ca), "--tls-cluster", "yes", "--tls-replication", "yes"]
     options = client_options or {"ssl": True, "ssl_ca_certs": str(ca)}
     return LocalCluster(
         binary[0],
