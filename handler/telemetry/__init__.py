@@ -116,6 +116,11 @@ class _Starting(Telemetry):
                 return
         ready.observe(summary)
 
+    def flush(self, within: float) -> None:
+        ready = self._ready
+        if ready is not None:  # still starting: nothing counted is exported yet, nothing to flush
+            ready.flush(within)
+
     def stop(self, within: float = STOP_WITHIN_SEC) -> None:
         deadline = time.monotonic() + within
         self._thread.join(timeout=within)
@@ -138,20 +143,4 @@ def flush_after_invocation(telemetry: Telemetry, within: float = FLUSH_WITHIN_SE
     timeout, a restart, a deploy, a settings change, scale-in), which no flush survives; exported before each
     answer, what an invocation counted is sent before anything can kill the worker that counted it. Telemetry
     still starting, or off, has nothing to export."""
-    ready = telemetry._ready if isinstance(telemetry, _Starting) else telemetry
-    # The pipeline's MeterProvider (handler/telemetry/export.py); OFF has none.
-    meters = getattr(ready, "_meters", None)
-    if meters is None:
-        return
-    flush = threading.Thread(
-        target=_quietly_flush, args=(meters, within), name="telemetry-flush", daemon=True
-    )
-    flush.start()
-    flush.join(timeout=within)
-
-
-def _quietly_flush(meters: object, within: float) -> None:
-    try:
-        meters.force_flush(timeout_millis=within * 1000)  # type: ignore[attr-defined]
-    except Exception as exc:  # an export never fails an invocation; the readers report their own failures
-        log.debug("telemetry: flush failed: %s: %s", type(exc).__name__, exc)
+    telemetry.flush(within)

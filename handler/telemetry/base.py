@@ -44,6 +44,9 @@ class Telemetry:
     def observe(self, summary: CycleSummary) -> None:
         """A cycle's summary (the duration histogram; the counters are read from the registry)."""
 
+    def flush(self, within: float) -> None:
+        """Export the metrics now (a fresh reading of the registry), waiting `within` seconds at most."""
+
     def stop(self, within: float = STOP_WITHIN_SEC) -> None:
         """Flush what is left, for at most `within` seconds."""
 

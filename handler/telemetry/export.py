@@ -113,6 +113,15 @@ class Pipeline(Telemetry):
     def observe(self, summary: CycleSummary) -> None:
         self._duration.record(summary.duration_ms / 1000)  # as Metrics.observe does
 
+    def flush(self, within: float) -> None:
+        """The meter provider flushes on a thread of its own (a slow endpoint finishes, or fails, there);
+        the caller waits `within` at most."""
+        flush = threading.Thread(
+            target=_flush_quietly, args=(self._meters, within), name="telemetry-flush", daemon=True
+        )
+        flush.start()
+        flush.join(timeout=within)
+
     def stop(self, within: float = STOP_WITHIN_SEC) -> None:
         """Both providers flush at once, on threads of their own; the caller waits `within` at most."""
         with self._lock:
@@ -189,6 +198,14 @@ def _azure_statistics() -> list[Callable[[], object]]:
     except ImportError:  # another version of the exporter
         return []
     return [shutdown_statsbeat_metrics, shutdown_customer_sdkstats_metrics]
+
+
+def _flush_quietly(meters: MeterProvider, within: float) -> None:
+    """Outside the gate: the readers report their own export failures; a flush adds no warning of its own."""
+    try:
+        meters.force_flush(timeout_millis=within * 1000)
+    except Exception as exc:  # an export never fails an invocation
+        log.debug("telemetry: flush failed: %s: %s", type(exc).__name__, exc)
 
 
 def _quietly(job: Callable[[], object]) -> None:
