@@ -13,5 +13,9 @@ class RedisUnavailableError(MonitorError):
     """Redis could not be reached, timed out or refused authentication (HTTP 503)."""
 
 
+class SlotMovedError(RedisUnavailableError):
+    """The Redis Cluster moved the stream's slot, or is failing over: that stream's outcome, not the run's."""
+
+
 class StreamOrGroupMissingError(MonitorError):
     """The stream or its consumer group does not exist (HTTP 500)."""

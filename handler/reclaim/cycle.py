@@ -14,7 +14,7 @@ from functools import partial
 
 import redis
 
-from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
+from handler.errors import MonitorError, RedisUnavailableError, SlotMovedError, StreamOrGroupMissingError
 from handler.keys import StreamKeys, display_name, raw_name
 from handler.reclaim.consumers import prune_idle_consumers
 from handler.reclaim.cursor import CURSOR_TTL_MS, read_cursor
@@ -94,7 +94,7 @@ class ReclaimCycle:
                     f"REDIS_CLUSTER=off, but Redis answered MOVED {exc}: it is a Redis Cluster node; set "
                     "REDIS_CLUSTER=detect or on"
                 )
-            return RedisUnavailableError(
+            return SlotMovedError(
                 f"the Redis Cluster moved the stream's slot or is failing over ({exc}); the next cycle "
                 "reads the slot map again"
             )

@@ -21,7 +21,7 @@ from functools import partial
 import redis
 from redis.cluster import RedisCluster
 
-from handler.errors import MonitorError, RedisUnavailableError, StreamOrGroupMissingError
+from handler.errors import MonitorError, SlotMovedError, StreamOrGroupMissingError
 from handler.keys import StreamKeys, display_name, is_dead_letter_stream, key_name, raw_name
 from handler.reclaim import heartbeat
 from handler.reclaim.cycle import ReclaimCycle, no_stop_requested
@@ -35,8 +35,6 @@ from handler.transport.failures import (
     CLUSTER_UNREACHABLE,
     LOST_CONNECTION,
     REDIS_FAILURES,
-    FailureKind,
-    kind_of,
 )
 from handler.transport.retry import with_retries
 from handler.transport.topology import by_server
@@ -335,9 +333,7 @@ class StreamsCycle:
     ) -> CycleSummary:
         try:
             summary = self._cycle(name).run(should_stop, limits)
-        except RedisUnavailableError as exc:
-            if exc.__cause__ is None or kind_of(exc.__cause__) != FailureKind.CLUSTER_CHANGED:
-                raise
+        except SlotMovedError as exc:
             # The stream's slot moved outside its walk (the cycle read the map again): this stream's
             # outcome; it is tried again in the next round.
             return CycleSummary(pending=None, stopped_by=StopReason.SLOT_MOVED, skipped=str(exc))
