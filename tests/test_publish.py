@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -14,9 +15,12 @@ from deploy.build_artifact import EXECUTABLE, _write_function_app, publish_comma
 from handler.dev.core_tools import (
     CoreToolsError,
     GitIgnoreParser,
+    publish_zip,
     published_files,
+    unpack,
     worker_runtime,
 )
+from handler.dev.host import ERRORS_BEFORE_SHUTDOWN, FunctionsHost
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "docs" / "deploy.md"
@@ -74,3 +78,21 @@ def test_every_publish_command_in_the_docs_and_the_build_names_the_runtime() -> 
     assert commands
     assert [] == [command for command in commands if "--custom" not in command]
     assert "--custom" in publish_command(ROOT / "dist" / "functionapp")
+
+
+def test_the_repository_published_by_mistake_tells_the_host_what_to_publish(tmp_path: Path) -> None:
+    """A common habit: `func azure functionapp publish` in the checkout itself. Its zip has no .venv
+    (.funcignore), so the handler host.json starts there cannot run; what it writes on stderr, which the host
+    logs as errors and quotes at each exit, names the folder to publish instead, and the host gives up after
+    its third error rather than answering nothing forever."""
+    app_root = tmp_path / "wwwroot"
+    publish_zip(ROOT, tmp_path / "checkout.zip")
+    unpack(tmp_path / "checkout.zip", app_root)
+    assert not (app_root / ".venv").exists()
+    host = FunctionsHost({"PATH": os.environ["PATH"]}, app_root=app_root)
+    with pytest.raises(AssertionError, match="exited at start"):
+        host.start()
+    host.wait_until(lambda: not host.running, "the host to shut down after its third worker error")
+    assert ERRORS_BEFORE_SHUTDOWN == len(host.errors), host.errors
+    for error in host.errors:
+        assert "exited with code 1" in error and "publish dist/functionapp" in error, error

@@ -9,8 +9,10 @@ and lines it follows, read at:
   src/WebJobs.Extensions/Extensions/Timers/.
 
 What it plays:
-- start: the handler with host.json's arguments in the app root, FUNCTIONS_CUSTOMHANDLER_PORT and the app
-  settings in its environment (Workers/Http/HttpWorkerProcess.cs:48-65); `GET /` every 25 ms until any
+- start: host.json's defaultExecutablePath (a relative one is taken from the app root when that file
+  exists there, else left to the system's path: Workers/Http/HttpWorkerDescription.cs:45-57) with its
+  arguments, in the app root, FUNCTIONS_CUSTOMHANDLER_PORT and the app settings in its environment
+  (Workers/Http/HttpWorkerProcess.cs:48-65); `GET /` every 25 ms until any
   answer, for at most 30 s, else an error (Workers/Http/DefaultHttpWorkerService.cs:263-289,
   Workers/Http/HttpWorkerChannel.cs:51-83). The port is chosen once per host
   (Workers/Http/Configuration/HttpWorkerOptionsSetup.cs:112): a restarted worker gets the same one;
@@ -42,7 +44,6 @@ import contextlib
 import http.client
 import json
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -124,7 +125,8 @@ class FunctionsHost:
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="host-")))
     # The handler's stdout and stderr, in log_dir; one name for both keeps them in one file, as the host does.
     log_names: tuple[str, str] = ("stdout.log", "stderr.log")
-    launch: list[str] | None = None  # how to start the handler, when not as host.json in APP_ROOT says
+    app_root: Path = APP_ROOT  # the folder the host runs: host.json, monitor/function.json
+    launch: list[str] | None = None  # how to start the handler, when not as the app root's host.json says
     started_in: float = 0.0  # seconds from process start to the first answer to GET /
     initialization_timeout_sec: float = INITIALIZATION_TIMEOUT_SEC
     # host.json's functionTimeout, or the plan's default (handler/functions/host_files.py).
@@ -150,9 +152,11 @@ class FunctionsHost:
     def command(self) -> list[str]:
         if self.launch is not None:
             return self.launch
-        # host.json names the venv's python; the suite runs the handler with its own interpreter.
-        description = json.loads((APP_ROOT / "host.json").read_text())["customHandler"]["description"]
-        return [sys.executable, *description["arguments"]]
+        description = json.loads((self.app_root / "host.json").read_text())["customHandler"]["description"]
+        executable = description["defaultExecutablePath"]
+        if not Path(executable).is_absolute() and (self.app_root / executable).is_file():
+            executable = str(self.app_root / executable)
+        return [executable, *description["arguments"]]
 
     def start(self) -> FunctionsHost:
         """The host starts and its worker answers the readiness probe (AssertionError otherwise; the host
@@ -167,14 +171,19 @@ class FunctionsHost:
             **self.env,
             "FUNCTIONS_CUSTOMHANDLER_PORT": str(self.port),
             "FUNCTIONS_CUSTOMHANDLER_WORKER_ID": str(uuid.uuid4()),
-            "FUNCTIONS_APP_ROOT_PATH": str(APP_ROOT),
+            "FUNCTIONS_APP_ROOT_PATH": str(self.app_root),
         }
         stdout = (self.log_dir / self.log_names[0]).open("ab")
         stderr = (self.log_dir / self.log_names[1]).open("ab")
         with self._lock:
             self._stderr_offset = stderr.tell()
             process = subprocess.Popen(
-                self.command(), cwd=APP_ROOT, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+                self.command(),
+                cwd=self.app_root,
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
             )
             self.process = process
             self.workers_started += 1
