@@ -43,8 +43,9 @@ def shellcheck() -> str:
 
 
 def shell_scripts() -> list[Path]:
-    """Every shell script of the project: the scripts/ commands, their shared _venv.sh, and CI's entry."""
-    candidates = [*sorted((ROOT / "scripts").iterdir()), ROOT / ".ci" / "run"]
+    """Every shell script of the project: the scripts/ commands, their shared _venv.sh, CI's entry, and what
+    the checkout's host.json runs."""
+    candidates = [*sorted((ROOT / "scripts").iterdir()), ROOT / ".ci" / "run", ROOT / "run-from-checkout.sh"]
     return [path for path in candidates if path.is_file() and is_shell(path)]
 
 
@@ -76,7 +77,13 @@ def test_the_launcher_keeps_the_findings_it_excludes(tmp_path: Path) -> None:
 
 def test_the_shell_scripts_are_found() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in shell_scripts()}
-    assert {"scripts/test", "scripts/_venv.sh", "scripts/build-artifact", ".ci/run"} <= names
+    assert {
+        "scripts/test",
+        "scripts/_venv.sh",
+        "scripts/build-artifact",
+        ".ci/run",
+        "run-from-checkout.sh",
+    } <= names
 
 
 @pytest.mark.parametrize("script", shell_scripts(), ids=lambda path: path.relative_to(ROOT).as_posix())
