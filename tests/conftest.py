@@ -18,7 +18,7 @@ from handler.dev.samples import GROUP, STREAM
 from handler.dev.tls import Binary, Certificates, local_tls_cluster, make_certificates
 from handler.settings import MonitorSettings
 from tests.pipeline import create_group
-from tests.reliability import table
+from tests.reliability import add_collected, collected, table
 
 if TYPE_CHECKING:
     from tests.world import World
@@ -135,6 +135,22 @@ def client(any_redis: LocalRedis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def client8(redis_8: LocalRedis) -> Iterator[redis.Redis]:
     yield from _fresh_client(redis_8)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a worker of pytest-xdist (./scripts/test runs two), what the fault, fuzz and security tests
+    collected goes back to the process that prints the table."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["reliability"] = collected()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A worker finished (pytest-xdist's hook, called only where workers run): its findings join the table."""
+    found = getattr(node, "workeroutput", {}).get("reliability")
+    if found is not None:
+        add_collected(found)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

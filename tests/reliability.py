@@ -5,7 +5,8 @@ dead letters, which must all be zero."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from handler.reclaim.dead_letter import is_part, split_dead_letter
 from handler.transport.client import Client
@@ -109,6 +110,24 @@ def record(fault: str, repetitions: int, entries: int, result: Audit) -> None:
             fault, repetitions, entries, result.lost, result.corrupted, result.duplicated_dead_letters
         )
     )
+
+
+def collected() -> dict[str, Any]:
+    """What this process collected, as plain data: a test worker sends it to the process that prints."""
+    return {
+        "records": [asdict(r) for r in RECORDS],
+        "fuzz_cases": dict(FUZZ_CASES),
+        "security_checks": list(SECURITY_CHECKS),
+        "deploy_facts": list(DEPLOY_FACTS),
+    }
+
+
+def add_collected(found: dict[str, Any]) -> None:
+    """A worker's findings (`collected()`), added to this process's."""
+    RECORDS.extend(FaultRecord(**r) for r in found["records"])
+    FUZZ_CASES.update(found["fuzz_cases"])
+    SECURITY_CHECKS.extend(found["security_checks"])
+    DEPLOY_FACTS.extend(found["deploy_facts"])
 
 
 def table() -> list[str]:
