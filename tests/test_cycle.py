@@ -9,6 +9,7 @@ import redis
 
 from handler.dev.local_redis import LocalRedis
 from handler.dev.samples import GROUP, tweet_id
+from handler.keys import StreamKeys
 from handler.reclaim.dead_letter import (
     METADATA_FIELDS,
     MOVE_TO_DEAD_LETTER_LUA,
@@ -16,9 +17,15 @@ from handler.reclaim.dead_letter import (
     move_arguments,
     parse_move_reply,
 )
+from handler.reclaim.page import PageSettings, handle_page
+from handler.reclaim.rules import PendingRow
 from handler.reclaim.streams import StreamsCycle
+from handler.reclaim.write_order import WriteOrder
 from handler.transport.connect import RedisConnection, connect
+from handler.transport.topology import SingleNode
+from handler.transport.wire import Channel
 from tests.commands import named, recorded_commands
+from tests.conftest import settings_for
 from tests.pipeline import (
     IDLE_ENOUGH_MS,
     abandon,
@@ -76,6 +83,27 @@ def test_entries_not_idle_long_enough_stay_with_their_owner(world: World) -> Non
     assert all(row[3] == 1 for row in pending_rows(world.client, world.stream, world.group))
     assert {b"tweet:" + tweet_id(n) for n in range(5)} == tweet_keys(world.client)
     assert not set(stale) & world.pending()
+
+
+def test_an_entry_its_owner_took_back_after_the_page_was_read_stays_with_it(world: World) -> None:
+    """XCLAIM checks min-idle again on the server: between a page's XPENDING and its XCLAIM a live consumer
+    may take an entry back (its own XCLAIM or XAUTOCLAIM); the page's rows still say idle, Redis does not."""
+    ids = world.abandon([tweet(1), tweet(2)])
+    rows = [PendingRow(*row) for row in pending_rows(world.client, world.stream, world.group)]
+    world.client.xclaim(world.stream, world.group, "consumer-live", 0, [ids[0]])
+    settings = settings_for(world.server, world.names)
+    monitor_client = connect(settings)
+    world.monitor_clients.append(monitor_client)
+    keys = StreamKeys.from_settings(settings)
+    config = PageSettings(keys, SingleNode(monitor_client), settings.min_idle_ms, settings.MAX_DELIVERIES)
+    channel = Channel()
+    try:
+        result = handle_page(channel, rows, config, WriteOrder(), 0)
+    finally:
+        channel.close()
+    assert (1, 1) == (result.counts.claimed, result.counts.processed)
+    assert {ids[0]} == pending_ids_of(world.client, world.stream, world.group, "consumer-live")
+    assert {b"tweet:" + tweet_id(2)} == tweet_keys(world.client)
 
 
 # 4. HSET tweet:<id> byte-exact, merging like the processor's HSET, then XACK only what was written.
