@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -18,8 +19,10 @@ from handler.reclaim.dead_letter import (
     parse_move_reply,
 )
 from handler.reclaim.page import PageSettings, handle_page
-from handler.reclaim.rules import PendingRow
+from handler.reclaim.rules import START, PendingRow
 from handler.reclaim.streams import StreamsCycle
+from handler.reclaim.summary import StopReason
+from handler.reclaim.sweep import Limits, Sweep, SweepPlan
 from handler.reclaim.write_order import WriteOrder
 from handler.transport.connect import RedisConnection, connect
 from handler.transport.topology import SingleNode
@@ -329,6 +332,32 @@ def test_the_time_budget_stops_claiming_new_pages(world: World) -> None:
     third = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
     assert (10, 5) == (second.counts.processed, third.counts.processed)
     assert set() == world.pending()
+
+
+def test_pages_handed_out_but_refused_are_where_the_next_invocation_starts(world: World) -> None:
+    """The walker hands pages out ahead of the workers; when it stops (here the lease is lost before the
+    fourth page), the pages handed out but not claimed are not passed over: the next invocation starts at
+    the first of them. The first page is big enough to still be claiming when the lease is lost."""
+    ids = world.abandon([tweet(n, text="x" * 8000) for n in range(1500)])
+    settings = settings_for(world.server, world.names, RECLAIM_PAGE_SIZE=500)
+    monitor_client = connect(settings)
+    world.monitor_clients.append(monitor_client)
+    renewals = iter([True, True])  # asked before the second and the third page; then the lease is gone
+    sweep = Sweep(
+        SweepPlan.for_stream(settings, StreamKeys.from_settings(settings)),
+        SingleNode(monitor_client),
+        Limits(60.0, 1_000_000),
+        time.monotonic(),
+        lambda: False,
+        lambda: next(renewals, False),
+    )
+    swept = sweep.walk(None)
+    assert (StopReason.LEASE_LOST, 3) == (swept.stopped_by, swept.pages)
+    if swept.counts.claimed:  # the first page, claimed before the lease was lost (it nearly always is)
+        assert (500, ids[500]) == (swept.counts.processed, swept.next_start)
+        assert set(ids[500:]) == world.pending()
+    else:
+        assert START == swept.next_start
 
 
 def test_a_walk_that_started_mid_list_goes_to_the_end_and_the_next_starts_at_the_head(world: World) -> None:
