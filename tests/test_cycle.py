@@ -25,7 +25,7 @@ from handler.reclaim.summary import StopReason
 from handler.reclaim.sweep import Limits, Sweep, SweepPlan
 from handler.reclaim.write_order import WriteOrder
 from handler.transport.connect import RedisConnection, connect
-from handler.transport.topology import SingleNode
+from handler.transport.topology import topology_of
 from handler.transport.wire import Channel
 from tests.commands import named, recorded_commands
 from tests.conftest import settings_for
@@ -98,7 +98,7 @@ def test_an_entry_its_owner_took_back_after_the_page_was_read_stays_with_it(worl
     monitor_client = connect(settings)
     world.monitor_clients.append(monitor_client)
     keys = StreamKeys.from_settings(settings)
-    config = PageSettings(keys, SingleNode(monitor_client), settings.min_idle_ms, settings.MAX_DELIVERIES)
+    config = PageSettings(keys, topology_of(monitor_client), settings.min_idle_ms, settings.MAX_DELIVERIES)
     channel = Channel()
     try:
         result = handle_page(channel, rows, config, WriteOrder(), 0)
@@ -345,7 +345,7 @@ def test_pages_handed_out_but_refused_are_where_the_next_invocation_starts(world
     renewals = iter([True, True])  # asked before the second and the third page; then the lease is gone
     sweep = Sweep(
         SweepPlan.for_stream(settings, StreamKeys.from_settings(settings)),
-        SingleNode(monitor_client),
+        topology_of(monitor_client),
         Limits(60.0, 1_000_000),
         time.monotonic(),
         lambda: False,
