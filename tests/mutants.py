@@ -1,6 +1,7 @@
-"""What the tests and the randomized checker can catch: a curated list of plausible bugs (mutants) of the
-stable modules of handler/reclaim/ and handler/transport/, each applied to a scratch copy of the working tree
-and put to the tests of its subject, then (only if they all pass) to the checker for a fixed time.
+"""What the tests and the randomized checker can catch: a curated list of plausible bugs (mutants) of
+handler/reclaim/ and handler/transport/, the core that claims, writes, acknowledges and dead-letters
+included, each applied to a scratch copy of the working tree and put to the tests of its subject, then
+(only if they all pass) to the checker for a fixed time.
 
     ./scripts/mutants [--only ID ...] [--chaos-seconds S] [--checker-only] [--list]
 
@@ -8,7 +9,7 @@ A mutant is one or two lines: a condition inverted, a step dropped, an ownership
 bound off by one, an error mapped to the wrong kind. Its original text must occur exactly once in its file:
 when the code it targets moves, applying it fails loudly, naming the mutant, instead of testing nothing.
 Every mutant must be killed; a survivor is a hole in the tests (close it with a test) or a change no user
-could see (argue it in RELIABILITY.md and replace the mutant).
+could see (argue it in REPLACED and replace the mutant).
 
 The scratch copy holds the tracked and the untracked, not ignored files; it borrows the project's .venv and
 .cache (Redis builds) through symbolic links, and runs with PYTHONPATH set to itself, so its `handler` is
