@@ -1,6 +1,7 @@
-"""What the tests and the randomized checker can catch: a curated list of plausible bugs (mutants) of the
-stable modules of handler/reclaim/ and handler/transport/, each applied to a scratch copy of the working tree
-and put to the tests of its subject, then (only if they all pass) to the checker for a fixed time.
+"""What the tests and the randomized checker can catch: a curated list of plausible bugs (mutants) of
+handler/reclaim/ and handler/transport/, the core that claims, writes, acknowledges and dead-letters
+included, each applied to a scratch copy of the working tree and put to the tests of its subject, then
+(only if they all pass) to the checker for a fixed time.
 
     ./scripts/mutants [--only ID ...] [--chaos-seconds S] [--checker-only] [--list]
 
@@ -8,7 +9,7 @@ A mutant is one or two lines: a condition inverted, a step dropped, an ownership
 bound off by one, an error mapped to the wrong kind. Its original text must occur exactly once in its file:
 when the code it targets moves, applying it fails loudly, naming the mutant, instead of testing nothing.
 Every mutant must be killed; a survivor is a hole in the tests (close it with a test) or a change no user
-could see (argue it in RELIABILITY.md and replace the mutant).
+could see (argue it in REPLACED and replace the mutant).
 
 The scratch copy holds the tracked and the untracked, not ignored files; it borrows the project's .venv and
 .cache (Redis builds) through symbolic links, and runs with PYTHONPATH set to itself, so its `handler` is
@@ -69,6 +70,16 @@ GIVE_BACK = "handler/reclaim/give_back.py"
 SUMMARY = "handler/reclaim/summary.py"
 CONSUMERS = "handler/reclaim/consumers.py"
 INTERPRETER = "handler/reclaim/interpreter_settings.py"
+PAGE = "handler/reclaim/page.py"
+SWEEP = "handler/reclaim/sweep.py"
+STREAMS = "handler/reclaim/streams.py"
+CYCLE = "handler/reclaim/cycle.py"
+DEAD_LETTER = "handler/reclaim/dead_letter.py"
+RULES = "handler/reclaim/rules.py"
+HEARTBEAT = "handler/reclaim/heartbeat.py"
+WIRE = "handler/transport/wire.py"
+TOPOLOGY = "handler/transport/topology.py"
+CONNECT = "handler/transport/connect.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -277,6 +288,196 @@ MUTANTS: tuple[Mutant, ...] = (
         "a collector the process disabled itself is enabled after a sweep",
         ("tests/test_interpreter_settings.py",),
     ),
+    Mutant(
+        "claim-without-min-idle",
+        PAGE,
+        'head = (b"XCLAIM", keys.stream, keys.group, keys.consumer, config.min_idle_ms)',
+        'head = (b"XCLAIM", keys.stream, keys.group, keys.consumer, 0)',
+        "XCLAIM without min-idle: an entry redelivered to a live consumer since XPENDING is taken from it",
+        ("tests/test_cycle.py",),
+    ),
+    Mutant(
+        "refused-write-acknowledged",
+        PAGE,
+        "if copied and len(results) == len(indices) and set(map(type, results)) == _COUNTS_ONLY:",
+        "if copied and len(results) == len(indices):",
+        "a page's HSET replies only counted, not checked: a refused write is acknowledged and lost",
+        ("tests/test_cycle.py", "tests/test_no_entry_lost.py"),
+    ),
+    Mutant(
+        "refused-not-given-back",
+        PAGE,
+        "    if outcome.refused:\n        _give_back(stream_wire, config, outcome.refused, deliveries)\n",
+        "",
+        "a refused attempt's delivery not given back: an outage of refusals dead-letters valid tweets",
+        ("tests/test_no_entry_lost.py",),
+    ),
+    Mutant(
+        "no-replica-counts-as-copied",
+        PAGE,
+        "if isinstance(reply, int) and reply >= 1:",
+        "if isinstance(reply, int) and reply >= 0:",
+        "off by one: WAIT answering no replica taken as copied, the write acknowledged before a failover",
+        ("tests/test_cluster.py::test_writes_no_replica_has_copied_are_not_acknowledged",),
+    ),
+    Mutant(
+        "page-bound-ignored",
+        PAGE,
+        "(reply,) = wire.read_bounded(1, config.page_max_bytes)",
+        "(reply,) = wire.read(1)",
+        "an XCLAIM reply read whole whatever PAGE_MAX_BYTES: a page of huge entries takes the memory",
+        ("tests/test_hostile_content.py",),
+    ),
+    Mutant(
+        "moved-not-marked-stale",
+        PAGE,
+        "    if kind_of(error) == FailureKind.CLUSTER_CHANGED:\n        config.topology.mark_stale()\n",
+        "    if kind_of(error) == FailureKind.CLUSTER_CHANGED:\n",
+        "a write refused with MOVED does not mark the slot map stale: it is sent again to the old node",
+        ("tests/test_slot_moves.py",),
+    ),
+    Mutant(
+        "cursor-past-unclaimed-pages",
+        SWEEP,
+        "next_start = min(self._unclaimed, key=_order)",
+        "next_start = max(self._unclaimed, key=_order)",
+        "the cursor advanced past pages handed out but not claimed: their entries wait a whole walk",
+        ("tests/test_cycle.py",),
+    ),
+    Mutant(
+        "pages-claimed-past-the-budget",
+        SWEEP,
+        "return not (self._lease_lost or self._should_stop() or self._out_of_time())",
+        "return not (self._lease_lost or self._should_stop())",
+        "pages already handed out still claimed once the budget is spent: the invocation overruns it",
+        ("tests/test_cycle.py", "tests/test_invocation_limits.py"),
+    ),
+    Mutant(
+        "rotation-ignores-streams-not-reached",
+        STREAMS,
+        "self._resume_at = not_reached[0] if not_reached else order[1 % len(order)]",
+        "self._resume_at = order[1 % len(order)]",
+        "the next invocation starts one stream further, not at the first stream the budget did not reach",
+        ("tests/test_streams.py",),
+    ),
+    Mutant(
+        "first-stream-takes-the-budget",
+        STREAMS,
+        "slice_sec = max((deadline - time.monotonic()) / len(active), MIN_SLICE_SEC)",
+        "slice_sec = max(deadline - time.monotonic(), MIN_SLICE_SEC)",
+        "no slice per stream: the first stream of a round may spend the whole budget",
+        ("tests/test_streams.py",),
+    ),
+    Mutant(
+        "heartbeat-for-streams-not-reached",
+        STREAMS,
+        "name for name in order if name not in not_reached and name not in self._without_group",
+        "name for name in order if name not in self._without_group",
+        "the heartbeat written for streams the invocation did not reach: a starved stream looks served",
+        ("tests/test_heartbeat.py",),
+    ),
+    Mutant(
+        "cap-not-shared-by-streams",
+        STREAMS,
+        "                messages_left -= handled\n",
+        "",
+        "CYCLE_MAX_MESSAGES applied to each stream, not to the invocation: several streams overshoot it",
+        ("tests/test_invocation_limits.py", "tests/test_streams.py"),
+    ),
+    Mutant(
+        "lease-released-on-a-silent-server",
+        CYCLE,
+        "            lease.abandon()\n            raise\n",
+        "            raise\n",
+        "the lease released after Redis stopped answering: one more timeout before the 503",
+        (
+            "tests/test_faults.py::test_a_server_that_stops_answering_mid_cycle_answers_503_within_three_timeouts",
+        ),
+    ),
+    Mutant(
+        "dead-letter-acknowledged-before-written",
+        DEAD_LETTER,
+        "local added = 1\nif #head + #original <= per_call then",
+        "redis.call('XACK', stream, group, id)\nlocal added = 1\nif #head + #original <= per_call then",
+        "XACK before the dead letter's XADD: a refused XADD (WRONGTYPE, OOM) leaves the entry in neither",
+        ("tests/test_no_entry_lost.py",),
+    ),
+    Mutant(
+        "dead-letter-any-owner",
+        DEAD_LETTER,
+        "if #row == 0 or row[1][2] ~= consumer then\n  return {0, 0}\nend\nlocal entry",
+        "if #row == 0 then\n  return {0, 0}\nend\nlocal entry",
+        "the move's ownership check removed: an entry another consumer now owns is dead-lettered too",
+        ("tests/test_cycle.py", "tests/test_no_entry_lost.py"),
+    ),
+    Mutant(
+        "max-deliveries-off-by-one",
+        RULES,
+        "if max_deliveries and deliveries_before > max_deliveries:",
+        "if max_deliveries and deliveries_before >= max_deliveries:",
+        "off by one: an entry dead-lettered at MAX_DELIVERIES deliveries, one early",
+        ("tests/test_cycle.py",),
+    ),
+    Mutant(
+        "empty-id-written",
+        RULES,
+        "    if not tweet_id:\n",
+        "    if tweet_id is None:\n",
+        "an empty 'id' field written to the key `tweet:` instead of dead-lettered",
+        ("tests/test_cycle.py",),
+    ),
+    Mutant(
+        "heartbeat-expires",
+        HEARTBEAT,
+        "  redis.call('SET', KEYS[1], now)\n",
+        "  redis.call('SET', KEYS[1], now, 'PX', 86400000)\n",
+        "the heartbeat given a TTL: a timer stopped for a day reads as never having run, not as stopped",
+        ("tests/test_heartbeat.py",),
+    ),
+    Mutant(
+        "unread-connection-pooled",
+        WIRE,
+        "if not self._healthy or self._unread:",
+        "if not self._healthy:",
+        "a connection with replies still unread handed back to the pool: its next user reads them",
+        (
+            "tests/test_no_entry_lost.py::test_a_connection_with_unread_replies_is_closed_not_returned_to_the_pool",
+        ),
+    ),
+    Mutant(
+        "timeout-as-connection-error",
+        WIRE,
+        '            return redis.exceptions.TimeoutError(f"Timeout reading from Redis: {exc}")\n'
+        "        if isinstance(exc, OSError):",
+        '            return redis.exceptions.ConnectionError(f"Timeout reading from Redis: {exc}")\n'
+        "        if isinstance(exc, OSError):",
+        "a late reply mapped to a lost connection: a page narrowed down on a server that answers PING only",
+        ("tests/test_wire.py",),
+    ),
+    Mutant(
+        "replicas-off-by-one",
+        TOPOLOGY,
+        "Node(primary.name, pool, len(holders) - 1)",
+        "Node(primary.name, pool, len(holders))",
+        "off by one: a master counted with a replica it lacks, so WAIT never confirms and nothing is acked",
+        ("tests/test_slot_moves.py",),  # a cluster without replicas
+    ),
+    Mutant(
+        "moved-never-marks-stale",
+        TOPOLOGY,
+        "    def mark_stale(self) -> None:\n        self._stale = True\n",
+        "    def mark_stale(self) -> None:\n        pass\n",
+        "a cluster's slot map never marked stale: after a resharding, MOVED writes go to the old node again",
+        ("tests/test_slot_moves.py",),
+    ),
+    Mutant(
+        "tls-host-name-unchecked",
+        CONNECT,
+        '"ssl_check_hostname": True,',
+        '"ssl_check_hostname": False,',
+        "TLS without host-name verification: any certificate the CA signed is taken for Redis",
+        ("tests/test_connect.py",),
+    ),
 )
 
 
@@ -299,6 +500,18 @@ REPLACED: tuple[Replaced, ...] = (
         "invocation's cap is spent, and streams.py then stops every stream before the next round; only rows "
         "not idle yet, which count toward a stream's walk but not the invocation's cap, would leave a second "
         "round to that same stream, which nothing documents. Replaced by summary-keys-reordered",
+    ),
+    Replaced(
+        "slot-moved-map-not-read",
+        CYCLE,
+        "a cycle failing on MOVED outside its walk does not read the slot map again",
+        "survived its tests. A slot move met by the walk (XPENDING, a page) is handled by _slot_moved, "
+        "which reads the map itself; what reaches _explain comes from redis-py's cluster client (the "
+        "pending count, the lease, the cursor), which follows MOVED and reads its own map first, so only "
+        "an ASK, TRYAGAIN or CLUSTERDOWN that outlasted its retries gets there. Without the read, the "
+        "stream's next turn meets MOVED in its walk, reads the map there and goes on: nothing is lost and "
+        "nothing waits longer than that turn, which already answered slot-moved. Replaced by "
+        "lease-released-on-a-silent-server",
     ),
 )
 

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 
 from handler.dev.local_redis import LocalRedis
 from handler.dev.samples import GROUP, tweet_id
+from handler.keys import StreamKeys
 from handler.reclaim.dead_letter import (
     METADATA_FIELDS,
     MOVE_TO_DEAD_LETTER_LUA,
@@ -16,9 +18,17 @@ from handler.reclaim.dead_letter import (
     move_arguments,
     parse_move_reply,
 )
+from handler.reclaim.page import PageSettings, handle_page
+from handler.reclaim.rules import START, PendingRow
 from handler.reclaim.streams import StreamsCycle
+from handler.reclaim.summary import StopReason
+from handler.reclaim.sweep import Limits, Sweep, SweepPlan
+from handler.reclaim.write_order import WriteOrder
 from handler.transport.connect import RedisConnection, connect
+from handler.transport.topology import topology_of
+from handler.transport.wire import Channel
 from tests.commands import named, recorded_commands
+from tests.conftest import settings_for
 from tests.pipeline import (
     IDLE_ENOUGH_MS,
     abandon,
@@ -76,6 +86,27 @@ def test_entries_not_idle_long_enough_stay_with_their_owner(world: World) -> Non
     assert all(row[3] == 1 for row in pending_rows(world.client, world.stream, world.group))
     assert {b"tweet:" + tweet_id(n) for n in range(5)} == tweet_keys(world.client)
     assert not set(stale) & world.pending()
+
+
+def test_an_entry_its_owner_took_back_after_the_page_was_read_stays_with_it(world: World) -> None:
+    """XCLAIM checks min-idle again on the server: between a page's XPENDING and its XCLAIM a live consumer
+    may take an entry back (its own XCLAIM or XAUTOCLAIM); the page's rows still say idle, Redis does not."""
+    ids = world.abandon([tweet(1), tweet(2)])
+    rows = [PendingRow(*row) for row in pending_rows(world.client, world.stream, world.group)]
+    world.client.xclaim(world.stream, world.group, "consumer-live", 0, [ids[0]])
+    settings = settings_for(world.server, world.names)
+    monitor_client = connect(settings)
+    world.monitor_clients.append(monitor_client)
+    keys = StreamKeys.from_settings(settings)
+    config = PageSettings(keys, topology_of(monitor_client), settings.min_idle_ms, settings.MAX_DELIVERIES)
+    channel = Channel()
+    try:
+        result = handle_page(channel, rows, config, WriteOrder(), 0)
+    finally:
+        channel.close()
+    assert (1, 1) == (result.counts.claimed, result.counts.processed)
+    assert {ids[0]} == pending_ids_of(world.client, world.stream, world.group, "consumer-live")
+    assert {b"tweet:" + tweet_id(2)} == tweet_keys(world.client)
 
 
 # 4. HSET tweet:<id> byte-exact, merging like the processor's HSET, then XACK only what was written.
@@ -301,6 +332,32 @@ def test_the_time_budget_stops_claiming_new_pages(world: World) -> None:
     third = world.run(CYCLE_TIME_BUDGET_SEC=0.000_001, RECLAIM_PAGE_SIZE=10)
     assert (10, 5) == (second.counts.processed, third.counts.processed)
     assert set() == world.pending()
+
+
+def test_pages_handed_out_but_refused_are_where_the_next_invocation_starts(world: World) -> None:
+    """The walker hands pages out ahead of the workers; when it stops (here the lease is lost before the
+    fourth page), the pages handed out but not claimed are not passed over: the next invocation starts at
+    the first of them. The first page is big enough to still be claiming when the lease is lost."""
+    ids = world.abandon([tweet(n, text="x" * 8000) for n in range(1500)])
+    settings = settings_for(world.server, world.names, RECLAIM_PAGE_SIZE=500)
+    monitor_client = connect(settings)
+    world.monitor_clients.append(monitor_client)
+    renewals = iter([True, True])  # asked before the second and the third page; then the lease is gone
+    sweep = Sweep(
+        SweepPlan.for_stream(settings, StreamKeys.from_settings(settings)),
+        topology_of(monitor_client),
+        Limits(60.0, 1_000_000),
+        time.monotonic(),
+        lambda: False,
+        lambda: next(renewals, False),
+    )
+    swept = sweep.walk(None)
+    assert (StopReason.LEASE_LOST, 3) == (swept.stopped_by, swept.pages)
+    if swept.counts.claimed:  # the first page, claimed before the lease was lost (it nearly always is)
+        assert (500, ids[500]) == (swept.counts.processed, swept.next_start)
+        assert set(ids[500:]) == world.pending()
+    else:
+        assert START == swept.next_start
 
 
 def test_a_walk_that_started_mid_list_goes_to_the_end_and_the_next_starts_at_the_head(world: World) -> None:

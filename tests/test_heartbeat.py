@@ -11,6 +11,7 @@ import redis
 from handler.dev.host import FunctionsHost, completed
 from handler.dev.local_redis import LocalRedis, free_port
 from handler.keys import hash_tag_of
+from handler.reclaim import heartbeat
 from handler.reclaim.streams import StreamsCycle
 from handler.transport.connect import RedisConnection
 from tests.acl import ACL_RULE
@@ -51,6 +52,18 @@ def test_a_timer_invocation_records_the_time_even_with_nothing_to_do(
     ]
     assert len(gauge) == 1 and f'stream="{names["STREAM_NAME"]}"' in gauge[0], gauge
     assert 0 <= float(gauge[0].rsplit(" ", 1)[1]) < 10
+
+
+def test_the_heartbeat_never_expires(client8: redis.Redis, names: dict[str, str]) -> None:
+    """A stopped timer must read as stopped however long ago it stopped: a heartbeat with a TTL would read,
+    once expired, as a monitor that never ran a cycle."""
+    key = heartbeat_key(names)
+    before = redis_micros(client8)
+    heartbeat.record(client8, key)
+    assert -1 == client8.ttl(key)
+    assert before <= int(client8.get(key) or 0) <= redis_micros(client8)
+    age = heartbeat.seconds_since(client8, key)
+    assert age is not None and 0 <= age < 10
 
 
 def test_a_manual_reclaim_records_nothing_and_run_once_does(

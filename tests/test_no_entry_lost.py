@@ -155,6 +155,18 @@ def test_a_dead_letter_key_of_the_wrong_type_leaves_the_entry_pending(world: Wor
     assert {20} == {row[3] for row in pending_rows(world.client, world.stream, world.group)}  # given back
 
 
+def test_an_entry_moved_by_one_script_stays_pending_when_its_dead_letter_is_refused(world: World) -> None:
+    """An entry read whole and small is moved by one script (not relayed), which must write the dead letter
+    before it acknowledges: Redis does not roll a script back, so an XACK before a refused XADD would
+    leave the entry in neither stream."""
+    world.client.set(world.keys.dead_letter, b"not a stream")
+    ids = world.abandon([[b"text", b"no id here"], tweet(2)])
+    summary = world.run()
+    assert (1, 0, 1) == (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed)
+    assert {ids[0]} == world.pending()
+    assert b"not a stream" == world.client.get(world.keys.dead_letter)
+
+
 def test_check_names_a_dead_letter_key_of_the_wrong_type(world8: World) -> None:
     world8.client.set(world8.keys.dead_letter, b"not a stream")
     done = cli(world8, "check")

@@ -1,13 +1,14 @@
-"""The hot path's wire: its own RESP packing is exactly what hiredis produces, and a redis-py change it
-depends on is reported as what it is."""
+"""The hot path's wire: its own RESP packing is exactly what hiredis produces, a reply late past the socket
+timeout is a timeout, and a redis-py change it depends on is reported as what it is."""
 
 from __future__ import annotations
 
 import pytest
+import redis
 from redis.connection import Connection, ConnectionPool
 
 from handler.dev.local_redis import LocalRedis
-from handler.transport.wire import Channel, pack, pack_hsets
+from handler.transport.wire import Channel, Wire, pack, pack_hsets
 
 
 @pytest.mark.parametrize(
@@ -60,4 +61,19 @@ def test_a_redis_py_without_the_private_socket_is_a_programming_error_not_a_retr
             Channel().run(step)
         assert 1 == len(attempts)  # not retried as if the connection had dropped
     finally:
+        pool.disconnect()
+
+
+def test_a_reply_that_does_not_come_in_time_is_a_timeout_not_a_lost_connection(redis_8: LocalRedis) -> None:
+    """A server that answers the handshake but not a command within the socket timeout is told apart from
+    one that dropped the connection: the page's step is then given up on, never narrowed down to an entry
+    (page.py), nor the slot map read again from a silent node."""
+    pool = ConnectionPool(port=redis_8.port, socket_timeout=0.2)
+    wire = Wire(pool)
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError) as raised:
+            wire.call([pack((b"BLPOP", b"nothing-ever-arrives", 2))], 1)  # blocks this connection only
+        assert not isinstance(raised.value, redis.exceptions.ConnectionError)
+    finally:
+        wire.close()  # not healthy: disconnected, never handed out again with BLPOP's reply to come
         pool.disconnect()
