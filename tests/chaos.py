@@ -132,10 +132,12 @@ WEIGHTS = {
     "purge": 1,
     "prune": 1,
     **dict.fromkeys(FAULTS, 2),
+    "function-timeout": 1,  # the slowest steps: a host of their own, or megabytes through the CLI
+    "wide-entries-capped": 1,
 }
 HOST_ANSWERS = {200, 503}
 # function-timeout: the host kills a worker still running this long after the function timeout (host.py).
-STEP_FUNCTION_TIMEOUT_SEC = 0.5
+STEP_FUNCTION_TIMEOUT_SEC = 0.3
 # wide-entries-capped: the command line's address-space limit in tests/test_hostile_content.py, and the
 # handler's default ENTRY_MAX_BYTES and PAGE_MAX_BYTES. ENTRY_MAX_BYTES bounds the entries of a page read a
 # few at a time, once its XCLAIM reply was over PAGE_MAX_BYTES (handler/reclaim/page.py handle_page): an
@@ -146,7 +148,8 @@ STEP_FUNCTION_TIMEOUT_SEC = 0.5
 # OVER_PAGE_BOUND they must be.
 MEMORY_CAP_BYTES = 1_500_000_000
 ENTRY_MAX_BYTES, PAGE_MAX_BYTES = 8 << 20, 16 << 20
-UNDER_ENTRY_BOUND, OVER_ENTRY_BOUND, OVER_PAGE_BOUND = 7 << 20, 11 << 20, 21 << 20
+UNDER_ENTRY_BOUND = ENTRY_MAX_BYTES - (1 << 20)
+OVER_ENTRY_BOUND, OVER_PAGE_BOUND = ENTRY_MAX_BYTES * 5 // 4 + (1 << 20), PAGE_MAX_BYTES * 5 // 4 + (1 << 20)
 WIDE_NAMES = 16  # a many-field entry's names cycle over f0..f15, so its hash stays small
 WIDE_INVOCATIONS = 4  # the capped command lines a wide entry is given to end written or dead-lettered
 # id-over-bulk-limit: the lowest proto-max-bulk-len Redis accepts (1mb).
@@ -295,12 +298,17 @@ class Wide:
         OVER_ENTRY_BOUND of RESP."""
         if rng.random() < 0.5:
             if over:
-                return Wide(ident, pairs=rng.randrange(460_000, 500_000, WIDE_NAMES), value_len=12)
-            return Wide(ident, pairs=rng.randrange(100_000, 300_000, WIDE_NAMES), value_len=4)
-        if over:
+                wide = Wide(ident, pairs=rng.randrange(460_000, 500_000, WIDE_NAMES), value_len=12)
+            else:
+                wide = Wide(ident, pairs=rng.randrange(100_000, 300_000, WIDE_NAMES), value_len=4)
+        elif over:
             size = (7 << 20) + 100_000 if rng.random() < 0.3 else 4 << 20  # over both bounds, or one
-            return Wide(ident, big=tuple(rng.randrange(size, size + (1 << 20)) for _ in range(3)))
-        return Wide(ident, big=tuple(rng.randrange(1 << 20, 3 << 20) for _ in range(rng.randint(1, 2))))
+            wide = Wide(ident, big=tuple(rng.randrange(size, size + (1 << 20)) for _ in range(3)))
+        else:
+            wide = Wide(ident, big=tuple(rng.randrange(1 << 20, 3 << 20) for _ in range(rng.randint(1, 2))))
+        if wide.over != over or not (over or wide.resp_bytes < UNDER_ENTRY_BOUND):
+            raise AssertionError(f"{wide} is in a band where either outcome is right")
+        return wide
 
     def _names(self) -> list[bytes]:
         return (
@@ -837,7 +845,7 @@ class Run:
         the grace period and starts it again (handler/dev/host.py). The next invocation through the same
         host must answer. Counted only when the kill happened."""
         self._abandon(rng, rng.randrange(40, 80))
-        budget = rng.uniform(3.5, 4.5)
+        budget = rng.uniform(3.0, 3.5)  # past the kill (the timeout plus the host's 2 s of grace)
         slow = {"RECLAIM_PAGE_SIZE": "1", "RECLAIM_MAX_RATE": "10", "CYCLE_TIME_BUDGET_SEC": f"{budget:.1f}"}
         host = FunctionsHost({**self._host_env(), **slow}).start()
         default_timeout = host.function_timeout_sec
