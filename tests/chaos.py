@@ -63,7 +63,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.cluster import ClusterNode
 
-from handler.dev.host import APP_ROOT, FunctionsHost, FunctionTimedOutError
+from handler.dev.host import APP_ROOT, FunctionsHost, FunctionTimedOutError, completed
 from handler.dev.local_cluster import LocalCluster
 from handler.dev.local_redis import LocalRedis, LocalRedisError, environment_for
 from handler.dev.redis_binaries import BINARIES
@@ -1089,23 +1089,20 @@ class Run:
 
     def _group_less_streams(self, rng: random.Random) -> bool:
         """Streams of another pipeline (no group) that STREAM_NAME's pattern `tweets_stream*` matches
-        beside the real ones: a command line with that pattern exits 0, serves exactly the real streams
-        (its summary's `streams`), and leaves the others untouched: no group created (docs/cluster.md, Many
-        streams: skipped and reported). Counted when it reported them left out."""
+        beside the real ones: an invocation with that pattern (a command line, or a handler of its own
+        through the host) exits 0 or answers 200, serves exactly the real streams (its summary's `streams`),
+        and leaves the others untouched: no group created (docs/cluster.md, Many streams: skipped and
+        reported). Counted when it reported them left out."""
         self._abandon(rng, rng.randrange(5, 30))
         strays = [f"{STRAY}{self.numbers}:{n}" for n in range(rng.randint(1, 20))]
         for stray in strays:
             for _ in range(rng.randint(1, 3)):
                 self.admin.xadd(stray, {b"id": b"other", b"text": b"another pipeline's"})
         lengths = [self.admin.xlen(stray) for stray in strays]
+        # Every stream reached: no cap, a budget that SCAN and a page of each stream fit in.
+        whole = {"CYCLE_MAX_MESSAGES": "1000000", "CYCLE_TIME_BUDGET_SEC": "3", "STREAM_NAME": STREAM + "*"}
         try:
-            whole = {"CYCLE_MAX_MESSAGES": "1000000", "CYCLE_TIME_BUDGET_SEC": "3"}  # every stream reached
-            invocation = self._begin_cli({**self._cli_settings(rng), **whole, "STREAM_NAME": STREAM + "*"})
-            self._spent(invocation.finish())
-            done, _ = invocation.result
-            if done.returncode != 0:
-                raise ViolationError(f"reclaim over {STREAM}* exited {done.returncode}: {done.stderr[-500:]}")
-            summaries = json.loads(done.stdout.splitlines()[-1]).get("streams", {})
+            summaries, logs = (self._pattern_http if rng.random() < 0.3 else self._pattern_cli)(rng, whole)
             # A stream not reached is listed as such, with or without the group (docs/cluster.md).
             served = {
                 name for name, summary in summaries.items() if "not reached" not in str(summary["skipped"])
@@ -1116,10 +1113,35 @@ class Run:
                 groups = self.admin.xinfo_groups(stray)
                 if groups or self.admin.xlen(stray) != length:
                     raise ViolationError(f"group-less stream {stray} changed: groups {groups}")
-            return "have no group" in done.stderr
+            return "have no group" in logs
         finally:
             for stray in strays:
                 self.admin.delete(stray)
+
+    def _pattern_cli(self, rng: random.Random, settings: dict[str, str]) -> tuple[dict[str, Any], str]:
+        """A command line's summaries per stream and its logs; it must exit 0."""
+        invocation = self._begin_cli({**self._cli_settings(rng), **settings})
+        self._spent(invocation.finish())
+        done, _ = invocation.result
+        if done.returncode != 0:
+            raise ViolationError(f"reclaim over {STREAM}* exited {done.returncode}: {done.stderr[-500:]}")
+        return json.loads(done.stdout.splitlines()[-1]).get("streams", {}), str(done.stderr)
+
+    def _pattern_http(self, rng: random.Random, settings: dict[str, str]) -> tuple[dict[str, Any], str]:
+        """A handler of its own (the host's has STREAM_NAME listed): its summaries and logs; it must answer
+        200."""
+        host = FunctionsHost({**self._host_env(), **settings}).start()
+        try:
+            answer = host.invoke(timeout=answer_bound(3) * 3 + 10)
+            if answer.status != 200 or answer.seconds > answer_bound(3):
+                raise ViolationError(
+                    f"invocation over {STREAM}* answered {answer.status} in {answer.seconds:.1f} s: "
+                    f"{answer.body[:300]!r}"
+                )
+            self._spent(LEASE_LOST.encode() in answer.body)
+            return completed(answer).get("streams", {}), host.stderr + host.stdout
+        finally:
+            host.stop(timeout=10)
 
     # Operator commands.
     def _replay(self, rng: random.Random) -> None:
