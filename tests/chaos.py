@@ -1043,7 +1043,8 @@ class Run:
         """An entry whose id (or another value) is over proto-max-bulk-len, lowered to its 1mb minimum after
         the entry was added, and past MAX_DELIVERIES: Redis drops the connection at any command that
         carries it (a relayed dead letter's XADD), and the monitor must still dead-letter it, moved by one
-        script, byte-exact. Counted only when it was dead-lettered while the limit was low."""
+        script, byte-exact, within three invocations that reach every entry (docs/performance.md: once the
+        page is narrowed down to it, it is moved by the one-script path)."""
         stream = rng.choice(self.streams)
         self.numbers += 1
         big = b"%d-" % self.numbers + b"i" * rng.randrange(BULK_LIMIT, BULK_LIMIT + 100_000)
@@ -1071,12 +1072,14 @@ class Run:
         with self._node_clients()[0] as client:
             before = str(client.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
         self._config_set("proto-max-bulk-len", BULK_LIMIT)
+        reach = {"MIN_IDLE_TIME_SEC": "0", "CYCLE_MAX_MESSAGES": "1000000", "CYCLE_TIME_BUDGET_SEC": "3"}
         moved = False
         try:
             for _ in range(3):
-                self._spent(
-                    self._http() if rng.random() < 0.5 else self._begin_cli(self._cli_settings(rng)).finish()
-                )
+                if rng.random() < 0.5:  # the handler's settings reach it too
+                    self._spent(self._http())
+                else:
+                    self._spent(self._begin_cli({**self._cli_settings(rng), **reach}).finish())
                 moved = any(
                     head[:1] != [b"dlq:part-of"] and head[3:4] == [entry[1]]
                     for _, _, head in self._dead_letter_heads(stream)
@@ -1085,6 +1088,8 @@ class Run:
                     break
         finally:
             self._config_set("proto-max-bulk-len", before)
+        if not moved:
+            raise ViolationError(f"{entry} over proto-max-bulk-len not dead-lettered in 3 invocations")
         return moved
 
     def _group_less_streams(self, rng: random.Random) -> bool:
