@@ -13,7 +13,7 @@ from tests.chaos import FAULTS, Outcome, World, plan, run_steps, world_for
 # Each seed chooses its world (world_for): 8.2's 13 is a cluster with two streams (failovers), 26 one node
 # with one stream, the others one node with two streams; every one-node seed makes Redis answer LOADING.
 SEEDS = {"8.2": [13, 18, 26, 29], "6.2": [1], "6.0": [13]}
-STEPS = 50
+STEPS = 38
 CASES = [(version, seed) for version, seeds in SEEDS.items() for seed in seeds]
 RUNS: dict[tuple[str, int], Outcome] = {}  # what the seeds' runs did, for the coverage test below
 

@@ -119,6 +119,46 @@ def test_errors_further_apart_than_30_minutes_start_the_count_again(fake: Functi
     assert fake.running and ERRORS_BEFORE_SHUTDOWN + 1 == fake.workers_started
 
 
+# A worker whose every answer to an invocation is cut after its first bytes, as when it is killed mid-answer.
+CUTTING_WORKER = textwrap.dedent(
+    """
+    import http.server, os, socket
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"Outputs"')
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        def log_message(self, *args):
+            pass
+    port = int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"])
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+def test_an_answer_cut_short_is_handed_to_the_caller_of_a_background_invocation() -> None:
+    """The handler killed while its answer is on the wire: the broken answer reaches the caller, as a
+    dropped connection does, instead of ending the invoking thread with an exception nobody sees."""
+    host = FunctionsHost({}, launch=[sys.executable, "-c", CUTTING_WORKER]).start()
+    try:
+        thread, answers = host.invoke_in_background()
+        thread.join(timeout=30)
+        assert [http.client.IncompleteRead] == [type(answer) for answer in answers]
+    finally:
+        host.stop()
+
+
 def test_a_worker_that_never_answers_the_probe_is_an_error() -> None:
     host = FunctionsHost({}, launch=[sys.executable, "-c", "import time; time.sleep(60)"])
     host.initialization_timeout_sec = 0.5

@@ -428,13 +428,15 @@ class FunctionsHost:
                 self._restart_worker(counted=False)
 
     def invoke_in_background(self, admin: bool = False) -> tuple[threading.Thread, list[Any]]:
-        """Invoke from a thread; the answer (or a killed handler's broken connection) lands in the list."""
+        """Invoke from a thread; the answer (or a killed handler's broken connection or cut answer) lands
+        in the list."""
         answers: list[Any] = []
 
         def invoke() -> None:
             try:
                 answers.append(self.invoke(admin=admin))
-            except OSError as exc:  # the handler was killed mid-request: the host sees a dropped connection
+            except (OSError, http.client.HTTPException) as exc:
+                # The handler was killed mid-request (a dropped connection) or mid-answer (a cut answer).
                 answers.append(exc)
             except HostRejectedAnswerError as exc:
                 answers.append(exc)
