@@ -150,6 +150,23 @@ def test_an_entry_over_the_entry_bound_is_dead_lettered_as_too_large_and_its_nei
     assert [] == _scripts_over_50_ms(slowlog)
 
 
+def test_an_entry_over_the_entry_bound_is_too_large_also_when_its_page_is_under_the_page_bound(
+    world8: World,
+) -> None:
+    """Whether an entry is too large is the entry's own size, not its neighbours': one entry over
+    ENTRY_MAX_BYTES alone in a page that fits PAGE_MAX_BYTES is dead-lettered as too-large too, never
+    written, as it is when a bigger page is read a few entries at a time."""
+    big = [*_many_fields(10_000), b"id", b"too-big"]  # about 150 kB of RESP: over 64 kB, under 1 MiB
+    (culprit,), _valid = _abandon_between(world8, [big], 2)
+    summary = world8.run(ENTRY_MAX_BYTES=64 * 1024, PAGE_MAX_BYTES=1 << 20)
+    assert (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed) == (2, 1, 0)
+    assert b"tweet:too-big" not in tweet_keys(world8.client)
+    metadata, original = _the_dead_letter(world8)
+    assert (metadata[b"dlq:reason"], metadata[b"dlq:original-id"]) == (b"too-large", culprit)
+    assert original == big
+    assert world8.pending() == set()
+
+
 def test_a_page_over_the_page_bound_is_narrowed_and_every_entry_is_handled(world8: World) -> None:
     """Each entry is under the entry bound, together they are over the page's: every one is still handled,
     none is charged a delivery for its neighbours."""
