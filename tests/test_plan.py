@@ -13,6 +13,7 @@ from handler.reclaim.rules import (
     decide,
     next_id,
     parse_pending_rows,
+    resp_bytes_over,
     stream_field,
     walk_start,
 )
@@ -105,3 +106,17 @@ def test_parse_pending_rows() -> None:
         PendingRow(b"1-0", b"consumer-a", 15_000, 2),
         PendingRow(b"1-1", b"monitoring_app", 3, 1),
     ] == parse_pending_rows(reply)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[], [b"id", b"1"], [b"f" * 9, b"v" * 10, b"", b"x"], [b"%d" % n for n in range(2000)], [b"v" * 100_000]],
+    ids=["no fields", "one pair", "lengths of one and two digits", "2000 short fields", "one long value"],
+)
+def test_an_entrys_size_is_counted_in_bytes_of_resp_exactly(fields: list[bytes]) -> None:
+    """ENTRY_MAX_BYTES counts an entry as Redis sends it: one byte over the bound is over, at it is not."""
+    entry_id = b"1700000000000-12"
+    bulk = b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in fields)
+    size = len(b"*2\r\n$16\r\n" + entry_id + b"\r\n" + b"*%d\r\n" % len(fields) + bulk)
+    assert not resp_bytes_over(entry_id, fields, size)
+    assert resp_bytes_over(entry_id, fields, size - 1)

@@ -39,6 +39,7 @@ from handler.reclaim.rules import (
     PendingRow,
     claimable_ids,
     decide,
+    resp_bytes_over,
 )
 from handler.reclaim.summary import Counts, Incidents
 from handler.reclaim.write_order import Ticket, WriteOrder
@@ -156,6 +157,10 @@ def handle_page(
         return narrowed
     writes = _Writes()
     for entry_id, fields in claim.entries:
+        if resp_bytes_over(entry_id, fields, config.entry_max_bytes):
+            # Read whole only because its page was under PAGE_MAX_BYTES: too large all the same.
+            dead.append((entry_id, _too_large(entry_id, config)))
+            continue
         decision = decide(fields, deliveries[entry_id], config.max_deliveries)
         if isinstance(decision, bytes):
             writes.entry_ids.append(entry_id)
@@ -194,6 +199,13 @@ def _delivered_too_often(deliveries: int, limit: int) -> DeadLetter:
         f"delivered {deliveries} times, more than MAX_DELIVERIES={limit}",
         True,
     )
+
+
+def _too_large(entry_id: bytes, config: PageSettings) -> DeadLetter:
+    """An entry over ENTRY_MAX_BYTES: moved a piece at a time (relayed), never by one script."""
+    log.warning("entry %s is over ENTRY_MAX_BYTES: dead-lettered as too-large", clip(entry_id))
+    detail = f"over ENTRY_MAX_BYTES={config.entry_max_bytes} bytes of RESP"
+    return DeadLetter(DeadLetterReason.TOO_LARGE, detail, True)
 
 
 def _to_move(letter: DeadLetter, fields: list[bytes]) -> DeadLetter:
@@ -283,11 +295,7 @@ def _handle_narrowed(
                     channel, pending, at_once, total, config
                 )
             if too_large is not None:
-                detail = f"over ENTRY_MAX_BYTES={config.entry_max_bytes} bytes of RESP"
-                dead.append((pending[read], DeadLetter(DeadLetterReason.TOO_LARGE, detail, True)))
-                log.warning(
-                    "entry %s is over ENTRY_MAX_BYTES: dead-lettered unread as too-large", clip(pending[read])
-                )
+                dead.append((pending[read], _too_large(pending[read], config)))
                 read += 1
             pending = pending[read:]
             writes = _Writes()

@@ -103,6 +103,21 @@ def stream_field(fields: Sequence[bytes], name: bytes) -> bytes | None:
     return value
 
 
+def _bulk_bytes(value: bytes) -> int:
+    """`$<length>\r\n<value>\r\n`."""
+    return len(value) + len(str(len(value))) + 5
+
+
+def resp_bytes_over(entry_id: bytes, fields: Sequence[bytes], bound: int) -> bool:
+    """Whether an entry as Redis sends it (`*2`, its ID, `*<n>`, each field and value) is over `bound` bytes
+    of RESP: the measure ENTRY_MAX_BYTES is in, whichever way the entry was read."""
+    payload = sum(map(len, fields))
+    if payload + 32 * (len(fields) + 2) <= bound:  # 32: more than any header and CRLFs of one bulk string
+        return False
+    headers = 4 + len(str(len(fields))) + 3
+    return headers + _bulk_bytes(entry_id) + sum(map(_bulk_bytes, fields)) > bound
+
+
 def decide(fields: Sequence[bytes], deliveries_before: int, max_deliveries: int) -> bytes | DeadLetter:
     """What to do with one claimed entry: the tweet key to write its fields to, as the processor would
     (then acknowledge it), or why to dead-letter it. (A bare key, not an object: one per message.)"""
