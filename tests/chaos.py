@@ -26,8 +26,8 @@ stream:
   invocation through the same host answers as above;
 - wide entries (wide-entries-capped: 100k-500k fields or values of several MB, some over ENTRY_MAX_BYTES,
   some over PAGE_MAX_BYTES alone) claimed by command lines under a 1.5 GB address-space limit: each exits 0
-  or 1 without MemoryError, and each wide entry ends written (HLEN, HSTRLEN) or, over ENTRY_MAX_BYTES,
-  dead-lettered `too-large` once whatever its deliveries (over PAGE_MAX_BYTES alone it must be). The
+  or 1 without MemoryError, and each wide entry under ENTRY_MAX_BYTES ends written (HLEN, HSTRLEN), each
+  over it dead-lettered `too-large` once, whatever its deliveries. The
   checker never reads one whole: it writes and reads them raw, checks dead letters through a script that
   returns their metadata only, and removes them afterwards, so the model never holds them;
 - an entry whose id or a value is over proto-max-bulk-len (id-over-bulk-limit, the limit lowered to 1mb
@@ -139,17 +139,16 @@ HOST_ANSWERS = {200, 503}
 # function-timeout: the host kills a worker still running this long after the function timeout (host.py).
 STEP_FUNCTION_TIMEOUT_SEC = 0.3
 # wide-entries-capped: the command line's address-space limit in tests/test_hostile_content.py, and the
-# handler's default ENTRY_MAX_BYTES and PAGE_MAX_BYTES. ENTRY_MAX_BYTES bounds the entries of a page read a
-# few at a time, once its XCLAIM reply was over PAGE_MAX_BYTES (handler/reclaim/page.py handle_page): an
-# entry between the two is written when its page's reply was under PAGE_MAX_BYTES, else dead-lettered
-# too-large. A reply is judged over its bound only after a receive (a quarter of the bound) has passed it
-# (handler/transport/wire.py read_bounded), so wide entries stay clear of the bands between: under
-# UNDER_ENTRY_BOUND they are written, over OVER_ENTRY_BOUND they may be dead-lettered too-large, over
-# OVER_PAGE_BOUND they must be.
+# handler's default ENTRY_MAX_BYTES and PAGE_MAX_BYTES. An entry over ENTRY_MAX_BYTES is dead-lettered
+# too-large whether its page was read whole (its size counted exactly) or a few entries at a time, once its
+# XCLAIM reply was over PAGE_MAX_BYTES (handler/reclaim/page.py handle_page). A reply read a few at a time
+# is judged over its bound only after a receive (a quarter of the bound) has passed it
+# (handler/transport/wire.py read_bounded), so wide entries stay clear of the band between: under
+# UNDER_ENTRY_BOUND they are written, over OVER_ENTRY_BOUND they must be dead-lettered too-large.
 MEMORY_CAP_BYTES = 1_500_000_000
 ENTRY_MAX_BYTES, PAGE_MAX_BYTES = 8 << 20, 16 << 20
 UNDER_ENTRY_BOUND = ENTRY_MAX_BYTES - (1 << 20)
-OVER_ENTRY_BOUND, OVER_PAGE_BOUND = ENTRY_MAX_BYTES * 5 // 4 + (1 << 20), PAGE_MAX_BYTES * 5 // 4 + (1 << 20)
+OVER_ENTRY_BOUND = ENTRY_MAX_BYTES * 5 // 4 + (1 << 20)
 WIDE_NAMES = 16  # a many-field entry's names cycle over f0..f15, so its hash stays small
 WIDE_INVOCATIONS = 4  # the capped command lines a wide entry is given to end written or dead-lettered
 # id-over-bulk-limit: the lowest proto-max-bulk-len Redis accepts (1mb).
@@ -344,13 +343,8 @@ class Wide:
 
     @property
     def over(self) -> bool:
-        """Over ENTRY_MAX_BYTES, beyond the band: dead-lettered too-large once its page is read narrowed."""
+        """Over ENTRY_MAX_BYTES, beyond the band: dead-lettered too-large however its page is read."""
         return self.resp_bytes > OVER_ENTRY_BOUND
-
-    @property
-    def over_page(self) -> bool:
-        """Over PAGE_MAX_BYTES alone, beyond the band: its page is always read narrowed."""
-        return self.resp_bytes > OVER_PAGE_BOUND
 
     def value_lengths(self) -> dict[bytes, int]:
         """Its hash as HSET leaves it, as lengths (the later of repeated names wins; every value of a name
@@ -885,8 +879,8 @@ class Run:
         valid tweets and claimed by command lines under tests/test_hostile_content.py's address-space
         limit with the default bounds: each exits 0 or 1 (no MemoryError), and every wide entry ends
         written (checked with HLEN and HSTRLEN) or, over ENTRY_MAX_BYTES, dead-lettered `too-large` once
-        (checked from its metadata: reason and field count), whatever its deliveries; over PAGE_MAX_BYTES
-        alone it must be dead-lettered. The checker never reads one whole, and removes them
+        (checked from its metadata: reason and field count), whatever its deliveries and however its page
+        was read. The checker never reads one whole, and removes them
         (entries, dead letters, hashes) afterwards, so the model never holds them."""
         stream = rng.choice(self.streams)
         self._abandon(rng, rng.randrange(2, 10))
@@ -989,7 +983,7 @@ class Run:
             key = b"tweet:" + wide.ident
             if len(found) > 1:
                 raise ViolationError(f"wide entry {entry_id!r} dead-lettered {len(found)} times")
-            if wide.over and (found or wide.over_page):
+            if wide.over:
                 if not found or found[0][2].get(b"dlq:reason") != b"too-large":
                     raise ViolationError(
                         f"wide entry {entry_id!r} over ENTRY_MAX_BYTES not dead-lettered too-large: {found}"
