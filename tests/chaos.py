@@ -848,7 +848,10 @@ class Run:
         for entry, (_, owner, idle_ms, count) in rows.items():
             lo = model.count.get(entry)
             model.count[entry] = count  # resynced: the next step's lo
-            if lo is None or entry in model.deleted:
+            if lo is None:  # pending again (a failover lost its acknowledgement): its last leaving is void
+                model.left.pop(entry, None)
+                continue
+            if entry in model.deleted:
                 continue
             attempted = owner == monitor and idle_ms <= began_ms  # the monitor claimed it during this step
             if attempted and not spent:
