@@ -17,19 +17,22 @@ stream:
   every step and compared with an interval [lo, hi]: lo is the count last read plus the deliveries known
   since (a processor's read; the poison step sets a count), hi adds, for every invocation of the step that
   may have spent deliveries (killed, cut, stalled, restarted, reloading, failed over, answering 503 or
-  losing its lease), the times its claim may have been sent (the retry policy's attempts). Any other
-  invocation (it answered 200 or exited 0, or its every write was refused: out of memory, NOPERM, READONLY,
-  a dead-letter key of the wrong type) leaves every entry still pending at exactly lo: a written entry
-  leaves, a refused attempt gives its delivery back (give_back.py), an entry not reached stays. Below lo is a
-  delivery given back that was not refused's (an extra give-back); above hi, a give-back missing. The model
-  then takes the counts read as its own, and keeps per entry the attempts seen refused and the deliveries
-  of attempts that died, for the violation's message;
+  losing its lease; and the next step after a stall, whose held-back commands may land late), the times its
+  claim may have been sent (the retry policy's attempts). Any other invocation (it answered 200 or exited
+  0, also beside a processor or a skipped monitor, or its every write was refused: out of memory, NOPERM,
+  READONLY, a dead-letter key of the wrong type) leaves every entry still pending at exactly lo: a written
+  entry leaves, a refused attempt gives its delivery back (give_back.py), an entry not reached stays. Below
+  lo is an extra give-back (a delivery taken back that no refusal spent); above hi, a give-back missing or a
+  delivery spent by an invocation that did not fail. The model then takes the counts read as its own, and
+  keeps per entry the attempts seen refused and the deliveries spent by attempts that died, for the
+  violation's message;
 - a valid tweet is dead-lettered only when the count its invocation read before claiming it (the count the
   model had before the step, plus what the step's other invocations may have spent) is more than that
   invocation's MAX_DELIVERIES (the handler's 4, a CLI's own 2-6; the smallest of the step's): a dead letter
-  one delivery early is a violation. Also, as before, after more deliveries not refused than the smallest
-  MAX_DELIVERIES any invocation used (processor reads, deliveries set, and every invocation that may have
-  spent one since it was delivered); and never both written and dead-lettered;
+  one delivery early is a violation. And only after more deliveries not refused than the smallest
+  MAX_DELIVERIES any invocation used, counted from its first delivery as an upper bound (processor reads,
+  deliveries set, and every invocation since that may have spent one); and never both written and
+  dead-lettered;
 - no dead letter is duplicated, none names an entry that never existed in its stream, no stray `tweet:` key;
 - every invocation answers 200 or 503 (the CLI exits 0 or 1) within its own budget plus 3 timeouts plus 3 s,
   also when two run at once or a processor works beside it.
