@@ -81,6 +81,9 @@ MAX_DELIVERIES = 4  # the handler's; each CLI invocation draws its own from 2-6
 TIMEOUT_SEC = 1
 BUDGET_SEC = 2  # the handler's; each CLI invocation draws its own from 0.5-3 s
 POISON_DELIVERIES = 50
+# The poison step mostly sets counts about the handler's MAX_DELIVERIES, so that the dead-letter rule's edge
+# is met: an invocation must write an entry at its MAX_DELIVERIES and dead-letter one past it.
+NEAR_MAX_DELIVERIES = (MAX_DELIVERIES - 1, MAX_DELIVERIES + 1)
 REFUSING_USER = "chaos-refused"  # may do everything but HSET: each write is refused (NOPERM)
 LEASE_LOST = "lease-lost"
 # LOADING: DEBUG RELOAD with key-load-delay set so that loading lasts about this long. Redis 6.x answers
@@ -524,7 +527,11 @@ class Run:
     def _poison(self, rng: random.Random) -> None:
         stream = rng.choice(self.streams)
         rows = self._foreign_rows(stream)
+        if not rows:  # work for it: entries a processor crashed on
+            self._abandon(rng, rng.randrange(3, 10))
+            rows = self._foreign_rows(stream)
         for row in rng.sample(rows, min(len(rows), rng.randrange(1, 4))):
+            deliveries = POISON_DELIVERIES if rng.random() < 0.3 else rng.randint(*NEAR_MAX_DELIVERIES)
             command(
                 self.admin,
                 "XCLAIM",
@@ -534,11 +541,11 @@ class Run:
                 0,
                 row[0],
                 "RETRYCOUNT",
-                POISON_DELIVERIES,
+                deliveries,
                 "JUSTID",
             )
             self.model.poison.add((stream, row[0]))
-            self.model.count[stream, row[0]] = POISON_DELIVERIES  # RETRYCOUNT sets it; JUSTID adds none
+            self.model.count[stream, row[0]] = deliveries  # RETRYCOUNT sets it; JUSTID adds none
 
     def _delete(self, rng: random.Random) -> None:
         stream = rng.choice(self.streams)
