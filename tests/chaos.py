@@ -13,10 +13,25 @@ stream:
 - an entry leaves the group's pending list only if its tweet is written, or it is in its stream's
   dead-letter stream exactly once, or it was deleted from the stream (or a processor acknowledged it, or an
   operator replayed or purged its dead letter);
-- a valid tweet is dead-lettered only after more than MAX_DELIVERIES deliveries that did not end in a
-  retryable refusal (the model counts an upper bound: processor reads, deliveries it set, and every
-  invocation since that may have spent one: killed, cut, stalled, failed over, reloading, answering 503 or
-  losing its lease), with MAX_DELIVERIES the smallest any invocation so far used; and never both written and
+- every pending entry's delivery count (XPENDING's times_delivered) is what the model expects, read after
+  every step and compared with an interval [lo, hi]: lo is the count last read plus the deliveries known
+  since (a processor's read; the poison step sets a count), hi adds, for every invocation of the step that
+  may have spent deliveries (killed, cut, stalled, restarted, reloading, failed over, answering 503 or
+  losing its lease; and the next step after a stall, whose held-back commands may land late), the times its
+  claim may have been sent (the retry policy's attempts). Any other invocation (it answered 200 or exited
+  0, also beside a processor or a skipped monitor, or its every write was refused: out of memory, NOPERM,
+  READONLY, a dead-letter key of the wrong type) leaves every entry still pending at exactly lo: a written
+  entry leaves, a refused attempt gives its delivery back (give_back.py), an entry not reached stays. Below
+  lo is an extra give-back (a delivery taken back that no refusal spent); above hi, a give-back missing or a
+  delivery spent by an invocation that did not fail. The model then takes the counts read as its own, and
+  keeps per entry the attempts seen refused and the deliveries spent by attempts that died, for the
+  violation's message;
+- a valid tweet is dead-lettered only when the count its invocation read before claiming it (the count the
+  model had before the step, plus what the step's other invocations may have spent) is more than that
+  invocation's MAX_DELIVERIES (the handler's 4, a CLI's own 2-6; the smallest of the step's): a dead letter
+  one delivery early is a violation. And only after more deliveries not refused than the smallest
+  MAX_DELIVERIES any invocation used, counted from its first delivery as an upper bound (processor reads,
+  deliveries set, and every invocation since that may have spent one); and never both written and
   dead-lettered;
 - no dead letter is duplicated, none names an entry that never existed in its stream, no stray `tweet:` key;
 - every invocation answers 200 or 503 (the CLI exits 0 or 1) within its own budget plus 3 timeouts plus 3 s,
@@ -72,6 +87,7 @@ from handler.keys import DEAD_LETTER_SUFFIX, hash_tag_of
 from handler.reclaim.dead_letter import is_part, split_dead_letter
 from handler.transport.client import Client
 from handler.transport.connect import RawStreamCluster
+from handler.transport.retry import RETRY_DELAYS_SEC
 from tests.pipeline import command, create_group, expected_hash, pending_rows, raw
 from tests.proxy import FaultyProxy
 
@@ -80,6 +96,9 @@ MAX_DELIVERIES = 4  # the handler's; each CLI invocation draws its own from 2-6
 TIMEOUT_SEC = 1
 BUDGET_SEC = 2  # the handler's; each CLI invocation draws its own from 0.5-3 s
 POISON_DELIVERIES = 50
+# The poison step mostly sets counts about the handler's MAX_DELIVERIES, so that the dead-letter rule's edge
+# is met: an invocation must write an entry at its MAX_DELIVERIES and dead-letter one past it.
+NEAR_MAX_DELIVERIES = (MAX_DELIVERIES - 1, MAX_DELIVERIES + 1)
 REFUSING_USER = "chaos-refused"  # may do everything but HSET: each write is refused (NOPERM)
 LEASE_LOST = "lease-lost"
 # LOADING: DEBUG RELOAD with key-load-delay set so that loading lasts about this long. Redis 6.x answers
@@ -154,6 +173,13 @@ WIDE_INVOCATIONS = 4  # the capped command lines a wide entry is given to end wr
 # id-over-bulk-limit: the lowest proto-max-bulk-len Redis accepts (1mb).
 BULK_LIMIT = 1 << 20
 STRAY = STREAM + ":stray:"  # group-less streams the pattern STREAM* matches
+# The most deliveries one invocation that failed may have spent on an entry: it is in one page of the
+# invocation's walk, whose XCLAIM is sent at most this often (the retry policy), each time counting one with
+# a min-idle of 0.
+CLAIM_ATTEMPTS = len(RETRY_DELAYS_SEC) + 1
+# Faults whose held-back commands the proxy may still deliver after their step: a stalled connection's
+# XCLAIM reaches Redis once the proxy is healed, which may be during the next step.
+LATE_COMMANDS = frozenset({"stall"})
 EntryKey: TypeAlias = tuple[str, bytes]  # (stream, entry id): two streams may hold the same id
 
 
@@ -235,6 +261,22 @@ class Model:
     wrong_type_ids: set[bytes] = field(default_factory=set)
     abnormal: int = 0  # invocations that may have spent a delivery of every entry pending then
     max_deliveries: int = MAX_DELIVERIES  # the smallest any invocation so far used
+    # The delivery promise, entry by entry (the module docstring). `count` is each delivered entry's
+    # times_delivered as last read (every step), plus the deliveries known since: lo of its interval.
+    count: dict[EntryKey, int] = field(default_factory=dict)
+    refused: Counter[EntryKey] = field(default_factory=Counter)  # attempts refused: deliveries given back
+    died: Counter[EntryKey] = field(default_factory=Counter)  # deliveries spent by attempts that failed
+    # The current step: per invocation, the deliveries it may have spent on each pending entry (0: none, a
+    # 200 or every write refused); those a previous step's late commands may add; the smallest
+    # MAX_DELIVERIES of its invocations (None: it ran none); when it began.
+    spends: list[int] = field(default_factory=list)
+    late: int = 0
+    step_max: int | None = None
+    step_began: float = 0.0
+    # Entries that left the pending list: the count before that step, the deliveries its invocations other
+    # than the one that took the entry may have spent first, and the step's smallest MAX_DELIVERIES.
+    left: dict[EntryKey, tuple[int, int, int]] = field(default_factory=dict)
+    lettered_pending: set[EntryKey] = field(default_factory=set)  # a dead letter seen while still pending
 
     def add(self, entry: EntryKey, fields: list[bytes]) -> None:
         self.entries[entry] = fields
@@ -498,6 +540,7 @@ class Run:
         self.model = Model()
         self.stats = Stats()
         self.numbers = 0
+        self._previous_kind = ""
         self._pairs: dict[bytes, tuple[int, set[tuple[bytes, bytes]]]] = {}  # per tweet, for _check_written
         self.admin: Client = self._start_redis()
         try:
@@ -566,6 +609,10 @@ class Run:
     def step(self, step: Step) -> None:
         rng = random.Random(step.seed)
         self.stats.steps += 1
+        model = self.model
+        model.late = CLAIM_ATTEMPTS if self._previous_kind in LATE_COMMANDS else 0
+        model.spends, model.step_max, model.step_began = [], None, time.monotonic()
+        self._previous_kind = step.kind
         injected = getattr(self, "_" + step.kind.replace("-", "_"))(rng)
         if step.kind in FAULTS and injected is not False:
             self.stats.faults[step.kind] += 1
@@ -623,6 +670,7 @@ class Run:
     def _delivered(self, entry: EntryKey) -> None:
         self.model.delivered.add(entry)
         self.model.reads[entry] += 1
+        self.model.count[entry] = self.model.count.get(entry, 0) + 1
         self.model.abnormal_since.setdefault(entry, self.model.abnormal)
 
     def _foreign_rows(self, stream: str) -> list[tuple[bytes, bytes, int, int]]:
@@ -638,7 +686,11 @@ class Run:
     def _poison(self, rng: random.Random) -> None:
         stream = rng.choice(self.streams)
         rows = self._foreign_rows(stream)
+        if not rows:  # work for it: entries a processor crashed on
+            self._abandon(rng, rng.randrange(3, 10))
+            rows = self._foreign_rows(stream)
         for row in rng.sample(rows, min(len(rows), rng.randrange(1, 4))):
+            deliveries = POISON_DELIVERIES if rng.random() < 0.3 else rng.randint(*NEAR_MAX_DELIVERIES)
             command(
                 self.admin,
                 "XCLAIM",
@@ -648,10 +700,11 @@ class Run:
                 0,
                 row[0],
                 "RETRYCOUNT",
-                POISON_DELIVERIES,
+                deliveries,
                 "JUSTID",
             )
             self.model.poison.add((stream, row[0]))
+            self.model.count[stream, row[0]] = deliveries  # RETRYCOUNT sets it; JUSTID adds none
 
     def _delete(self, rng: random.Random) -> None:
         stream = rng.choice(self.streams)
@@ -662,6 +715,8 @@ class Run:
 
     # Invocations.
     def _begin_http(self) -> Invocation:
+        self._invoked(MAX_DELIVERIES)
+
         def check(answer: Any) -> bool:
             if isinstance(answer, BaseException):
                 raise ViolationError(f"the handler did not answer: {answer!r}")
@@ -677,6 +732,7 @@ class Run:
         """Random settings for one CLI invocation; the model keeps the smallest MAX_DELIVERIES."""
         max_deliveries = rng.randint(2, 6)
         self.model.max_deliveries = min(self.model.max_deliveries, max_deliveries)
+        self._invoked(max_deliveries)
         return {
             "RECLAIM_PAGE_SIZE": str(rng.choice([1, 7, 50, 500])),
             "CYCLE_MAX_MESSAGES": str(rng.choice([5, 100, 1_000_000])),
@@ -722,12 +778,21 @@ class Run:
             fault()
         return invocation.finish()
 
+    def _invoked(self, max_deliveries: int) -> None:
+        """An invocation of this step will use this MAX_DELIVERIES (the model keeps the step's smallest)."""
+        step_max = self.model.step_max
+        self.model.step_max = max_deliveries if step_max is None else min(step_max, max_deliveries)
+
     def _spent(self, *abnormal: bool) -> None:
-        """Invocations that failed or lost their lease may each have spent a delivery."""
+        """Invocations that failed or lost their lease may each have spent a delivery (CLAIM_ATTEMPTS on
+        one entry); the others none. An invocation no step counts here (one whose every write is refused)
+        spends none either."""
         self.model.abnormal += sum(abnormal)
+        self.model.spends += [CLAIM_ATTEMPTS if a else 0 for a in abnormal]
 
     def _abnormal(self) -> None:
         self.model.abnormal += 1
+        self.model.spends.append(CLAIM_ATTEMPTS)
 
     def _invoke_http(self, rng: random.Random) -> None:
         self._spent(self._http())
@@ -1201,7 +1266,8 @@ class Run:
     def check(self) -> None:
         self.stats.checks += 1
         model, admin = self.model, self.admin
-        pending = {(stream, row[0]) for stream in self.streams for row in pending_rows(admin, stream, GROUP)}
+        rows = {(stream, r[0]): r for stream in self.streams for r in pending_rows(admin, stream, GROUP)}
+        pending = set(rows)
         delivered = model.delivered
         self.stats.fates = Counter(
             {
@@ -1217,6 +1283,7 @@ class Run:
         duplicated = [entry for entry, n in letters.items() if n > 1]
         if duplicated:
             raise ViolationError(f"dead letters duplicated: {duplicated[:5]}")
+        self._check_deliveries(rows, letters)
         unknown = [entry for entry in letters if entry not in model.entries]
         if unknown:
             raise ViolationError(f"dead letters of entries that never existed: {unknown[:5]}")
@@ -1242,6 +1309,58 @@ class Run:
             if not valid or key is None:
                 raise ViolationError(f"lost: {entry} left the pending list, not written nor dead-lettered")
             self._check_written(entry, key, fields, ids_by_tweet[key], stored[key])
+
+    def _check_deliveries(
+        self, rows: dict[EntryKey, tuple[bytes, bytes, int, int]], letters: Counter[EntryKey]
+    ) -> None:
+        """Every pending entry's delivery count within [lo, hi] (the module docstring), then the model takes
+        the counts read as its own. For an entry that left the pending list it keeps what its dead letter,
+        if it has one, is checked against."""
+        model = self.model
+        spent = sum(model.spends) + model.late  # hi - lo, the same for every entry pending
+        others = spent - min(model.spends, default=0)  # spent by invocations other than the one that took it
+        step_max = MAX_DELIVERIES if model.step_max is None else model.step_max  # None: a killed handler
+        for entry in [entry for entry in model.count if entry not in rows]:
+            model.left[entry] = (model.count.pop(entry), others, step_max)
+        model.lettered_pending.update(entry for entry in letters if entry in rows)
+        began_ms = (time.monotonic() - model.step_began) * 1000
+        monitor = MONITOR.encode()
+        for entry, (_, owner, idle_ms, count) in rows.items():
+            lo = model.count.get(entry)
+            model.count[entry] = count  # resynced: the next step's lo
+            if lo is None:  # pending again (a failover lost its acknowledgement): its last leaving is void
+                model.left.pop(entry, None)
+                continue
+            if entry in model.deleted:
+                continue
+            attempted = owner == monitor and idle_ms <= began_ms  # the monitor claimed it during this step
+            if attempted and not spent:
+                model.refused[entry] += 1  # still pending after a claim no failure explains: refused
+            elif count > lo:
+                model.died[entry] += count - lo
+            if not lo <= count <= lo + spent:
+                raise ViolationError(self._delivery_violation(entry, lo, spent, count, attempted))
+
+    def _delivery_violation(self, entry: EntryKey, lo: int, spent: int, count: int, attempted: bool) -> str:
+        model = self.model
+        said = f"XPENDING says {count}"
+        so_far = (
+            f"(attempts refused so far: {model.refused[entry]}; "
+            f"deliveries spent by attempts that died: {model.died[entry]})"
+        )
+        if count < lo:
+            return f"entry {entry}: {lo} deliveries known, {said} (an extra give-back) {so_far}"
+        if attempted and not spent:
+            return (
+                f"entry {entry}: {lo} deliveries expected after a refused attempt, {said} "
+                f"(give-back missing) {so_far}"
+            )
+        if not spent:
+            return f"entry {entry}: {lo} deliveries expected (no invocation failed), {said} {so_far}"
+        return (
+            f"entry {entry}: at most {lo + spent} deliveries expected ({lo} known, {spent} the step's failed "
+            f"invocations may have spent), {said} {so_far}"
+        )
 
     def _hashes(self, keys: list[bytes]) -> dict[bytes, dict[bytes, bytes]]:
         """Each tweet hash, read in pipelines of 500 (a check reads hundreds)."""
@@ -1271,6 +1390,15 @@ class Run:
         if not abnormal and alone and stored[key]:
             # No fault since it was delivered, so no attempt wrote it without acknowledging it.
             raise ViolationError(f"{entry} both written and dead-lettered")
+        if entry in model.left and entry not in model.lettered_pending:
+            # Its invocation read, before claiming it, the count of the step before plus what the step's
+            # other invocations may have added: a dead letter for deliveries needs more than MAX_DELIVERIES.
+            before, others, step_max = model.left[entry]
+            if before + others <= step_max:
+                raise ViolationError(
+                    f"valid tweet {entry} dead-lettered early: its invocation read at most {before + others} "
+                    f"deliveries, not more than MAX_DELIVERIES {step_max}"
+                )
         spent = model.reads[entry] + abnormal
         if entry not in model.poison and spent <= model.max_deliveries:
             raise ViolationError(
