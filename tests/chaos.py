@@ -1210,11 +1210,6 @@ class ClusterRun(Run):
         holding = {self.cluster.master_of(stream).port for stream in self.streams}
         return [node for node in self._masters_now() if node.port not in holding]
 
-    @staticmethod
-    def _kill_after(node: LocalRedis, delay: float) -> None:
-        time.sleep(delay)
-        node.stop(kill=True)
-
     def _wait_replicated(self, master: LocalRedis) -> None:
         with self.cluster.node_client(master) as client:
             target = int(client.info("replication")["master_repl_offset"])
