@@ -1006,11 +1006,15 @@ class ClusterRun(Run):
         self._kill_during_an_invocation(rng, self.cluster.master_of(rng.choice(self.streams)), restart=False)
 
     def _tweet_node_failover(self, rng: random.Random) -> bool:
-        """The same for a master that holds only tweets (the handler's WAIT keeps their writes): in the
-        two-stream world that is the node the handler and the CLI are pointed at. Counted when the
-        invocation was still running when the master died."""
+        """The same for a master that holds only tweets: in the two-stream world that is the node the
+        handler and the CLI are pointed at. Half the time its replica lags: stopped (SIGSTOP) from just
+        before the invocation until the kill, its link cut by the master (CLIENT KILL TYPE replica: else
+        what the master wrote to the link would still reach it on loopback), so that writes the master
+        acknowledged meanwhile are lost in the failover and only the handler's WAIT keeps their entries
+        pending. Counted when the invocation was still running when the master died."""
         victim = rng.choice(self._tweet_only_masters())
-        return self._kill_during_an_invocation(rng, victim, restart=False)
+        lagging = rng.choice(self._shards()[victim]) if rng.random() < 0.5 else None
+        return self._kill_during_an_invocation(rng, victim, restart=False, lagging=lagging)
 
     def _redis_restarted(self, rng: random.Random) -> bool:
         """A master SIGKILLed during an invocation and started again from its AOF: at once (before its
@@ -1019,18 +1023,29 @@ class ClusterRun(Run):
         victim = rng.choice(self._masters_now())
         return self._kill_during_an_invocation(rng, victim, restart=rng.random() < 0.7)
 
-    def _kill_during_an_invocation(self, rng: random.Random, victim: LocalRedis, *, restart: bool) -> bool:
+    def _kill_during_an_invocation(
+        self, rng: random.Random, victim: LocalRedis, *, restart: bool, lagging: LocalRedis | None = None
+    ) -> bool:
         self._abandon(rng, rng.randrange(100, 300))  # work for the invocation, so that it dies in its middle
         self._wait_replicated(victim)  # the checker's own writes are on the replica: the model keeps them
-        invocation = self._begin_http()
+        stopped = lagging.process if lagging is not None else None
+        if stopped is not None:
+            stopped.send_signal(signal.SIGSTOP)
+            with self.cluster.node_client(victim) as client:
+                client.execute_command("CLIENT", "KILL", "TYPE", "replica")
         try:
-            time.sleep(rng.uniform(0, 0.1))
+            invocation = self._begin_http()
+            time.sleep(rng.uniform(0.1, 0.5) if stopped is not None else rng.uniform(0, 0.1))
             met = invocation.running()
             victim.stop(kill=True)
+            if stopped is not None:
+                stopped.send_signal(signal.SIGCONT)
             if restart:
                 victim.start()
             self._spent(invocation.finish())
         finally:
+            if stopped is not None:
+                stopped.send_signal(signal.SIGCONT)
             if victim.process is None:  # killed and not started again: its replica takes over first
                 self.cluster.wait_for_failover(victim)
                 victim.start()
