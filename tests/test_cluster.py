@@ -360,17 +360,21 @@ def test_a_replica_that_came_back_after_a_failover_is_waited_for() -> None:
 
 
 def wait_until_listed_as_replica(cluster: LocalCluster, master: LocalRedis, replica: LocalRedis) -> None:
+    """Until `replica` is linked to `master` and every node's slot map lists it (the handler may ask any)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        with cluster.node_client(master) as client:
-            rows = client.execute_command("CLUSTER", "SLOTS")
-            listed = {int(node[1]) for row in rows if int(row[2][1]) == master.port for node in row[3:]}
         with cluster.node_client(replica) as client:
             linked = client.info("replication").get("master_link_status") == "up"
-        if replica.port in listed and linked:
+        if linked and all(replica_listed(cluster, node, master, replica) for node in cluster.live_nodes()):
             return
         time.sleep(0.1)
     raise AssertionError(f"{replica.address} is not listed as {master.address}'s replica after 30 s")
+
+
+def replica_listed(cluster: LocalCluster, node: LocalRedis, master: LocalRedis, replica: LocalRedis) -> bool:
+    with cluster.node_client(node) as client:
+        rows = client.execute_command("CLUSTER", "SLOTS")
+    return replica.port in {int(r[1]) for row in rows if int(row[2][1]) == master.port for r in row[3:]}
 
 
 def slot_ranges_of(cluster: LocalCluster, master: LocalRedis) -> list[tuple[int, int]]:
