@@ -188,7 +188,6 @@ class StreamsCycle:
 
     def run(self, should_stop: Callable[[], bool] = no_stop_requested) -> CycleSummary:
         self._completed = []
-        self._read_slot_map_again()
         if self._single():
             summary = self._cycle(self._settings.STREAM_NAME).run(should_stop)
             self._completed = [self._settings.STREAM_NAME]
@@ -220,17 +219,6 @@ class StreamsCycle:
         summary = total(summaries, round((time.monotonic() - started) * 1000))
         log.info(summary.log_line(), extra={"summary": summary.as_dict()})
         return summary
-
-    def _read_slot_map_again(self) -> None:
-        """Once per invocation of a long-lived handler (the first one reads it anyway). A replica that joins
-        a master after the map was read raises no error that would have it read again, and the writes to
-        that master wait for a replica only where the map lists one (page.py): a master promoted in a
-        failover gets its old master back as a replica that way. Reading fails where the cycle would too;
-        it then goes on with the map it has."""
-        try:
-            self._connection.refresh()
-        except REDIS_FAILURES as exc:
-            log.warning("could not read the cluster's slot map again: %s", exc)
 
     def run_scheduled(self, should_stop: Callable[[], bool] = no_stop_requested) -> CycleSummary:
         """A cycle the timer (or `run`) started: once it completes, its time is recorded (the heartbeat)
