@@ -312,3 +312,72 @@ def test_the_documented_acl_rule_is_enough_on_a_cluster(
     assert "PASS  authentication: as user 'monitor'" in check.stdout
     assert "PASS  permissions: 'monitor' may run all" in check.stdout  # verified itself (acl_check_cmd)
     SECURITY_CHECKS.append("ACL on a cluster: the documented rule, set on every node, runs a full cycle")
+
+
+def test_a_replica_that_came_back_after_a_failover_is_waited_for() -> None:
+    """A master holding tweets dies and its replica takes over; the long-lived handler reads the slot map
+    while the new master has no replica yet; the old master then comes back as its replica, which no error
+    tells the handler. Writes to the new master must still wait for that replica: frozen (SIGSTOP) with its
+    link cut, it has none of them, so no entry whose tweet lives there may be acknowledged (a failover now
+    would lose the tweet and keep the acknowledgement)."""
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=1) as cluster:
+        stream_master = cluster.master_of(STREAM)
+        # Not the first master: the test's client enters the cluster there.
+        victim = next(node for node in cluster.masters[1:] if node is not stream_master)
+        promoted = cluster.replica_of(victim)
+        victim.stop(kill=True)
+        cluster.wait_for_failover(victim)
+        client = cluster.client()
+        create_group(client, STREAM, GROUP)
+        host = FunctionsHost(cluster_env(cluster, stream_master)).start()
+        try:
+            abandon_backlog(client, 300)
+            drain(host, client)  # the handler's slot map: the promoted master without a replica
+            victim.start()  # back as the promoted master's replica
+            wait_until_listed_as_replica(cluster, promoted, victim)
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGSTOP)
+            with cluster.node_client(promoted) as node:
+                node.execute_command("CLIENT", "KILL", "TYPE", "replica")  # else the link's buffers reach it
+            backlog = abandon_backlog(client, 300, offset=300)
+            completed(host.invoke())
+        finally:
+            if victim.process is not None:
+                victim.process.send_signal(signal.SIGCONT)
+            host.stop()
+        ranges = slot_ranges_of(cluster, promoted)
+        pending = {bytes(row[0]) for row in pipeline.pending_rows(client, STREAM, GROUP)}
+        acknowledged_there = [
+            bytes(fields[3])
+            for entry_id, fields in pipeline.command(client, "XRANGE", STREAM, "-", "+")
+            if bytes(entry_id) not in pending
+            and len(fields) > 3
+            and b"tweet:" + bytes(fields[3]) in backlog.tweets
+            and any(first <= key_slot(b"tweet:" + bytes(fields[3])) <= last for first, last in ranges)
+        ]
+        assert [] == acknowledged_there
+        client.close()
+
+
+def wait_until_listed_as_replica(cluster: LocalCluster, master: LocalRedis, replica: LocalRedis) -> None:
+    """Until `replica` is linked to `master` and every node's slot map lists it (the handler may ask any)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with cluster.node_client(replica) as client:
+            linked = client.info("replication").get("master_link_status") == "up"
+        if linked and all(replica_listed(cluster, node, master, replica) for node in cluster.live_nodes()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{replica.address} is not listed as {master.address}'s replica after 30 s")
+
+
+def replica_listed(cluster: LocalCluster, node: LocalRedis, master: LocalRedis, replica: LocalRedis) -> bool:
+    with cluster.node_client(node) as client:
+        rows = client.execute_command("CLUSTER", "SLOTS")
+    return replica.port in {int(r[1]) for row in rows if int(row[2][1]) == master.port for r in row[3:]}
+
+
+def slot_ranges_of(cluster: LocalCluster, master: LocalRedis) -> list[tuple[int, int]]:
+    with cluster.node_client(master) as client:
+        rows = client.execute_command("CLUSTER", "SLOTS")
+    return [(int(row[0]), int(row[1])) for row in rows if int(row[2][1]) == master.port]

@@ -133,6 +133,10 @@ class ReclaimCycle:
         )
         if pending == 0:
             return CycleSummary(duration_ms=_ms_since(started))
+        # Writes wait for a replica only where the slot map lists one: a replica that joined since it was
+        # read (the old master back after a failover) must be known before this cycle writes.
+        topology = self._connection.topology()
+        with_retries(partial(topology.refresh_if_replicas_changed, keys.stream))
         lease = Lease(client, raw_name(keys.lease), self._holder, self._settings.LEASE_TTL_SEC)
         try:
             holder = with_retries(lease.acquire)
@@ -153,7 +157,6 @@ class ReclaimCycle:
             )
         try:
             cursor = with_retries(partial(read_cursor, client, keys.cursor))
-            topology = self._connection.topology()
             keep_lease = partial(with_retries, lease.keep)
             sweep = Sweep(self._plan, topology, limits, started, should_stop, keep_lease)
             try:

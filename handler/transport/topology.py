@@ -4,7 +4,8 @@ On one node everything goes to one connection pool. On a cluster a stream lives 
 tweet hashes spread over all 16384; the cycle groups its writes per node from a snapshot of the slot map,
 kept with the connection (connect.RedisConnection), read again after a connection error, and marked stale
 where a reply says a slot moved (MOVED, ASK…) to be read again before the next use that needs it: a page
-whose writes met MOVED reads it at once and sends them again (reclaim/page.py).
+whose writes met MOVED reads it at once and sends them again (reclaim/page.py). Each cycle also asks the
+stream's node for the masters' replica counts, which change without an error (a replica joining).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from redis.connection import ConnectionPool
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from handler.settings import host_port
-from handler.transport.client import Client
+from handler.transport.client import Client, command, server_holding
 
 
 @dataclass(eq=False)  # compared by identity: one Node per server in a snapshot
@@ -46,6 +47,9 @@ class Topology(Protocol):
     def refresh_if_stale(self) -> None:
         """Read the slot map again if it was marked stale since it was last read."""
 
+    def refresh_if_replicas_changed(self, key: str) -> None:
+        """Ask the node of `key` which replicas each master has now; read the map again where that differs."""
+
 
 def server_address(client: redis.Redis) -> str:
     """`host:port` of the server a plain client talks to, for messages."""
@@ -70,6 +74,9 @@ class SingleNode:
         pass
 
     def refresh_if_stale(self) -> None:
+        pass
+
+    def refresh_if_replicas_changed(self, key: str) -> None:
         pass
 
 
@@ -119,6 +126,20 @@ class ClusterSlots:
             self._cluster.nodes_manager.initialize()
             self._by_name = {}
             self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
+
+    def refresh_if_replicas_changed(self, key: str) -> None:
+        """A replica that joins a master after the map was read (the old master back as the promoted one's
+        replica after a failover) raises no error that would mark the map stale, and a master's writes wait
+        for a replica only where the map lists one (reclaim/page.py). So one CLUSTER SLOTS to the node of
+        `key`, which the cycle has just reached (never a random node: one that is down would cost a
+        timeout), and the map is read again where a master's replica count differs from the snapshot's."""
+        rows = command(server_holding(self._cluster, key), "CLUSTER", "SLOTS")
+        cached = self._cluster.nodes_manager.slots_cache
+        for first, _last, _primary, *replicas in rows:
+            holders = cached.get(int(first)) or []
+            if len(holders) != 1 + len(replicas):
+                self.refresh()
+                return
 
     def _resolve(self, slot: int) -> Node:
         cluster = self._cluster
