@@ -1134,6 +1134,7 @@ class Run:
             "JUSTID",
         )
         self.model.poison.add(entry)
+        self.model.count[entry] = POISON_DELIVERIES  # RETRYCOUNT sets it; JUSTID adds none
         with self._node_clients()[0] as client:
             before = str(client.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
         self._config_set("proto-max-bulk-len", BULK_LIMIT)
