@@ -647,7 +647,7 @@ def run_checker(root: Path, seconds: float) -> tuple[str | None, float]:
         assert process.stdout is not None
         violation = None
         for line in process.stdout:
-            if line.startswith(f"seed {seed} ("):  # chaos.py prints this line only for a violation
+            if line.startswith(f"seed {seed} ("):  # tests/chaos/cli.py prints it only for a violation
                 violation = line.strip()
                 break
         _stop(process)

@@ -1,4 +1,4 @@
-"""The randomized checker (tests/chaos.py) on a fixed set of seeds: every promise holds after every step, and
+"""The randomized checker (tests/chaos/) on a fixed set of seeds: every promise holds after every step, and
 those seeds inject every kind of fault at least once, in every kind of world (one node and a cluster, one
 stream and two). ./scripts/chaos runs it longer."""
 
