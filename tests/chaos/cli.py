@@ -104,7 +104,9 @@ def table(totals: Stats, runs: int, violations: int, worlds: Counter[str], possi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=chaos.__doc__.splitlines()[0] if chaos.__doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description=chaos.__doc__.splitlines()[0] if chaos.__doc__ else None
+    )
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--seed", type=int, help="run this seed once")
     parser.add_argument("--steps", type=int, default=60, help="steps per seed")
