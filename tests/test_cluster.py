@@ -25,6 +25,7 @@ from handler.keys import StreamKeys
 from handler.reclaim.cycle import ReclaimCycle
 from handler.settings import MonitorSettings
 from handler.transport.connect import RedisConnection, connect
+from handler.transport.topology import ClusterSlots
 from tests import pipeline
 from tests.acl import ACL_RULE
 from tests.backlogs import DEAD_LETTER, FAST, NAMES, Backlog, abandon_backlog, drain, pending_count
@@ -356,6 +357,29 @@ def test_a_replica_that_came_back_after_a_failover_is_waited_for() -> None:
             and any(first <= key_slot(b"tweet:" + bytes(fields[3])) <= last for first, last in ranges)
         ]
         assert [] == acknowledged_there
+        client.close()
+
+
+def test_a_replica_that_joined_is_seen_also_after_redis_py_read_the_map_by_itself() -> None:
+    """The slot map's snapshot that page writes use (a master's replica count decides whether they WAIT) is
+    compared with what the stream's node says, not with redis-py's own copy of the map: redis-py reads that
+    again by itself after any connection error or timeout of a command it routes (the pending count, the
+    lease), and would then agree with the node while the snapshot still counts no replica."""
+    with LocalCluster(BINARIES["8.2"](), replicas_per_master=1) as cluster:
+        victim = cluster.masters[1]  # not the first master: the test's client enters the cluster there
+        promoted = cluster.replica_of(victim)
+        victim.stop(kill=True)
+        cluster.wait_for_failover(victim)
+        client = cluster.client()
+        first, _ = slot_ranges_of(cluster, promoted)[0]
+        key = next(k for k in (f"tweet:{n}" for n in range(100_000)) if key_slot(k.encode()) == first)
+        topology = ClusterSlots(client)
+        assert 0 == topology.node_of(key).replicas
+        victim.start()  # back as the promoted master's replica
+        wait_until_listed_as_replica(cluster, promoted, victim)
+        client.nodes_manager.initialize()  # what redis-py does by itself after a connection error
+        topology.refresh_if_replicas_changed(key)
+        assert 1 == topology.node_of(key).replicas
         client.close()
 
 
