@@ -132,12 +132,15 @@ class ClusterSlots:
         replica after a failover) raises no error that would mark the map stale, and a master's writes wait
         for a replica only where the map lists one (reclaim/page.py). So one CLUSTER SLOTS to the node of
         `key`, which the cycle has just reached (never a random node: one that is down would cost a
-        timeout), and the map is read again where a master's replica count differs from the snapshot's."""
+        timeout), and the map is read again where a master's replica count differs from the snapshot's.
+        The snapshot's, not redis-py's own copy of the map: redis-py reads that again by itself after a
+        connection error of any command it routes, and would then agree with the node while the snapshot
+        still counts no replica."""
         rows = command(server_holding(self._cluster, key), "CLUSTER", "SLOTS")
-        cached = self._cluster.nodes_manager.slots_cache
-        for first, _last, _primary, *replicas in rows:
-            holders = cached.get(int(first)) or []
-            if len(holders) != 1 + len(replicas):
+        for first, _last, primary, *replicas in rows:
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+            known = self._by_name.get(f"{host}:{primary[1]}") or self._by_slot[int(first)]
+            if known is not None and known.replicas != len(replicas):
                 self.refresh()
                 return
 
