@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,14 +86,43 @@ def test_the_repository_published_by_mistake_tells_the_host_what_to_publish(tmp_
     (.funcignore), so the handler host.json starts there cannot run; what it writes on stderr, which the host
     logs as errors and quotes at each exit, names the folder to publish instead, and the host gives up after
     its third error rather than answering nothing forever."""
-    app_root = tmp_path / "wwwroot"
-    publish_zip(ROOT, tmp_path / "checkout.zip")
-    unpack(tmp_path / "checkout.zip", app_root)
-    assert not (app_root / ".venv").exists()
-    host = FunctionsHost({"PATH": os.environ["PATH"]}, app_root=app_root)
+    app_root = _published_checkout(tmp_path)
+    host = FunctionsHost({"PATH": str(_path_with(tmp_path / "bin"))}, app_root=app_root)  # no python3 there
     with pytest.raises(AssertionError, match="exited at start"):
         host.start()
     host.wait_until(lambda: not host.running, "the host to shut down after its third worker error")
     assert ERRORS_BEFORE_SHUTDOWN == len(host.errors), host.errors
     for error in host.errors:
         assert "exited with code 1" in error and "publish dist/functionapp" in error, error
+
+
+def test_a_checkout_without_its_venv_runs_on_a_python_on_path_that_has_the_handlers_packages(
+    tmp_path: Path,
+) -> None:
+    """The demo or `func start` where the project was installed into a virtualenv of one's own (activated,
+    so its python3 is first on PATH) rather than the checkout's .venv: that Python is used."""
+    app_root = _published_checkout(tmp_path)
+    path = _path_with(tmp_path / "bin", python3=Path(sys.executable))
+    host = FunctionsHost({"PATH": str(path)}, app_root=app_root).start()
+    try:
+        assert host.alive()
+    finally:
+        host.stop()
+    assert [] == host.errors
+
+
+def _published_checkout(tmp_path: Path) -> Path:
+    """The repository as a publish of it uploads it: no .venv."""
+    app_root = tmp_path / "wwwroot"
+    publish_zip(ROOT, tmp_path / "checkout.zip")
+    unpack(tmp_path / "checkout.zip", app_root)
+    assert not (app_root / ".venv").exists()
+    return app_root
+
+
+def _path_with(folder: Path, **programs: Path) -> Path:
+    """A PATH of one folder: the tools run-from-checkout.sh calls, and `programs` under their names."""
+    folder.mkdir()
+    for name, target in {"dirname": Path(shutil.which("dirname") or "/usr/bin/dirname"), **programs}.items():
+        (folder / name).symlink_to(target)
+    return folder
