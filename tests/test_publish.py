@@ -22,6 +22,7 @@ from handler.dev.core_tools import (
     worker_runtime,
 )
 from handler.dev.host import ERRORS_BEFORE_SHUTDOWN, FunctionsHost
+from handler.dev.samples import PIPELINE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "docs" / "deploy.md"
@@ -102,8 +103,18 @@ def test_a_checkout_without_its_venv_runs_on_a_python_on_path_that_has_the_handl
     """The demo or `func start` where the project was installed into a virtualenv of one's own (activated,
     so its python3 is first on PATH) rather than the checkout's .venv: that Python is used."""
     app_root = _published_checkout(tmp_path)
-    path = _path_with(tmp_path / "bin", python3=Path(sys.executable))
-    host = FunctionsHost({"PATH": str(path)}, app_root=app_root).start()
+    venv_python = tmp_path / "python3"  # a script: a link to a virtualenv's Python loses its virtualenv
+    venv_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    venv_python.chmod(0o755)
+    path = _path_with(tmp_path / "bin", python3=venv_python)
+    # Readiness needs no Redis: the settings only have to be valid.
+    settings = {
+        **PIPELINE_NAMES,
+        "REDIS_HOST": "127.0.0.1:1",
+        "REDIS_TLS": "false",
+        "MIN_IDLE_TIME_SEC": "10",
+    }
+    host = FunctionsHost({"PATH": str(path), **settings}, app_root=app_root).start()
     try:
         assert host.alive()
     finally:
