@@ -167,6 +167,24 @@ def test_an_entry_over_the_entry_bound_is_too_large_also_when_its_page_is_under_
     assert world8.pending() == set()
 
 
+def test_an_entry_just_over_the_entry_bound_is_too_large_also_when_its_page_is_read_narrowed(
+    world8: World,
+) -> None:
+    """A page read a few entries at a time judges a reply over its bound only after a receive has passed it,
+    so an entry less than a receive over ENTRY_MAX_BYTES may be read whole there; it is too large all the
+    same. Its neighbours make the page's XCLAIM reply far over PAGE_MAX_BYTES, so the page is narrowed."""
+    bound = 64 * 1024
+    big = [b"id", b"just-over", b"text", b"x" * (bound + 4000)]  # over by less than a receive
+    neighbours = [[b"id", b"near-%d" % n, b"text", b"y" * 20_000] for n in range(4)]
+    middle, _valid = _abandon_between(world8, [*neighbours[:2], big, *neighbours[2:]], 2)
+    summary = world8.run(ENTRY_MAX_BYTES=bound, PAGE_MAX_BYTES=bound)
+    assert (summary.counts.processed, summary.counts.dead_lettered, summary.counts.failed) == (6, 1, 0)
+    assert b"tweet:just-over" not in tweet_keys(world8.client)
+    assert hash_fields(world8.client, b"tweet:near-3") == expected_hash(neighbours[3])
+    metadata, _original = _the_dead_letter(world8)
+    assert (metadata[b"dlq:reason"], metadata[b"dlq:original-id"]) == (b"too-large", middle[2])
+
+
 def test_a_page_over_the_page_bound_is_narrowed_and_every_entry_is_handled(world8: World) -> None:
     """Each entry is under the entry bound, together they are over the page's: every one is still handled,
     none is charged a delivery for its neighbours."""
