@@ -155,19 +155,7 @@ def handle_page(
         narrowed = _handle_narrowed(channel, ids, dead, config, order, turn, deliveries)
         narrowed.counts.deleted += deleted
         return narrowed
-    writes = _Writes()
-    for entry_id, fields in claim.entries:
-        if resp_bytes_over(entry_id, fields, config.entry_max_bytes):
-            # Read whole only because its page was under PAGE_MAX_BYTES: too large all the same.
-            dead.append((entry_id, _too_large(entry_id, config)))
-            continue
-        decision = decide(fields, deliveries[entry_id], config.max_deliveries)
-        if isinstance(decision, bytes):
-            writes.entry_ids.append(entry_id)
-            writes.keys.append(decision)
-            writes.fields.append(fields)
-        else:
-            dead.append((entry_id, _to_move(decision, fields)))
+    writes = _sort(claim.entries, dead, deliveries, config)
     ticket = order.register(turn, writes.keys)
     try:
         outcome = _finish_or_narrow(channel, writes, dead, ticket, order, deliveries, config)
@@ -199,6 +187,30 @@ def _delivered_too_often(deliveries: int, limit: int) -> DeadLetter:
         f"delivered {deliveries} times, more than MAX_DELIVERIES={limit}",
         True,
     )
+
+
+def _sort(
+    entries: list[tuple[bytes, list[bytes]]],
+    dead: list[tuple[bytes, DeadLetter]],
+    deliveries: dict[bytes, int],
+    config: PageSettings,
+) -> _Writes:
+    """Claimed entries read whole: the tweets to write, returned, and the dead letters, added to `dead`.
+    An entry over ENTRY_MAX_BYTES is too large however it came to be read: its page was under
+    PAGE_MAX_BYTES, or a narrowed read judged its bound only after a receive had passed it (wire.py)."""
+    writes = _Writes()
+    for entry_id, fields in entries:
+        if resp_bytes_over(entry_id, fields, config.entry_max_bytes):
+            dead.append((entry_id, _too_large(entry_id, config)))
+            continue
+        decision = decide(fields, deliveries[entry_id], config.max_deliveries)
+        if isinstance(decision, bytes):
+            writes.entry_ids.append(entry_id)
+            writes.keys.append(decision)
+            writes.fields.append(fields)
+        else:
+            dead.append((entry_id, _to_move(decision, fields)))
+    return writes
 
 
 def _too_large(entry_id: bytes, config: PageSettings) -> DeadLetter:
@@ -298,15 +310,7 @@ def _handle_narrowed(
                 dead.append((pending[read], _too_large(pending[read], config)))
                 read += 1
             pending = pending[read:]
-            writes = _Writes()
-            for entry_id, fields in entries:
-                decision = decide(fields, deliveries[entry_id], config.max_deliveries)
-                if isinstance(decision, bytes):
-                    writes.entry_ids.append(entry_id)
-                    writes.keys.append(decision)
-                    writes.fields.append(fields)
-                else:
-                    dead.append((entry_id, _to_move(decision, fields)))
+            writes = _sort(entries, dead, deliveries, config)
             del entries
             outcome = _finish_or_narrow(channel, writes, dead, ticket, order, deliveries, config)
             if deleted:
