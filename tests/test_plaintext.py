@@ -154,6 +154,16 @@ def test_a_reset_right_after_connecting_suggests_tls(
         server.cleanup()
 
 
+def test_a_tls_handshake_that_times_out_suggests_plaintext(redis_8: LocalRedis) -> None:
+    """The other way round: a plaintext server (a local Redis on 6379) dialled with TLS, the default, never
+    answers the handshake; 'Timeout connecting to server' was all, and REDIS_TLS went unsuspected."""
+    env = environment_for(redis_8, **NAMES, REDIS_TLS="true", REDIS_TIMEOUT_SEC="1")
+    for args in (["reclaim"], ["check"], ["status"]):
+        done = cli(env, *args)
+        assert 1 == done.returncode, done.stdout + done.stderr
+        assert "REDIS_TLS=false" in done.stdout + done.stderr, (args, done.stdout + done.stderr)
+
+
 def test_local_settings_json_plaintext_reaches_only_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """local.settings.json ships REDIS_TLS=false for a local server: pointed at an Azure cache as it is
     (REDIS_HOST edited, REDIS_TLS left), it is refused before the key goes anywhere."""
