@@ -217,13 +217,34 @@ def unavailable(settings: MonitorSettings, exc: Exception) -> RedisUnavailableEr
 
 def tls_hint(settings: MonitorSettings, exc: BaseException) -> str:
     """Without TLS, a server that resets (or closes) the connection is most often a TLS port answering a
-    client that does not speak TLS: said, since the reset is all the server gives."""
-    if settings.REDIS_TLS or not _reset_by_server(exc):
+    client that does not speak TLS; with TLS, a connection that times out before it is made may be a
+    plaintext server that never answers the handshake: said, since a reset or a timeout is all either
+    gives."""
+    if settings.REDIS_TLS:
+        if not _timed_out_connecting(exc):
+            return ""
+        return (
+            "; a server without TLS never answers a TLS handshake and times out like this: if it speaks "
+            "plaintext (a local Redis on 6379, say), set REDIS_TLS=false"
+        )
+    if not _reset_by_server(exc):
         return ""
     return (
         "; the server reset the connection, as a TLS port does to a client without TLS (Azure's 6380 and "
         "10000): if it expects TLS, set REDIS_TLS=true"
     )
+
+
+def _timed_out_connecting(exc: BaseException) -> bool:
+    """redis-py's words for a connection (TCP and TLS handshake) not made within socket_connect_timeout."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, redis.exceptions.TimeoutError) and str(seen) == "Timeout connecting to server":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reset_by_server(exc: BaseException) -> bool:
