@@ -17,6 +17,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -237,37 +238,35 @@ def tls_hint(settings: MonitorSettings, exc: BaseException) -> str:
 
 def _timed_out_connecting(exc: BaseException) -> bool:
     """redis-py's words for a connection (TCP and TLS handshake) not made within socket_connect_timeout."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, redis.exceptions.TimeoutError) and str(seen) == "Timeout connecting to server":
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        isinstance(seen, redis.exceptions.TimeoutError) and str(seen) == "Timeout connecting to server"
+        for seen in _causes(exc)
+    )
 
 
 def _reset_by_server(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionResetError | BrokenPipeError) or (
+    return any(
+        isinstance(seen, ConnectionResetError | BrokenPipeError)
+        or (
             isinstance(seen, redis.exceptions.ConnectionError) and str(seen) == SERVER_CLOSED_CONNECTION_ERROR
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+        )
+        for seen in _causes(exc)
+    )
 
 
 def token_failure_in(exc: BaseException) -> TokenUnavailableError | None:
     """The Entra ID token failure behind `exc`, if one is: itself, or what it was raised from."""
+    return next((seen for seen in _causes(exc) if isinstance(seen, TokenUnavailableError)), None)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the errors it was raised from, ten deep at most (a cluster client wraps them deeply)."""
     seen: BaseException | None = exc
     for _ in range(10):
-        if seen is None or isinstance(seen, TokenUnavailableError):
-            return seen
+        if seen is None:
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def connect(settings: MonitorSettings, credentials: Any = None) -> Client:

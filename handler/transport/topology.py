@@ -108,10 +108,7 @@ class ClusterSlots:
         nodes are resolved afresh. A node that is down but not yet replaced fails the retry: the cycle then
         ends with an error, and the next one reads the map again."""
         with self._lock:
-            self._stale = False
-            self._cluster.nodes_manager.initialize()
-            self._by_name = {}
-            self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
+            self._read_again()
 
     def mark_stale(self) -> None:
         self._stale = True
@@ -120,12 +117,15 @@ class ClusterSlots:
         """Several page workers meet the same MOVED at once: the first reads the map again, the others
         wait for it and then find the map fresh."""
         with self._lock:
-            if not self._stale:
-                return
-            self._stale = False
-            self._cluster.nodes_manager.initialize()
-            self._by_name = {}
-            self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
+            if self._stale:
+                self._read_again()
+
+    def _read_again(self) -> None:
+        """The map read afresh and every node resolved again (the caller holds the lock)."""
+        self._stale = False
+        self._cluster.nodes_manager.initialize()
+        self._by_name = {}
+        self._by_slot = [None] * REDIS_CLUSTER_HASH_SLOTS
 
     def refresh_if_replicas_changed(self, key: str) -> None:
         """A replica that joins a master after the map was read (the old master back as the promoted one's
